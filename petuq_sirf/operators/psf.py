@@ -1,0 +1,54 @@
+"""Image-space resolution model: a separable Gaussian blur (self-adjoint)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
+def gaussian_kernel_1d(fwhm_mm: float, voxel_mm: float, truncate: float = 3.0) -> torch.Tensor:
+    """Normalised 1D Gaussian sampled at voxel centres; ``[1.]`` when ``fwhm_mm`` is 0."""
+    if fwhm_mm < 0:
+        raise ValueError(f"PSF FWHM must be >= 0 mm, got {fwhm_mm}")
+    if fwhm_mm == 0:
+        return torch.ones(1, dtype=torch.float64)
+    sigma = fwhm_mm * _FWHM_TO_SIGMA / voxel_mm
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+class GaussianPSF:
+    """Gaussian blur of images ``(..., z, y, x)`` with FWHM ``(z, y, x)`` in mm.
+
+    Zero padding and symmetric kernels make the operator exactly self-adjoint.
+    """
+
+    def __init__(self, fwhm_mm: tuple[float, float, float] | float, voxel_size_mm: tuple[float, float, float]):
+        fwhm = (fwhm_mm,) * 3 if isinstance(fwhm_mm, (int, float)) else tuple(fwhm_mm)
+        if len(fwhm) != 3:
+            raise ValueError(f"PSF FWHM must be a number or (z, y, x) in mm, got {fwhm_mm}")
+        self.fwhm_mm = tuple(float(f) for f in fwhm)
+        self.kernels = [gaussian_kernel_1d(f, v) for f, v in zip(self.fwhm_mm, voxel_size_mm)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        out = x.reshape(-1, 1, *shape[-3:])
+        for axis, k in enumerate(self.kernels):
+            if k.numel() == 1:
+                continue
+            w = k.to(dtype=x.dtype, device=x.device)
+            view = [1, 1, 1, 1, 1]
+            view[2 + axis] = -1
+            pad = [0, 0, 0]
+            pad[axis] = (k.numel() - 1) // 2
+            out = F.conv3d(out, w.reshape(view), padding=tuple(pad))
+        return out.reshape(shape)
+
+    adjoint = forward
+    __call__ = forward

@@ -1,0 +1,81 @@
+"""MAP reconstruction with the relative difference prior.
+
+Maximises ``Phi(x) = sum(y log ybar - c ybar) - beta R(x)`` over ``x >= 0`` by preconditioned
+gradient ascent with the preconditioner of PETRIC's winning entry,
+``P = x / (A^T m + diag(H_R)(x) x)``, a projection onto ``x >= 0`` and a backtracking line
+search that guarantees a monotone objective. With ``beta = 0`` and a unit step this is
+exactly MLEM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from petuq_sirf.operators.acquisition import AcquisitionModel, check_data
+from petuq_sirf.recon.em import Reconstruction, _initial_image
+from petuq_sirf.recon.likelihood import poisson_gradient_ratio, poisson_log_likelihood
+from petuq_sirf.recon.rdp import RelativeDifferencePrior
+
+
+def map_objective(
+    model: AcquisitionModel,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    prior: RelativeDifferencePrior,
+    expected_scale: float = 1.0,
+) -> float:
+    """``Phi(x)``: Poisson log-likelihood minus the penalty."""
+    return float(poisson_log_likelihood(y, model.forward(x), expected_scale) - prior.value(x))
+
+
+def map_rdp(
+    model: AcquisitionModel,
+    y: torch.Tensor,
+    prior: RelativeDifferencePrior | None = None,
+    num_iterations: int = 30,
+    x0: torch.Tensor | None = None,
+    expected_scale: float = 1.0,
+    max_backtracks: int = 10,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> Reconstruction:
+    """MAP-RDP reconstruction of prompts ``y`` (shape ``model.data_shape``).
+
+    ``expected_scale`` multiplies the expected-counts term (``sum(w)/n`` for a weighted
+    bootstrap replicate; 1 otherwise). ``objective`` holds ``Phi`` after every iteration and is
+    non-decreasing.
+    """
+    y = check_data(y, model.data_shape, "measured prompts").to(model.device)
+    prior = prior or RelativeDifferencePrior()
+    x = _initial_image(model, x0)
+    sens = model.sensitivity() * expected_scale
+    support = sens > 0
+    x = torch.where(support, x, torch.zeros_like(x))
+    result = Reconstruction(x)
+    with torch.no_grad():
+        ybar = model.forward(x)
+        phi = float(poisson_log_likelihood(y, ybar, expected_scale) - prior.value(x))
+        for it in tqdm(range(num_iterations), desc="MAP-RDP", disable=not progress):
+            grad = model.adjoint(poisson_gradient_ratio(y, ybar)) - sens - prior.gradient(x)
+            precond = x / (sens + prior.hessian_diagonal(x) * x + 1e-12)
+            direction = torch.where(support, precond * grad, torch.zeros_like(x))
+            step = 1.0
+            for _ in range(max_backtracks + 1):
+                x_new = (x + step * direction).clamp_min(0)
+                ybar_new = model.forward(x_new)
+                phi_new = float(poisson_log_likelihood(y, ybar_new, expected_scale) - prior.value(x_new))
+                if phi_new >= phi:
+                    break
+                step *= 0.5
+            else:
+                result.objective.append(phi)
+                break  # no ascent possible: converged to numerical precision
+            x, ybar, phi = x_new, ybar_new, phi_new
+            result.objective.append(phi)
+            if callback is not None:
+                callback(it, x)
+    result.image = x
+    return result

@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from petuq_sirf.data.image_io import read_image, write_image
+from petuq_sirf.data.interfile import InterfileError, read_projdata, write_projdata
+from petuq_sirf.data.interfile import read_image as read_hv
+from petuq_sirf.data.sirf_data import load_sirf_phantom
+from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+
+
+@pytest.mark.parametrize("suffix", [".hv", ".nii", ".nii.gz", ".npz"])
+def test_image_round_trip(tmp_path, suffix):
+    geom = ImageGeometry((3, 4, 5), (2.0, 1.5, 1.25), (1.0, -2.0, 3.0))
+    arr = np.random.default_rng(0).random(geom.shape).astype(np.float32)
+    path = write_image(tmp_path / f"img{suffix}", arr, geom)
+    back, g2 = read_image(path)
+    np.testing.assert_array_equal(back, arr)
+    assert g2.shape == geom.shape
+    np.testing.assert_allclose(g2.voxel_size_mm, geom.voxel_size_mm, rtol=1e-5)
+    np.testing.assert_allclose(g2.offset_mm, geom.offset_mm, atol=1e-4)
+
+
+def test_projdata_round_trip(tmp_path):
+    layout = SinogramLayout(get_scanner("test-3d"), span=3, max_ring_difference=4, view_mashing=2)
+    arr = np.random.default_rng(1).random(layout.shape).astype(np.float32)
+    path = write_projdata(tmp_path / "sino.hs", arr, layout)
+    pd = read_projdata(path)
+    np.testing.assert_array_equal(pd.array, arr)
+    assert pd.layout == layout
+
+
+def test_projdata_view_major_storage_order(tmp_path):
+    """STIR's segment/view/axial order (the mMR template) is reordered into sinograms."""
+    layout = SinogramLayout(get_scanner("test-3d"), span=3, max_ring_difference=4)
+    arr = np.random.default_rng(2).random(layout.shape).astype(np.float32)
+    hs = write_projdata(tmp_path / "s.hs", arr, layout)
+    text = hs.read_text()
+    sizes = layout.sinograms_per_segment
+    text = text.replace("matrix axis label [3] := axial coordinate", "matrix axis label [3] := view")
+    text = text.replace(
+        f"!matrix size [3] := {{ {','.join(map(str, sizes))}}}", f"!matrix size [3] := {layout.num_views}"
+    )
+    text = text.replace("matrix axis label [2] := view", "matrix axis label [2] := axial coordinate")
+    text = text.replace(
+        f"!matrix size [2] := {layout.num_views}", f"!matrix size [2] := {{ {','.join(map(str, sizes))}}}"
+    )
+    hs.write_text(text)
+    blocks, start = [], 0
+    for n in sizes:
+        blocks.append(arr[start : start + n].transpose(1, 0, 2).ravel())
+        start += n
+    np.concatenate(blocks).astype("<f4").tofile(tmp_path / "s.s")
+    np.testing.assert_array_equal(read_projdata(hs).array, arr)
+
+
+def test_clear_errors_for_broken_files(tmp_path):
+    layout = SinogramLayout(get_scanner("test-2d"))
+    path = write_projdata(tmp_path / "a.hs", np.ones(layout.shape, np.float32), layout)
+    data = path.with_suffix(".s")
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(InterfileError, match="too short"):
+        read_projdata(path)
+    data.unlink()
+    with pytest.raises(InterfileError, match="does not exist"):
+        read_projdata(path)
+    path.write_text(path.read_text().replace("name of data file := a.s", "name of data file := ../../etc/passwd"))
+    with pytest.raises(InterfileError, match="outside the header's directory"):
+        read_projdata(path)
+    bad = tmp_path / "tof.hs"
+    bad.write_text("!INTERFILE :=\nnumber of time frames := 3\n")
+    with pytest.raises(InterfileError, match="number of time frames"):
+        read_projdata(bad)
+    with pytest.raises(InterfileError, match="not an Interfile header"):
+        (tmp_path / "x.hv").write_text("hello")
+        read_hv(tmp_path / "x.hv")
+
+
+def test_mmr_template_header_gives_the_mmr_layout(shared_data):
+    # Header only: the data file is absent, which must be a clear error.
+    with pytest.raises(InterfileError, match="does not exist"):
+        read_projdata(shared_data / "mMR_template_span11.hs")
+
+
+def test_reads_shared_brain_and_thorax(shared_data):
+    brain = read_hv(shared_data / "brain" / "emission.hv")
+    assert brain.array.shape == (15, 211, 211)
+    assert brain.geometry.voxel_size_mm == (6.75, 1.0, 1.0)
+    assert brain.array.max() > 0
+    mu = read_hv(shared_data / "brain" / "attenuation.hv")
+    assert 0.05 < mu.array.max() < 0.3  # 1/cm
+    thorax = load_sirf_phantom("thorax", root=shared_data)
+    assert thorax.activity.shape == (1, 155, 155)
+    assert thorax.mu_per_cm.max() < 0.3

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from petuq_sirf.data.normalisation import bin_efficiencies
+from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner, make_segments
+
+
+def test_mmr_span11_matches_stir_template():
+    layout = SinogramLayout(get_scanner("Siemens mMR"), span=11, max_ring_difference=60)
+    assert layout.sinograms_per_segment == [27, 49, 71, 93, 115, 127, 115, 93, 71, 49, 27]
+    assert layout.shape == (837, 252, 344)
+    mins = [s.min_ring_difference for s in layout.segments]
+    assert mins == [-60, -49, -38, -27, -16, -5, 6, 17, 28, 39, 50]
+    assert ImageGeometry.for_layout(layout).shape == (127, 344, 344)
+
+
+@pytest.mark.parametrize("name,rings,dets", [("mMR", 64, 504), ("2011", 55, 672), ("GE Discovery 710", 24, 576)])
+def test_named_scanners_and_aliases(name, rings, dets):
+    s = get_scanner(name)
+    assert (s.num_rings, s.detectors_per_ring) == (rings, dets)
+
+
+def test_unknown_scanner_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown scanner name 'Biograph Vision'"):
+        get_scanner("Biograph Vision")
+
+
+def test_span1_has_one_sinogram_per_ring_pair():
+    layout = SinogramLayout(get_scanner("test-3d"), span=1)
+    sino, ra, rb = layout.ring_pairs()
+    assert layout.num_sinograms == 8 * 8 == len(sino)
+    assert len(make_segments(1, 7)) == 15
+
+
+def test_crystal_pairs_are_opposite_and_consistent_with_geometry():
+    layout = SinogramLayout(get_scanner("test-2d"))
+    det_a, det_b = layout.transaxial_crystal_pairs()
+    n = layout.scanner.detectors_per_ring
+    k = layout.tangential_indices()
+    # the crystal difference encodes the tangential position: N/2 - k (mod N)
+    assert np.all(np.mod(det_a - det_b, n) == np.mod(n // 2 - k, n)[None, None, :])
+    # even bins: the crystals sit exactly at the LOR end points
+    p_a, p_b = layout.lor_endpoints()
+    even = np.mod(n // 2 - k, 2) == 0
+    angle_a = np.arctan2(p_a[0, :, :, 1].numpy(), p_a[0, :, :, 0].numpy())
+    expected = det_a[0] * layout.scanner.crystal_angle_rad
+    diff = np.angle(np.exp(1j * (angle_a - expected)))
+    assert np.abs(diff[:, even]).max() < 1e-9
+
+
+def test_bin_efficiencies_count_merged_crystal_pairs():
+    layout = SinogramLayout(get_scanner("test-3d"), span=3, max_ring_difference=4, view_mashing=2)
+    counts = bin_efficiencies(layout)
+    sino, _, _ = layout.ring_pairs()
+    pairs_per_sino = torch.as_tensor(np.bincount(sino), dtype=torch.float32)
+    expected = (pairs_per_sino * 2)[:, None, None].expand(layout.shape)
+    assert torch.allclose(counts, expected)
+
+
+def test_bad_layouts_are_rejected():
+    scanner = get_scanner("test-2d")
+    with pytest.raises(ValueError, match="span"):
+        SinogramLayout(scanner, span=2).segments
+    with pytest.raises(ValueError, match="view_mashing"):
+        SinogramLayout(scanner, view_mashing=5)
+    with pytest.raises(ValueError, match="max_ring_difference"):
+        SinogramLayout(scanner, max_ring_difference=3)
