@@ -105,9 +105,9 @@ class RayTracingProjector:
         n_views = layout.num_views if self.views is None else len(self.views)
         self.data_shape = (layout.num_sinograms, n_views, layout.num_tangential)
         self.image_shape = image.shape
-        p_a, p_b = layout.lor_endpoints(self.views)
-        self._p_a = p_a.reshape(-1, 3).to(self.device)
-        self._p_b = p_b.reshape(-1, 3).to(self.device)
+        p_a, p_b = layout.lor_endpoints(self.views)  # float64; geometry is then computed in ``dtype``
+        self._p_a = p_a.reshape(-1, 3).to(self.device, dtype)
+        self._p_b = p_b.reshape(-1, 3).to(self.device, dtype)
         d = self._p_b - self._p_a
         x_dominant = d[:, 0].abs() >= d[:, 1].abs()
         self._groups = [
@@ -132,7 +132,7 @@ class RayTracingProjector:
             for start in range(0, len(rows), size):
                 r = rows[start : start + size]
                 idx, w = joseph_coefficients(self._p_a[r], self._p_b[r], self.image, axis)
-                yield r, idx, w.to(self.dtype)
+                yield r, idx, w
 
     def _build_matrix(self) -> None:
         rows_all, cols_all, vals_all = [], [], []

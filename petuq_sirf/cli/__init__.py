@@ -1,0 +1,1 @@
+"""The ``petuq`` command-line interface."""

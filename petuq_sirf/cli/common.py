@@ -1,0 +1,65 @@
+"""Helpers shared by the ``petuq`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from petuq_sirf.data.acquisition_folder import Acquisition, load_acquisition, save_acquisition
+
+__all__ = [
+    "Acquisition",
+    "add_device_argument",
+    "load_acquisition",
+    "resolve_device",
+    "save_acquisition",
+    "write_metrics",
+]
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if hasattr(value, "item") and callable(value.item):
+        return _json_safe(value.item())
+    return value
+
+
+def write_metrics(out_dir: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> Path:
+    """Write ``metrics`` as JSON into ``out_dir`` atomically (NaN -> null, inf -> "inf")."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (name + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=False))
+    os.replace(tmp, out / name)
+    return out / name
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="torch device: cpu, cuda, cuda:N, or auto (cuda when available)"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available else cpu; a clear error for an unavailable device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    return dev
