@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from petuq_sirf.operators.joseph_separable import SeparableJoseph
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -118,8 +119,18 @@ class RayTracingProjector:
         self.cached = entries <= _CACHE_LIMIT_ENTRIES if cache is None else bool(cache)
         self._matrix: torch.Tensor | None = None
         self._matrix_t: torch.Tensor | None = None
+        self._separable: SeparableJoseph | None = None
         if self.cached:
             self._build_matrix()
+        elif image.shape[0] > 1:
+            z_a, z_b = p_a[:, 0, 0, 2], p_b[:, 0, 0, 2]
+            self._separable = SeparableJoseph(
+                p_a[0, ..., :2].reshape(-1, 2).to(self.device, dtype),
+                p_b[0, ..., :2].reshape(-1, 2).to(self.device, dtype),
+                z_a.to(self.device, dtype),
+                z_b.to(self.device, dtype),
+                image,
+            )
 
     @property
     def num_lors(self) -> int:
@@ -151,6 +162,8 @@ class RayTracingProjector:
     def _forward_flat(self, x: torch.Tensor) -> torch.Tensor:
         if self._matrix is not None:
             return torch.sparse.mm(self._matrix, x.T.contiguous()).T
+        if self._separable is not None:
+            return torch.stack([self._separable.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
         out = torch.zeros(x.shape[0], self.num_lors, dtype=x.dtype, device=x.device)
         for r, idx, w in self._chunks(x.shape[0]):
             out[:, r] = (x[:, idx] * w).sum(dim=(2, 3))
@@ -159,6 +172,9 @@ class RayTracingProjector:
     def _adjoint_flat(self, y: torch.Tensor) -> torch.Tensor:
         if self._matrix_t is not None:
             return torch.sparse.mm(self._matrix_t, y.T.contiguous()).T
+        if self._separable is not None:
+            S = self.data_shape[0]
+            return torch.stack([self._separable.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
         out = torch.zeros(y.shape[0], self.image.num_voxels, dtype=y.dtype, device=y.device)
         for r, idx, w in self._chunks(y.shape[0]):
             contrib = y[:, r, None, None] * w
