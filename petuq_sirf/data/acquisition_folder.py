@@ -4,7 +4,8 @@ Layout of the folder::
 
     acquisition.json        scanner, sinogram layout, image grid, resolution model, simulation settings
     prompts.hs/.s           measured prompts (STIR Interfile, readable by STIR/SIRF)
-    delayeds.hs, randoms_estimate.hs, scatter.hs, multiplicative.hs, additive.hs
+    delayeds.hs, randoms_estimate.hs, scatter.hs   the parts of the additive term (counts)
+    multiplicative.hs, additive.hs                 the model terms m and b
     mu_map.hv/.v            attenuation map in 1/cm
     truth.hv/.v, truth.nii.gz, regions.npz   known truth and ROI masks (simulations only)
     listmode.npz            list-mode events (optional)
@@ -43,6 +44,8 @@ class Acquisition:
     additive: torch.Tensor
     psf_fwhm_mm: float = 0.0
     delayeds: torch.Tensor | None = None
+    randoms_estimate: torch.Tensor | None = None
+    scatter: torch.Tensor | None = None
     truth: torch.Tensor | None = None
     mu_per_cm: torch.Tensor | None = None
     regions: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,6 +68,8 @@ class Acquisition:
             additive=sim.additive.cpu(),
             psf_fwhm_mm=sim.config.psf_fwhm_mm,
             delayeds=sim.delayeds.cpu(),
+            randoms_estimate=sim.randoms_estimate.cpu(),
+            scatter=sim.scatter.cpu(),
             truth=sim.truth.cpu(),
             mu_per_cm=sim.mu_per_cm.cpu(),
             regions=sim.regions,
@@ -101,8 +106,9 @@ def save_acquisition(acq: Acquisition | SimulatedAcquisition, folder: str | os.P
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sinos = {"prompts": acq.prompts, "multiplicative": acq.multiplicative, "additive": acq.additive}
-    if acq.delayeds is not None:
-        sinos["delayeds"] = acq.delayeds
+    for name in ("delayeds", "randoms_estimate", "scatter"):
+        if getattr(acq, name) is not None:
+            sinos[name] = getattr(acq, name)
     for name, arr in sinos.items():
         write_projdata(folder / f"{name}.hs", arr.cpu().numpy(), acq.layout)
     if acq.mu_per_cm is not None:
@@ -193,6 +199,8 @@ def load_acquisition(folder: str | os.PathLike) -> Acquisition:
         additive=sino("additive"),
         psf_fwhm_mm=float(manifest.get("psf_fwhm_mm", 0.0)),
         delayeds=sino("delayeds", required=False),
+        randoms_estimate=sino("randoms_estimate", required=False),
+        scatter=sino("scatter", required=False),
         truth=truth,
         mu_per_cm=mu,
         regions=regions,

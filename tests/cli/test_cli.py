@@ -12,6 +12,7 @@ def test_simulate_then_reconstruct(tmp_path, capsys):
     loaded = load_acquisition(acq)
     assert loaded.listmode is not None and loaded.listmode.num_prompts == int(loaded.prompts.sum())
     assert loaded.truth is not None and "background" in loaded.regions
+    assert (loaded.randoms_estimate + loaded.scatter).allclose(loaded.additive)
     for method in ("osem", "map-rdp"):
         out = tmp_path / method
         assert main(["reconstruct", str(acq), "--method", method, "--iterations", "3", "--out", str(out)]) == 0
