@@ -92,9 +92,7 @@ class EmbeddedAcquisitionModel:
 
     def subset(self, index: int, num_subsets: int) -> EmbeddedAcquisitionModel:
         views = subset_views(self.data_shape[1], index, num_subsets)
-        base_views = self.projector.views
-        global_views = views.numpy() if base_views is None else base_views[views.numpy()]
-        proj = RayTracingProjector(self.layout, self.image, views=global_views, device=self.device, dtype=self.dtype)
+        proj = self.projector.restricted(views.numpy())
         return EmbeddedAcquisitionModel(
             self.layout,
             self.image,

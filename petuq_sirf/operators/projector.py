@@ -132,6 +132,18 @@ class RayTracingProjector:
                 image,
             )
 
+    def restricted(self, views: np.ndarray) -> RayTracingProjector:
+        """A projector for a subset of this projector's views (memoised: subsets are reused by OSEM)."""
+        views = np.asarray(views, dtype=np.int64)
+        global_views = views if self.views is None else self.views[views]
+        key = tuple(global_views.tolist())
+        cache = self.__dict__.setdefault("_restricted", {})
+        if key not in cache:
+            cache[key] = RayTracingProjector(
+                self.layout, self.image, views=global_views, device=self.device, dtype=self.dtype
+            )
+        return cache[key]
+
     @property
     def num_lors(self) -> int:
         return self._p_a.shape[0]
