@@ -7,9 +7,11 @@ them), and within a segment sinograms in increasing axial position.
 Geometry conventions (non-arc-corrected data, as STIR):
   * raw view ``u`` has angle ``phi_u = u * dtheta + tilt`` with ``dtheta = 2 pi / N``;
     a mashed view has the mean angle of the raw views it merges;
-  * tangential bin ``k`` (centred, ``-n/2 .. n/2 - 1``) lies at ``s = R sin(k dtheta / 2)``;
-  * the LOR joins detector angles ``theta_a = phi + pi/2 - k dtheta/2`` and
-    ``theta_b = phi - pi/2 + k dtheta/2``; ring ``r_b - r_a`` is the ring difference.
+  * tangential bin ``k`` (centred, ``-n/2 .. n/2 - 1``) lies at ``s = R sin(k b / R)``
+    (``b`` the default bin size, ``R`` the ring radius at the average depth of interaction);
+  * the LOR is ``x cos(phi) + y sin(phi) = s`` and joins the ring points at angles
+    ``theta_a = phi - pi/2 + k b/R`` (ring ``r_a``, lower z for a positive ring difference
+    ``r_b - r_a``) and ``theta_b = phi + pi/2 - k b/R``, as STIR's ``get_LOR`` parametrises it.
 """
 
 from __future__ import annotations
@@ -170,8 +172,12 @@ class SinogramLayout:
 
     def tangential_positions_mm(self) -> np.ndarray:
         """Signed distance ``s`` of each tangential bin from the axis (mm), shape ``(tangential,)``."""
-        k = self.tangential_indices()
-        return self.scanner.effective_radius_mm * np.sin(k * self.scanner.crystal_angle_rad / 2)
+        return self.scanner.effective_radius_mm * np.sin(self._tangential_angles())
+
+    def _tangential_angles(self) -> np.ndarray:
+        """``beta_k = k b / R`` (STIR's angular increment times the bin number), shape ``(tangential,)``."""
+        sc = self.scanner
+        return self.tangential_indices() * (sc.default_bin_size_mm / sc.effective_radius_mm)
 
     def sinogram_z_mm(self) -> tuple[np.ndarray, np.ndarray]:
         """Axial centre and axial extent (``z_b - z_a``) of each sinogram's LORs in mm, shape ``(sinograms,)``.
@@ -195,13 +201,12 @@ class SinogramLayout:
         phi = self.view_angles_rad()
         if views is not None:
             phi = phi[np.asarray(views)]
-        k = self.tangential_indices()
-        half = k * self.scanner.crystal_angle_rad / 2
-        theta_a = phi[:, None] + np.pi / 2 - half[None, :]
-        theta_b = phi[:, None] - np.pi / 2 + half[None, :]
+        beta = self._tangential_angles()
+        theta_a = phi[:, None] - np.pi / 2 + beta[None, :]
+        theta_b = phi[:, None] + np.pi / 2 - beta[None, :]
         radius = self.scanner.effective_radius_mm
         z_mid, dz = self.sinogram_z_mm()
-        S, V, T = len(z_mid), len(phi), len(k)
+        S, V, T = len(z_mid), len(phi), len(beta)
         p_a = np.empty((S, V, T, 3))
         p_b = np.empty((S, V, T, 3))
         p_a[..., 0] = radius * np.cos(theta_a)
@@ -215,17 +220,17 @@ class SinogramLayout:
     def transaxial_crystal_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """Detector numbers ``(det_a, det_b)`` of each bin's raw LORs, each shape ``(view_mashing, views, tangential)``.
 
-        Odd ``N/2 - k`` bins come from the interleaved pair half a crystal further on, as in
-        STIR's non-arc-corrected sinograms.
+        ``det_a`` sits at ``theta_a`` (see the module docstring). Odd ``N/2 - k`` bins come from
+        the interleaved pair half a crystal further on, as in non-arc-corrected sinograms.
         """
         N = self.scanner.detectors_per_ring
         u = np.arange(self.scanner.num_views).reshape(self.num_views, self.view_mashing).T
         k = self.tangential_indices()
-        diff = N // 2 - k  # det_a - det_b
+        diff = N // 2 - k  # det_b - det_a
         parity = np.mod(diff, 2)
         total = 2 * u[..., None] + parity[None, None, :]  # det_a + det_b
-        det_a = np.mod((total + diff) // 2, N)
-        det_b = np.mod((total - diff) // 2, N)
+        det_b = np.mod((total + diff) // 2, N)
+        det_a = np.mod((total - diff) // 2, N)
         return det_a.astype(np.int64), det_b.astype(np.int64)
 
     def describe(self) -> str:
