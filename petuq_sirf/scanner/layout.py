@@ -155,6 +155,22 @@ class SinogramLayout:
         t = self._sinogram_table
         return t["pair_sino"], t["pair_ring_a"], t["pair_ring_b"]
 
+    def stir_array_order(self) -> np.ndarray:
+        """Sinogram indices that reorder our data into STIR/SIRF *array* order, shape ``(sinograms,)``.
+
+        Our sinograms (and STIR Interfile files) run through the segments in ascending ring
+        difference; STIR's ``fill_from``/``copy_to`` and SIRF's ``as_array``/``fill`` use the
+        "standard segment sequence" 0, -1, +1, -2, +2, ... Use ``ours[order]`` to get SIRF's
+        array and ``sirf_array[argsort(order)]`` (or ``ours[order] = sirf_array``) for the reverse.
+        """
+        sizes = self.sinograms_per_segment
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        centre = len(sizes) // 2
+        sequence = [centre]
+        for k in range(1, centre + 1):
+            sequence += [centre - k, centre + k]
+        return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in sequence]).astype(np.int64)
+
     # --- geometry --------------------------------------------------------------------
     def tangential_indices(self) -> np.ndarray:
         """Centred tangential bin numbers ``-n//2 .. n - n//2 - 1``, shape ``(tangential,)``."""
