@@ -219,13 +219,16 @@ class RayTracingProjector:
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Sparse CSR matrix from unique ``(row, col, value)`` triplets."""
+    """Sparse CSR matrix from unique ``(row, col, value)`` triplets (int32 indices when they fit)."""
     order = torch.argsort(rows * shape[1] + cols)
+    index_dtype = torch.int32 if max(shape) < 2**31 - 1 and len(vals) < 2**31 - 1 else torch.int64
     crow = torch.zeros(shape[0] + 1, dtype=torch.int64, device=rows.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=shape[0]), 0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, cols[order], vals[order], shape, check_invariants=False)
+        return torch.sparse_csr_tensor(
+            crow.to(index_dtype), cols[order].to(index_dtype), vals[order], shape, check_invariants=False
+        )
 
 
 class _Project(torch.autograd.Function):
