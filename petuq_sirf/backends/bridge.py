@@ -1,0 +1,296 @@
+"""Shared machinery of the external (SIRF, STIR) backends: numpy <-> torch, autograd, terms, subsets.
+
+An external backend supplies three numpy callables on single images / sinograms
+(float32, C-contiguous): ``_direct_np`` (``m * G x``), ``_adjoint_np`` (``G^T (m y)``) and
+optionally ``_forward_np`` (``m * G x + b``; default ``_direct_np + b``). This base class
+turns them into the :class:`~petuq_sirf.operators.AcquisitionModel` protocol: leading batch
+dimensions, any torch device (results go back to the input's device), and autograd through
+:class:`torch.autograd.Function` wrappers whose backward passes are the adjoint / direct
+operators, so unrolled networks and plug-and-play code run unchanged on SIRF or STIR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from petuq_sirf.operators.acquisition import subset_views
+from petuq_sirf.scanner.image_geometry import ImageGeometry
+from petuq_sirf.scanner.layout import SinogramLayout
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A float32 C-contiguous numpy view of ``t`` (no copy when ``t`` already is a CPU float32 contiguous tensor)."""
+    t = t.detach()
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        t = t.to("cpu", torch.float32)
+    return t.contiguous().numpy()
+
+
+def from_numpy(a: np.ndarray, like: torch.Tensor | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """``a`` as a torch tensor sharing its memory, moved to ``like``'s (or ``device``) device and dtype when needed."""
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    if like is not None:
+        return t.to(like.device, like.dtype if like.is_floating_point() else torch.float32)
+    return t if device is None else t.to(device)
+
+
+def stir_segment_order(num_segments: int) -> np.ndarray:
+    """Our segment indices (ascending ring difference) in the order of STIR/SIRF arrays: 0, +1, -1, +2, -2, ...
+
+    ``ProjData::copy_to`` / ``fill_from`` (used by SIRF's ``as_array``/``fill`` and STIR's
+    ``as_array``/``fill``) follow ``ProjData::standard_segment_sequence``. Interfile files on
+    disk list segments in ascending ring difference instead (our order). The mMR list-mode
+    bin addresses use yet another order, 0, -1, +1, ... (see ``data/mmr_listmode.py``).
+    """
+    if num_segments % 2 == 0:
+        raise ValueError(f"the number of segments must be odd, got {num_segments}")
+    c = num_segments // 2
+    order = [c]
+    for s in range(1, c + 1):
+        order += [c + s, c - s]
+    return np.asarray(order, dtype=np.int64)
+
+
+def stir_sinogram_order(layout: SinogramLayout) -> np.ndarray:
+    """``order[i]`` = our sinogram index stored at position ``i`` of a STIR/SIRF array (shape ``(sinograms,)``)."""
+    sizes = np.asarray(layout.sinograms_per_segment)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return np.concatenate([starts[s] + np.arange(sizes[s]) for s in stir_segment_order(len(sizes))]).astype(np.int64)
+
+
+def to_stir_order(array: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Our ``(sinograms, views, tangential)`` array in STIR array order (a copy; identity orders are not copied)."""
+    return array if np.array_equal(order, np.arange(len(order))) else array[order]
+
+
+def from_stir_order(array: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """A STIR-ordered ``(sinograms, views, tangential)`` array in our order."""
+    if np.array_equal(order, np.arange(len(order))):
+        return array
+    out = np.empty_like(array)
+    out[order] = array
+    return out
+
+
+def sirf_terms(multiplicative: torch.Tensor, additive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Our ``(m, b)`` as SIRF's ``(S, a, b_s)`` with ``y = S (G x + a) + b_s``.
+
+    ``S = m``; ``a = b / m`` where ``m > 0`` (SIRF multiplies ``a`` by ``S``, so ``S a = b``);
+    where ``m = 0`` the background goes into ``b_s`` instead (``a = 0`` there), so the
+    SIRF model reproduces ``m * G x + b`` in every bin.
+    """
+    m = torch.as_tensor(multiplicative, dtype=torch.float32)
+    b = torch.as_tensor(additive, dtype=torch.float32)
+    if m.shape != b.shape:
+        raise ValueError(f"multiplicative {tuple(m.shape)} and additive {tuple(b.shape)} terms differ in shape")
+    pos = m > 0
+    a = torch.where(pos, b / torch.where(pos, m, torch.ones_like(m)), torch.zeros_like(b))
+    b_s = torch.where(pos, torch.zeros_like(b), b)
+    return m, a, b_s
+
+
+def ours_from_sirf_terms(
+    sensitivity: torch.Tensor, additive: torch.Tensor, background: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SIRF's ``(S, a, b_s)`` as our ``(m, b) = (S, S a + b_s)``."""
+    b = sensitivity * additive
+    return sensitivity, b if background is None else b + background
+
+
+class _Direct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, model):
+        ctx.model = model
+        return model._apply_np(model._direct_np, x, model.image_shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.model._apply_np(ctx.model._adjoint_np, grad, ctx.model.data_shape), None
+
+
+class _Forward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, model):
+        ctx.model = model
+        return model._apply_np(model._forward_np, x, model.image_shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.model._apply_np(ctx.model._adjoint_np, grad, ctx.model.data_shape), None
+
+
+class _Adjoint(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, model):
+        ctx.model = model
+        return model._apply_np(model._adjoint_np, y, model.data_shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.model._apply_np(ctx.model._direct_np, grad, ctx.model.image_shape), None
+
+
+class ExternalAcquisitionModel:
+    """Base of the SIRF and STIR models (implements :class:`AcquisitionModel`; see the module docstring).
+
+    Args:
+        layout, image: the sinogram layout and image grid.
+        multiplicative: ``m`` per bin, shape ``layout.shape`` (default ones).
+        additive: ``b`` in counts, shape ``layout.shape`` (default zeros).
+        psf_fwhm_mm: image-space Gaussian resolution model FWHM in mm (0 = none).
+        device: where results are returned (the projection itself runs on the CPU).
+    """
+
+    backend_name = "external"
+
+    def __init__(
+        self,
+        layout: SinogramLayout,
+        image: ImageGeometry,
+        multiplicative: torch.Tensor | None = None,
+        additive: torch.Tensor | None = None,
+        psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.layout = layout
+        self.image = image
+        self.image_shape = image.shape
+        self.data_shape = layout.shape
+        self.voxel_size_mm = image.voxel_size_mm
+        self.device = torch.device(device)
+        self.dtype = torch.float32
+        self.psf_fwhm_mm = psf_fwhm_mm
+        self._m = self._term(multiplicative, 1.0, "multiplicative term")
+        self._b = self._term(additive, 0.0, "additive term")
+        self._sensitivity: torch.Tensor | None = None
+
+    def _term(self, t: torch.Tensor | None, default: float, name: str) -> torch.Tensor:
+        if t is None:
+            return torch.full(self.data_shape, default, dtype=self.dtype, device=self.device)
+        t = torch.as_tensor(t, dtype=self.dtype).to(self.device)
+        if tuple(t.shape) != tuple(self.data_shape):
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {self.data_shape}")
+        if not torch.isfinite(t).all() or (t < 0).any():
+            raise ValueError(f"{name} must be finite and >= 0")
+        return t
+
+    # --- to be provided by the backend -------------------------------------------------
+    def _direct_np(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _adjoint_np(self, y: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward_np(self, x: np.ndarray) -> np.ndarray:
+        return self._direct_np(x) + to_numpy(self._b)
+
+    def _rebuild(self, multiplicative: torch.Tensor, additive: torch.Tensor) -> ExternalAcquisitionModel:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    # --- protocol ------------------------------------------------------------------------
+    def _apply_np(self, fn, t: torch.Tensor, core_shape: tuple[int, ...]) -> torch.Tensor:
+        if tuple(t.shape[-len(core_shape) :]) != tuple(core_shape):
+            raise ValueError(f"input of shape {tuple(t.shape)} does not end in {tuple(core_shape)}")
+        batch = t.shape[: t.dim() - len(core_shape)]
+        flat = t.reshape(-1, *core_shape)
+        outs = [from_numpy(fn(to_numpy(flat[i]))) for i in range(flat.shape[0])]
+        out = torch.stack(outs) if len(outs) != 1 else outs[0][None]
+        out = out.to(t.device, t.dtype if t.is_floating_point() else torch.float32)
+        return out.reshape(*batch, *out.shape[1:])
+
+    @property
+    def multiplicative(self) -> torch.Tensor:
+        return self._m
+
+    @property
+    def additive(self) -> torch.Tensor:
+        return self._b
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        return _Direct.apply(x, self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Forward.apply(x, self)
+
+    __call__ = forward
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return _Adjoint.apply(y, self)
+
+    def sensitivity(self) -> torch.Tensor:
+        if self._sensitivity is None:
+            self._sensitivity = self.adjoint(torch.ones(self.data_shape, dtype=self.dtype, device=self.device))
+        return self._sensitivity
+
+    def subset(self, index: int, num_subsets: int) -> SubsetModel:
+        return SubsetModel(self, subset_views(self.data_shape[1], index, num_subsets))
+
+    def with_terms(
+        self, multiplicative: torch.Tensor | None = None, additive: torch.Tensor | None = None
+    ) -> ExternalAcquisitionModel:
+        return self._rebuild(
+            self._m if multiplicative is None else multiplicative, self._b if additive is None else additive
+        )
+
+
+class SubsetModel:
+    """The views ``index::num_subsets`` of an external model: full projections sliced / zero-padded.
+
+    Exact for any backend (it does not rely on the backend's own subset ordering), at the
+    cost of a full projection per call.
+    """
+
+    def __init__(self, parent: ExternalAcquisitionModel, views: torch.Tensor) -> None:
+        self.parent = parent
+        self.views = views
+        s, _, t = parent.data_shape
+        self.image_shape = parent.image_shape
+        self.data_shape = (s, len(views), t)
+        self.voxel_size_mm = parent.voxel_size_mm
+        self.device = parent.device
+        self.dtype = parent.dtype
+        self._sensitivity: torch.Tensor | None = None
+
+    @property
+    def multiplicative(self) -> torch.Tensor:
+        return self.parent.multiplicative[:, self.views]
+
+    @property
+    def additive(self) -> torch.Tensor:
+        return self.parent.additive[:, self.views]
+
+    def _pad(self, y: torch.Tensor) -> torch.Tensor:
+        full = y.new_zeros(*y.shape[:-2], self.parent.data_shape[1], y.shape[-1])
+        full[..., self.views.to(y.device), :] = y
+        return full
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parent.direct(x)[..., self.views.to(x.device), :]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parent.forward(x)[..., self.views.to(x.device), :]
+
+    __call__ = forward
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.parent.adjoint(self._pad(y))
+
+    def sensitivity(self) -> torch.Tensor:
+        if self._sensitivity is None:
+            self._sensitivity = self.adjoint(torch.ones(self.data_shape, dtype=self.dtype, device=self.device))
+        return self._sensitivity
+
+    def subset(self, index: int, num_subsets: int) -> SubsetModel:
+        return SubsetModel(self.parent, self.views[subset_views(len(self.views), index, num_subsets)])
+
+    def with_terms(
+        self, multiplicative: torch.Tensor | None = None, additive: torch.Tensor | None = None
+    ) -> SubsetModel:
+        m = self.parent.multiplicative.clone()
+        b = self.parent.additive.clone()
+        if multiplicative is not None:
+            m[:, self.views] = torch.as_tensor(multiplicative, dtype=m.dtype, device=m.device)
+        if additive is not None:
+            b[:, self.views] = torch.as_tensor(additive, dtype=b.dtype, device=b.device)
+        return SubsetModel(self.parent.with_terms(m, b), self.views)
