@@ -14,8 +14,10 @@ from petuq_sirf.data.acquisition_folder import Acquisition, load_acquisition, sa
 
 __all__ = [
     "Acquisition",
+    "add_backend_argument",
     "add_device_argument",
     "load_acquisition",
+    "resolve_backend",
     "resolve_device",
     "save_acquisition",
     "write_metrics",
@@ -63,3 +65,23 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
     return dev
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend embedded|sirf|stir`` (default embedded); see :mod:`petuq_sirf.backends.registry`."""
+    from petuq_sirf.backends.registry import BACKENDS, DEFAULT_BACKEND
+
+    parser.add_argument(
+        "--backend",
+        default=DEFAULT_BACKEND,
+        choices=BACKENDS,
+        help="acquisition-model backend: embedded (PyTorch, default), sirf (needs SIRF, e.g. the SyneRBI "
+        "container) or stir (needs STIR's Python bindings)",
+    )
+
+
+def resolve_backend(name: str) -> str:
+    """Canonical backend name; a one-line ``ValueError`` saying how to install it when it is missing."""
+    from petuq_sirf.backends.registry import require_backend
+
+    return require_backend(name)
