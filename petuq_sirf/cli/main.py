@@ -10,9 +10,11 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "listmode",
     "simulate",
     "reconstruct",
     "demo",
+    "bootstrap",
 ]
 
 
