@@ -408,6 +408,7 @@ def read_mmr_listmode(
     stop_ms: float | None = None,
     chunk_words: int = 1 << 22,
     progress: bool = False,
+    stats: DecodeStats | None = None,
 ) -> ListModeEvents:
     """All events (prompts and delayeds) of an mMR list-mode file, binned into ``layout`` (see :func:`iter_mmr_events`).
 
@@ -416,7 +417,7 @@ def read_mmr_listmode(
     """
     h = header if isinstance(header, MMRListmodeHeader) else read_mmr_header(header)
     target = layout or default_target_layout(h)
-    chunks = list(iter_mmr_events(h, target, start_ms, stop_ms, chunk_words, progress))
+    chunks = list(iter_mmr_events(h, target, start_ms, stop_ms, chunk_words, progress, stats))
     if not chunks:
         empty = np.zeros(0, dtype=np.int64)
         return ListModeEvents(empty, np.zeros(0), np.zeros(0, dtype=bool), target.shape)
