@@ -10,7 +10,6 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
-    "listmode",
     "simulate",
     "reconstruct",
     "demo",
