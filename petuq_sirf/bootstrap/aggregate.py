@@ -64,7 +64,7 @@ def store_quantiles(
     store: ReplicateStore,
     probabilities: Iterable[float],
     indices: list[int] | None = None,
-    chunk_voxels: int = 65536,
+    chunk_voxels: int = 16384,
 ) -> np.ndarray:
     """Voxel-wise empirical quantiles ``(len(probabilities), z, y, x)`` of the stored replicates.
 
@@ -127,7 +127,7 @@ def summarise_store(
     truth: np.ndarray | None = None,
     indices: list[int] | None = None,
     quantiles: bool = True,
-    chunk_voxels: int = 65536,
+    chunk_voxels: int = 16384,
 ) -> BootstrapSummary:
     """Stream over the stored replicates: mean, std (ddof 1), ROI posteriors, and (``quantiles``)
     median and central intervals at ``levels``. Memory does not grow with ``B`` except the ROI
