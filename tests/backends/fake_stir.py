@@ -1,0 +1,115 @@
+"""A tiny stand-in for STIR's Python module (``import stir``) following its documented array conventions.
+
+NOT STIR: the projector is our embedded one. It reproduces what our STIR adapter relies on:
+``ProjData.read_from_file`` / ``FloatVoxelsOnCartesianGrid.read_from_file`` on Interfile,
+``ProjDataInMemory.fill`` / ``as_array`` with sinograms in STIR's standard segment sequence
+(0, +1, -1, ...), and forward / back projectors set up from a projection matrix. Tests with it
+check our adapter (reordering, PSF, terms, autograd), not STIR.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+import torch
+
+from petuq_sirf.data.interfile import read_image, read_projdata
+from petuq_sirf.operators.projector import RayTracingProjector
+from tests.backends.fake_sirf import _PROJECTORS, _array_order
+
+
+class _ProjData:
+    def __init__(self, layout, values):
+        self.layout, self.values = layout, values
+
+    @staticmethod
+    def read_from_file(path):
+        pd = read_projdata(path)
+        return _ProjData(pd.layout, pd.array[_array_order(pd.layout)].copy())
+
+    def get_proj_data_info(self):
+        return self.layout
+
+    def get_exam_info(self):
+        return None
+
+    def fill(self, value):
+        if isinstance(value, (int, float)):
+            self.values[...] = float(value)
+        else:  # a numpy ".flat" iterator, as STIR's fill accepts
+            self.values[...] = np.fromiter(value, dtype=np.float32, count=self.values.size).reshape(self.values.shape)
+
+    def as_array(self):
+        return self.values[None].copy()  # (TOF, sinograms, views, tangential)
+
+
+def ProjDataInMemory(exam_info, layout):
+    return _ProjData(layout, np.zeros(layout.shape, np.float32))
+
+
+class FloatVoxelsOnCartesianGrid:
+    def __init__(self, geometry, values):
+        self.geometry, self.values = geometry, values
+
+    @staticmethod
+    def read_from_file(path):
+        im = read_image(path)
+        return FloatVoxelsOnCartesianGrid(im.geometry, np.asarray(im.array, np.float32).copy())
+
+    def fill(self, value):
+        if isinstance(value, (int, float)):
+            self.values[...] = float(value)
+        else:
+            self.values[...] = np.fromiter(value, dtype=np.float32, count=self.values.size).reshape(self.values.shape)
+
+    def as_array(self):
+        return self.values.copy()
+
+
+class ProjMatrixByBinUsingRayTracing:
+    def set_num_tangential_LORs(self, n):
+        self.n = n
+
+    def set_restrict_to_cylindrical_FOV(self, flag):
+        self.restrict = flag
+
+
+class _Projector:
+    def __init__(self, matrix):
+        self.matrix = matrix
+
+    def set_up(self, layout, image):
+        self.layout = layout
+        key = (layout, image.geometry)
+        if key not in _PROJECTORS:  # share system matrices between projectors and tests
+            _PROJECTORS[key] = RayTracingProjector(layout, image.geometry)
+        self.proj = _PROJECTORS[key]
+        self.order = _array_order(layout)
+
+
+class ForwardProjectorByBinUsingProjMatrixByBin(_Projector):
+    def forward_project(self, projdata, image):
+        projdata.values[...] = self.proj.forward(torch.from_numpy(image.values)).numpy()[self.order]
+
+
+class BackProjectorByBinUsingProjMatrixByBin(_Projector):
+    def back_project(self, image, projdata):
+        y = np.empty_like(projdata.values)
+        y[self.order] = projdata.values
+        image.values[...] += self.proj.adjoint(torch.from_numpy(y)).numpy()
+
+
+def install(monkeypatch):
+    module = types.ModuleType("stir")
+    module.ProjData = _ProjData
+    module.ProjDataInMemory = ProjDataInMemory
+    for cls in (
+        FloatVoxelsOnCartesianGrid,
+        ProjMatrixByBinUsingRayTracing,
+        ForwardProjectorByBinUsingProjMatrixByBin,
+        BackProjectorByBinUsingProjMatrixByBin,
+    ):
+        setattr(module, cls.__name__, cls)
+    monkeypatch.setitem(sys.modules, "stir", module)
