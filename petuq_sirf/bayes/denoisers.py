@@ -1,0 +1,516 @@
+"""Bayesian denoisers behind one interface: ``fit(dataset)``, then ``predict(noisy, num_samples)``.
+
+Methods (``DenoiserConfig.method``):
+
+- ``cnn``: the heteroscedastic CNN, a point estimate (aleatoric uncertainty only).
+- ``mc_dropout``: the same network with dropout kept on at prediction time.
+- ``ensemble``: ``ensemble_size`` independently initialised networks.
+- ``svi``: a Pyro BNN (``PyroSample`` priors ``N(0, prior_scale^2)`` on every weight) fitted by SVI with
+  a mean-field ``AutoNormal`` guide, ``Trace_ELBO`` scaled to the data-set size, minibatches; the guide
+  starts at a trained point estimate.
+- ``ais``: PMCnet adaptive importance sampling (:mod:`petuq_sirf.bayes.ais`, light diagonal version,
+  minibatch gradients) of the 1x1 output head around a trained point estimate, the body fixed.
+
+``predict`` returns :class:`PosteriorSamples`: per posterior sample ``s`` a mean image and an aleatoric
+variance, in the units of the input (each image is normalised by its mean internally).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from petuq_sirf.bayes.ais import PMCConfig, pmc_sample
+from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig, gaussian_nll_loss
+from petuq_sirf.bayes.predictive import PosteriorSamples
+from petuq_sirf.bayes.svi import bayesianize, fit_svi, guide_posterior, make_guide
+from petuq_sirf.bayes.training_data import DenoisingDataset, image_scale
+
+METHODS = ("cnn", "mc_dropout", "ensemble", "svi", "ais")
+
+
+@dataclass(frozen=True)
+class DenoiserConfig:
+    """Everything needed to rebuild and train a denoiser (saved as JSON with the checkpoint).
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        network: architecture (``dropout`` is set from ``dropout`` below for ``mc_dropout``).
+        epochs, batch_size, lr: point-estimate training (Adam, heteroscedastic Gaussian NLL).
+        dropout: dropout rate of ``mc_dropout``.
+        ensemble_size: members of ``ensemble``.
+        prior_scale: std of the Normal prior on each weight (``svi``, ``ais``).
+        svi_steps, svi_lr, svi_init_scale: SVI steps, learning rate, initial guide std.
+        ais_proposals, ais_samples, ais_iterations: PMC ``N, K, T``.
+        ais_images: training images in the AIS target (its likelihood is scaled to the full set).
+        ais_batch: minibatch for the mean-adaptation gradient (light version).
+        ais_particles: particles resampled by weight for prediction.
+        seed: seed of initialisation, minibatches and sampling.
+    """
+
+    method: str = "svi"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    epochs: int = 30
+    batch_size: int = 16
+    lr: float = 2e-3
+    dropout: float = 0.1
+    ensemble_size: int = 4
+    prior_scale: float = 1.0
+    svi_steps: int = 300
+    svi_lr: float = 1e-3
+    svi_init_scale: float = 1e-3
+    ais_proposals: int = 10
+    ais_samples: int = 20
+    ais_iterations: int = 8
+    ais_images: int = 24
+    ais_batch: int = 24
+    ais_particles: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown denoiser method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ValueError(f"invalid training: epochs {self.epochs}, batch_size {self.batch_size}")
+        if self.ensemble_size < 1:
+            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+
+    def net_config(self) -> NetworkConfig:
+        drop = self.dropout if self.method == "mc_dropout" else 0.0
+        return NetworkConfig(**{**asdict(self.network), "dropout": drop})
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "network": self.network.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DenoiserConfig:
+        d = dict(d)
+        unknown = set(d) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown denoiser config keys: {sorted(unknown)}")
+        d["network"] = NetworkConfig.from_dict(d.get("network", NetworkConfig().to_dict()))
+        return cls(**d)
+
+
+def _as_batch(noisy: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """``(y, x)``, ``(N, y, x)`` or ``(z, y, x)`` images -> ``(B, y, x)`` float32 and the original shape."""
+    noisy = torch.as_tensor(noisy).float()
+    if noisy.dim() == 2:
+        return noisy[None], tuple(noisy.shape)
+    if noisy.dim() == 3:
+        return noisy, tuple(noisy.shape)
+    raise ValueError(f"expected a 2D image or a stack of 2D slices (N, y, x), got shape {tuple(noisy.shape)}")
+
+
+def _minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    while True:
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            yield perm[i : i + batch_size]
+
+
+def _normalised(data: DenoisingDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    s = image_scale(data.noisy)
+    return data.noisy / s, data.target / s
+
+
+def train_point_network(
+    net: HeteroscedasticCNN, data: DenoisingDataset, config: DenoiserConfig, seed: int, progress: bool = False
+) -> list[float]:
+    """Adam on the heteroscedastic NLL (an MSE warm-up of the mean for the first third of the epochs). Returns epoch losses."""
+    if len(data) == 0:
+        raise ValueError("empty training set")
+    gen = torch.Generator().manual_seed(seed)
+    x, t = _normalised(data)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    steps_per_epoch = max(1, len(data) // config.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.epochs * steps_per_epoch))
+    batches = _minibatches(len(data), min(config.batch_size, len(data)), gen)
+    history = []
+    net.train()
+    warmup = config.epochs // 3
+    bar = tqdm(range(config.epochs), desc=f"training ({config.method})", disable=not progress)
+    for epoch in bar:
+        total = 0.0
+        for _ in range(steps_per_epoch):
+            idx = next(batches)
+            mean, log_var = net(x[idx])
+            if epoch < warmup:
+                loss = ((mean - t[idx]) ** 2).mean()
+            else:
+                loss = gaussian_nll_loss(mean, log_var, t[idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        history.append(total / steps_per_epoch)
+        if progress:
+            bar.set_postfix(loss=f"{history[-1]:.4g}")
+    net.eval()
+    return history
+
+
+class Denoiser:
+    """Base class: training, prediction and the tensors a checkpoint stores."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        self.config = config
+        self.info: dict = {}
+
+    # -- to implement -----------------------------------------------------------------------
+    def _fit(self, data: DenoisingDataset, progress: bool) -> None:
+        raise NotImplementedError
+
+    def _sample_outputs(
+        self, x: torch.Tensor, num_samples: int, gen: torch.Generator
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``num_samples`` pairs (mean, log_var) on normalised images ``x (B, y, x)``."""
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    # -- public -----------------------------------------------------------------------------
+    def fit(self, data: DenoisingDataset, progress: bool = False) -> dict:
+        """Train on ``data``; returns ``info`` (training time in s and method-specific diagnostics)."""
+        torch.manual_seed(self.config.seed)
+        start = time.perf_counter()
+        self._fit(data, progress)
+        self.info["train_time_s"] = time.perf_counter() - start
+        self.info["num_training_images"] = len(data)
+        return self.info
+
+    def predict(self, noisy: torch.Tensor, num_samples: int = 32, seed: int = 0) -> PosteriorSamples:
+        """Posterior samples for images ``(y, x)`` or ``(N, y, x)`` (3D images: pass the ``z`` slices).
+
+        Returns mean and aleatoric variance per sample, shape ``(S, N, y, x)`` in input units.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        x, shape = _as_batch(noisy)
+        if not torch.isfinite(x).all():
+            raise ValueError("input image contains NaN or inf")
+        s = image_scale(x)
+        gen = torch.Generator().manual_seed(seed)
+        means, variances = [], []
+        with torch.no_grad():
+            for mean, log_var in self._sample_outputs(x / s, num_samples, gen):
+                means.append(mean * s)
+                variances.append(torch.exp(log_var) * s**2)
+        mean_t, var_t = torch.stack(means), torch.stack(variances)
+        if len(shape) == 2:
+            mean_t, var_t = mean_t[:, 0], var_t[:, 0]
+        return PosteriorSamples(mean_t, var_t)
+
+
+class PointDenoiser(Denoiser):
+    """``cnn`` and ``mc_dropout``: one network; dropout (if any) stays on when predicting."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__(config)
+        torch.manual_seed(config.seed)
+        self.net = HeteroscedasticCNN(config.net_config())
+
+    def _fit(self, data: DenoisingDataset, progress: bool) -> None:
+        self.info["loss"] = train_point_network(self.net, data, self.config, self.config.seed, progress)
+
+    def _sample_outputs(self, x, num_samples, gen):
+        dropout = self.config.method == "mc_dropout"
+        self.net.train(dropout)
+        count = num_samples if dropout else 1
+        try:
+            for i in range(count):
+                torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)) + i)
+                yield self.net(x)
+        finally:
+            self.net.eval()
+
+    def state_tensors(self):
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    def load_state_tensors(self, tensors):
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+
+
+class EnsembleDenoiser(Denoiser):
+    """``ensemble``: independently initialised and trained networks; sample ``s`` uses member ``s mod M``."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__(config)
+        self.members = []
+        for m in range(config.ensemble_size):
+            torch.manual_seed(config.seed + 1000 * m)
+            self.members.append(HeteroscedasticCNN(config.net_config()))
+
+    def _fit(self, data, progress):
+        self.info["loss"] = [
+            train_point_network(net, data, self.config, self.config.seed + 1000 * m, progress)[-1]
+            for m, net in enumerate(self.members)
+        ]
+
+    def _sample_outputs(self, x, num_samples, gen):
+        outputs = [net(x) for net in self.members[: min(num_samples, len(self.members))]]
+        for i in range(num_samples):
+            yield outputs[i % len(outputs)]
+
+    def state_tensors(self):
+        return {f"member{m}.{k}": v for m, net in enumerate(self.members) for k, v in net.state_dict().items()}
+
+    def load_state_tensors(self, tensors):
+        for m, net in enumerate(self.members):
+            prefix = f"member{m}."
+            net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+
+
+class SVIDenoiser(Denoiser):
+    """``svi``: Pyro BNN with mean-field Gaussian posterior; prediction samples all weights."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__(config)
+        torch.manual_seed(config.seed)
+        self.net = HeteroscedasticCNN(config.net_config())
+        self.loc = {k: v.detach().clone() for k, v in self.net.named_parameters()}
+        self.scale = {k: torch.zeros_like(v) for k, v in self.loc.items()}
+
+    def _fit(self, data, progress):
+        cfg = self.config
+        self.info["pretrain_loss"] = train_point_network(self.net, data, cfg, cfg.seed, progress)
+        init = {k: v.detach().clone() for k, v in self.net.named_parameters()}
+        bnn = bayesianize(copy.deepcopy(self.net), cfg.prior_scale)
+        n_total = len(data)
+        x, t = _normalised(data)
+
+        def model(xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor) -> None:
+            mean, log_var = bnn(xb)
+            with pyro.plate("images", n_total, subsample=idx):
+                pyro.sample("obs", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(2), obs=tb)
+
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        batches = ((x[i], t[i], i) for i in _minibatches(n_total, min(cfg.batch_size, n_total), gen))
+        guide = make_guide(model, init, cfg.svi_init_scale)
+        losses = fit_svi(model, guide, batches, cfg.svi_steps, cfg.svi_lr, progress, lr_final=cfg.svi_lr / 10)
+        self.loc, self.scale = guide_posterior(guide)
+        self.info["elbo"] = [-v for v in losses[-10:]]
+        self.info["posterior_scale_mean"] = float(torch.cat([v.reshape(-1) for v in self.scale.values()]).mean())
+
+    def _sample_outputs(self, x, num_samples, gen):
+        for _ in range(num_samples):
+            params = {k: self.loc[k] + self.scale[k] * torch.randn(self.loc[k].shape, generator=gen) for k in self.loc}
+            yield functional_call(self.net, params, (x,))
+
+    def state_tensors(self):
+        return {**{f"loc.{k}": v for k, v in self.loc.items()}, **{f"scale.{k}": v for k, v in self.scale.items()}}
+
+    def load_state_tensors(self, tensors):
+        names = {k for k, _ in self.net.named_parameters()}
+        loc = {k[4:]: v for k, v in tensors.items() if k.startswith("loc.")}
+        scale = {k[6:]: v for k, v in tensors.items() if k.startswith("scale.")}
+        if set(loc) != names or set(scale) != names:
+            raise ValueError("checkpoint does not match the SVI network (parameter names differ)")
+        self.net.load_state_dict(loc, strict=False)
+        self.loc, self.scale = loc, scale
+
+
+class AISDenoiser(Denoiser):
+    """``ais``: PMC samples of the output head (``2 x (width + 1)`` weights) around a trained network."""
+
+    def __init__(self, config: DenoiserConfig) -> None:
+        super().__init__(config)
+        torch.manual_seed(config.seed)
+        self.net = HeteroscedasticCNN(config.net_config())
+        width = config.network.width
+        self.particles = torch.cat([self.net.head.weight.detach().reshape(-1), self.net.head.bias.detach()])[None]
+        self._width = width
+
+    def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``theta (P, 2 (w + 1))`` -> weights ``(P, 2, w)`` and biases ``(P, 2)``."""
+        w = self._width
+        return theta[:, : 2 * w].reshape(-1, 2, w), theta[:, 2 * w :]
+
+    def _head(self, x: torch.Tensor, feats: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance ``(P, B, y, x)`` for head parameters ``theta (P, d)``."""
+        weight, bias = self._split(theta.to(feats.dtype))
+        out = torch.einsum("pkc,bcyx->pbkyx", weight, feats) + bias[:, None, :, None, None]
+        return self.net.finish(x.to(feats.dtype), out)
+
+    def _fit(self, data, progress):
+        cfg = self.config
+        self.info["pretrain_loss"] = train_point_network(self.net, data, cfg, cfg.seed, progress)
+        gen = torch.Generator().manual_seed(cfg.seed + 2)
+        n_total = len(data)
+        pick = torch.randperm(n_total, generator=gen)[: min(cfg.ais_images, n_total)]
+        x, t = _normalised(data.subset(pick))
+        with torch.no_grad():  # float64: the log-likelihood sums ~1e5 voxels and PMC needs O(1) differences
+            feats = self.net.features(x).double()
+        x, t = x.double(), t.double()
+        scale_all = n_total / len(pick)
+        prior_var = cfg.prior_scale**2
+
+        def log_lik(theta: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+            xs, fs, ts = (x, feats, t) if idx is None else (x[idx], feats[idx], t[idx])
+            mean, log_var = self._head(xs, fs, theta)
+            ll = -0.5 * (log_var + (ts - mean) ** 2 * torch.exp(-log_var) + math.log(2 * math.pi))
+            return ll.sum(dim=(1, 2, 3)).double()
+
+        def log_target(theta: torch.Tensor, grad: bool = False) -> torch.Tensor:
+            out = []
+            with torch.set_grad_enabled(grad):
+                for chunk in theta.split(25):
+                    prior = -0.5 * (chunk**2).sum(-1) / prior_var
+                    out.append(scale_all * log_lik(chunk) + prior)
+            return torch.cat(out)
+
+        def make_loss():
+            idx = torch.randperm(len(pick), generator=gen)[: min(cfg.ais_batch, len(pick))]
+            factor = n_total / len(idx)
+            return lambda th: -(factor * log_lik(th[None], idx)[0] - 0.5 * (th**2).sum() / prior_var)
+
+        theta0 = torch.cat([self.net.head.weight.detach().reshape(-1), self.net.head.bias.detach()]).double()
+        # The trained head is not exactly at the mode of this (very concentrated) posterior: refine it first.
+        theta0 = self._refine_mode(x, feats, theta0, log_target, scale_all, prior_var)
+        self.net.head.weight.data.copy_(self._split(theta0[None])[0][0].reshape_as(self.net.head.weight))
+        self.net.head.bias.data.copy_(theta0[2 * self._width :])
+        # Whitening by the Laplace (Gauss-Newton) covariance of the head: theta = theta0 + chol z (chol maps
+        # the active parameters only). PMC samples z with diagonal proposals (light version) from N(0, I).
+        chol = self._laplace_factor(x, feats, theta0, scale_all, prior_var)
+
+        def log_target_z(z: torch.Tensor) -> torch.Tensor:
+            return log_target(theta0 + z @ chol.T)
+
+        def make_loss_z():
+            loss = make_loss()
+            return lambda z: loss(theta0 + chol @ z)
+
+        pmc = PMCConfig(
+            num_proposals=cfg.ais_proposals,
+            samples_per_proposal=cfg.ais_samples,
+            iterations=cfg.ais_iterations,
+            sigma_prop=1.0,
+            init_spread=0.1,
+            diagonal=True,
+            seed=cfg.seed,
+        )
+        result = pmc_sample(
+            log_target_z, torch.zeros(chol.shape[1], dtype=torch.float64), pmc, make_loss=make_loss_z, progress=progress
+        )
+        z_particles = result.resample(cfg.ais_particles, gen)
+        self.particles = (theta0 + z_particles @ chol.T).float()
+        laplace_std = torch.sqrt(torch.diagonal(chol @ chol.T))
+        post_std = torch.sqrt(torch.diagonal(chol @ torch.diag(result.var) @ chol.T))
+        self.info.update(
+            ess=result.ess,
+            ess_per_iteration=result.ess_per_iteration,
+            num_weighted_samples=int(result.samples.shape[0]),
+            log_evidence=result.log_evidence,
+            laplace_std_mean=float(laplace_std.mean()),
+            posterior_std_mean=float(post_std.mean()),
+        )
+
+    def _refine_mode(
+        self, x, feats, theta: torch.Tensor, log_target, scale: float, prior_var: float, iterations: int = 15
+    ) -> torch.Tensor:
+        """Fisher scoring on ``log_target`` from ``theta`` (Gauss-Newton steps with step halving)."""
+        value = float(log_target(theta[None])[0])
+        for _ in range(iterations):
+            th = theta.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(log_target(th[None], grad=True)[0], th)
+            active = self._active(feats)
+            precision = self._precision(x, feats, theta, scale, prior_var)[active][:, active]
+            step = torch.zeros_like(theta)
+            step[active] = torch.linalg.solve(precision, grad.double()[active])
+            gamma, improved = 1.0, False
+            for _ in range(10):
+                cand = theta + gamma * step
+                new = float(log_target(cand[None])[0])
+                if new > value:
+                    theta, improved = cand, value + 1e-3 < new
+                    value = new
+                    break
+                gamma /= 2
+            if not improved:
+                break
+        return theta
+
+    def _precision(
+        self, x: torch.Tensor, feats: torch.Tensor, theta0: torch.Tensor, scale: float, prior_var: float
+    ) -> torch.Tensor:
+        """Laplace precision ``scale F + I / prior_var``, ``F`` the Fisher (Gauss-Newton) matrix of the head.
+
+        The head is linear in its inputs ``phi = [features, 1]``: ``d mean / d w0 = phi`` and
+        ``d log_var / d w1 = sigmoid(a1 - min_log_var) phi``; the Gaussian Fisher is block diagonal with
+        ``sum phi phi^T / var`` and ``0.5 sum (sigmoid' phi)(sigmoid' phi)^T`` (``scale`` x the image sum).
+        """
+        w = self._width
+        with torch.no_grad():
+            weight, bias = self._split(theta0[None].to(feats.dtype))
+            pre = torch.einsum("kc,bcyx->bkyx", weight[0], feats) + bias[0][None, :, None, None]
+            _, log_var = self.net.finish(x, pre)
+            phi = torch.cat([feats, torch.ones_like(feats[:, :1])], 1).double()  # (B, w + 1, y, x)
+            inv_var = torch.exp(-log_var).double()
+            dlv = torch.sigmoid(pre[:, 1] - self.net.config.min_log_var).double()
+            f_mean = torch.einsum("bcyx,bdyx->cd", phi * inv_var[:, None], phi)
+            f_var = 0.5 * torch.einsum("bcyx,bdyx->cd", phi * dlv[:, None] ** 2, phi)
+        # parameter order: weights of output 0, weights of output 1, bias 0, bias 1
+        order = list(range(w)) + [2 * w]
+        order_v = list(range(w, 2 * w)) + [2 * w + 1]
+        fisher = torch.zeros((2 * w + 2, 2 * w + 2), dtype=torch.float64)
+        fisher[torch.tensor(order)[:, None], torch.tensor(order)[None]] = f_mean
+        fisher[torch.tensor(order_v)[:, None], torch.tensor(order_v)[None]] = f_var
+        return scale * fisher + torch.eye(2 * w + 2, dtype=torch.float64) / prior_var
+
+    def _active(self, feats: torch.Tensor) -> torch.Tensor:
+        """Head parameters the data identify: weights of channels that are zero on every cached image
+        (dead ReLUs) are kept fixed (their posterior is the prior, and sampling them is pointless)."""
+        live = feats.abs().amax(dim=(0, 2, 3)) > 0
+        return torch.cat([live, live, torch.ones(2, dtype=torch.bool)])
+
+    def _laplace_factor(self, x, feats, theta0, scale, prior_var) -> torch.Tensor:
+        """``B (d, d_active)`` with ``B B^T`` the Laplace covariance restricted to the active parameters."""
+        active = self._active(feats)
+        precision = self._precision(x, feats, theta0, scale, prior_var)[active][:, active]
+        cov = torch.cholesky_inverse(torch.linalg.cholesky(precision))
+        factor = torch.zeros((theta0.numel(), int(active.sum())), dtype=torch.float64)
+        factor[active] = torch.linalg.cholesky(0.5 * (cov + cov.T))
+        return factor
+
+    def _sample_outputs(self, x, num_samples, gen):
+        feats = self.net.features(x)
+        order = torch.randperm(self.particles.shape[0], generator=gen)
+        for i in range(num_samples):
+            theta = self.particles[order[i % len(order)]][None]
+            mean, log_var = self._head(x, feats, theta)
+            yield mean[0], log_var[0]
+
+    def state_tensors(self):
+        return {**{f"net.{k}": v for k, v in self.net.state_dict().items()}, "particles": self.particles}
+
+    def load_state_tensors(self, tensors):
+        self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
+        if "particles" not in tensors:
+            raise ValueError("checkpoint has no AIS particles")
+        self.particles = tensors["particles"]
+
+
+def make_denoiser(config: DenoiserConfig) -> Denoiser:
+    """The denoiser class for ``config.method``."""
+    if config.method in ("cnn", "mc_dropout"):
+        return PointDenoiser(config)
+    if config.method == "ensemble":
+        return EnsembleDenoiser(config)
+    if config.method == "svi":
+        return SVIDenoiser(config)
+    return AISDenoiser(config)

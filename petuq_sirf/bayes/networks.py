@@ -1,0 +1,92 @@
+"""A compact heteroscedastic CNN denoiser: residual mean and per-voxel log-variance.
+
+Works on normalised 2D images ``(B, y, x)`` (the caller divides by :func:`image_scale`). The body is a
+stack of dilated 3x3 convolutions (receptive field 19 voxels with the default dilations); the head is a
+1x1 convolution to two channels: ``mean = input + head[0]`` and
+``log_var = min_log_var + softplus(head[1] - min_log_var)`` (smoothly bounded below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Architecture. ``dropout`` > 0 adds element-wise dropout after each hidden activation (MC dropout)."""
+
+    width: int = 24
+    dilations: tuple[int, ...] = (1, 2, 3, 2, 1)
+    dropout: float = 0.0
+    min_log_var: float = -9.0
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or not self.dilations:
+            raise ValueError(f"invalid network: width {self.width}, dilations {self.dilations}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "dilations": list(self.dilations)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkConfig:
+        return cls(**{**d, "dilations": tuple(d["dilations"])})
+
+
+class HeteroscedasticCNN(nn.Module):
+    """``forward(x (B, y, x)) -> (mean (B, y, x), log_var (B, y, x))`` on normalised images."""
+
+    def __init__(self, config: NetworkConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or NetworkConfig()
+        c = self.config
+        layers: list[nn.Module] = []
+        channels = 1
+        for d in c.dilations:
+            layers.append(nn.Conv2d(channels, c.width, 3, padding=d, dilation=d))
+            layers.append(nn.ReLU())
+            if c.dropout > 0:
+                layers.append(nn.Dropout(c.dropout))
+            channels = c.width
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(c.width, 2, 1)
+        with torch.no_grad():  # start close to the identity with unit variance
+            self.head.weight.mul_(0.1)
+            self.head.bias.zero_()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Body activations ``(B, width, y, x)``."""
+        if x.dim() != 3:
+            raise ValueError(f"expected images (B, y, x), got shape {tuple(x.shape)}")
+        return self.body(x.unsqueeze(1))
+
+    def head_output(
+        self,
+        x: torch.Tensor,
+        features: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-variance from features; ``weight (2, width)`` / ``bias (2,)`` override the head."""
+        w = self.head.weight if weight is None else weight.reshape(2, -1, 1, 1)
+        b = self.head.bias if bias is None else bias
+        out = F.conv2d(features, w, b)
+        return self.finish(x, out)
+
+    def finish(self, x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``out (..., 2, y, x)`` head output -> (mean, log_var)."""
+        m = self.config.min_log_var
+        return x + out[..., 0, :, :], m + F.softplus(out[..., 1, :, :] - m)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_output(x, self.features(x))
+
+
+def gaussian_nll_loss(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean per-voxel heteroscedastic Gaussian NLL (without the constant)."""
+    return 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var)).mean()
