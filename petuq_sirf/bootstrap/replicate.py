@@ -48,7 +48,7 @@ class BootstrapConfig:
     num_replicates: int = 100
     weights: str = "exp"
     seed: int = 0
-    num_iterations: int = 20
+    num_iterations: int = 30
     prior_strength: float = 0.01
     prior_cv: float = 0.1
     full_data_iterations: int = 60

@@ -39,7 +39,7 @@ def register(sub) -> None:
     )
     p.add_argument("--workers", type=int, default=2, help="workers of a local pool / LocalCluster")
     p.add_argument("--threads-per-worker", type=int, default=1)
-    p.add_argument("--iterations", type=int, default=20, help="MAP-RDP iterations per replicate (warm-started)")
+    p.add_argument("--iterations", type=int, default=30, help="MAP-RDP iterations per replicate (warm-started)")
     p.add_argument("--full-data-iterations", type=int, default=60, help="MAP-RDP iterations of the full-data estimate")
     p.add_argument("--beta-strength", type=float, default=0.01, help="RDP strength relative to the mean sensitivity")
     p.add_argument("--prior-cv", type=float, default=0.1, help="coefficient of variation of the random penalty factor")
