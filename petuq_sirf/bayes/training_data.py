@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.data.image_io import read_npz, write_npz
-from petuq_sirf.data.phantoms import random_ellipses_phantom
+from petuq_sirf.data.phantoms import Phantom, random_ellipses_phantom
 from petuq_sirf.data.simulate import SimulationConfig, simulate
 from petuq_sirf.recon.em import osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
@@ -173,6 +173,34 @@ def generate_pairs(config: DenoisingDataConfig, progress: bool = False) -> Denoi
         tuple(image.voxel_size_mm),
         {"config": asdict(config)},
     )
+
+
+def noisy_realisations(
+    phantom: Phantom, config: DenoisingDataConfig, dose_fraction: float, num: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num`` independent noisy OSEM reconstructions of one phantom, reconstructed like the training data.
+
+    Returns ``noisy (num, z, y, x)`` and the ``truth (z, y, x)`` in the same (dose-dependent) units.
+    """
+    if num < 1:
+        raise ValueError(f"number of realisations must be >= 1, got {num}")
+    layout, image = geometry_for(config.scanner)
+    if tuple(phantom.image.shape) != tuple(image.shape):
+        raise ValueError(f"phantom shape {phantom.image.shape} does not match the {config.scanner} image {image.shape}")
+    geometric = EmbeddedAcquisitionModel(layout, image, psf_fwhm_mm=config.psf_fwhm_mm)
+    rng = np.random.default_rng(seed)
+    noisy, truth = [], None
+    for _ in range(num):
+        cfg = SimulationConfig(
+            true_counts=dose_fraction * config.standard_counts,
+            psf_fwhm_mm=config.psf_fwhm_mm,
+            seed=int(rng.integers(2**31 - 1)),
+        )
+        sim = simulate(phantom, layout, cfg, model=geometric)
+        model = geometric.with_terms(multiplicative=sim.multiplicative, additive=sim.additive)
+        noisy.append(osem(model, sim.prompts, config.osem_iterations, config.osem_subsets).image.cpu())
+        truth = sim.truth
+    return torch.stack(noisy), truth
 
 
 def load_or_generate(

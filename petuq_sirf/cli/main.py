@@ -15,6 +15,9 @@ COMMAND_MODULES = [
     "reconstruct",
     "demo",
     "bootstrap",
+    "train_denoiser",
+    "denoise",
+    "evaluate_uq",
 ]
 
 

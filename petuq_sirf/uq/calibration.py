@@ -430,6 +430,30 @@ def frequentist_coverage(
     return out
 
 
+def rank_correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Spearman rank correlation of two images over the mask (e.g. predicted std vs absolute error)."""
+    if a.shape != b.shape:
+        raise ValueError(f"shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
+    m = _mask_for(mask, a)
+    x, y = _select(a, m), _select(b, m)
+    if x.numel() < 3:
+        raise ValueError("rank correlation needs at least 3 voxels")
+
+    def ranks(v: torch.Tensor) -> torch.Tensor:  # average ranks of ties
+        order = torch.argsort(v)
+        r = torch.empty_like(v)
+        r[order] = torch.arange(v.numel(), dtype=v.dtype)
+        uniq, inverse = torch.unique(v, return_inverse=True)
+        sums = torch.zeros_like(uniq).index_add_(0, inverse, r)
+        counts = torch.zeros_like(uniq).index_add_(0, inverse, torch.ones_like(r))
+        return (sums / counts)[inverse]
+
+    rx, ry = ranks(x), ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = torch.sqrt((rx**2).sum() * (ry**2).sum())
+    return float((rx * ry).sum() / denom) if denom > 0 else 0.0
+
+
 def coverage_table(results: Mapping[str, Mapping]) -> str:
     """A plain-text table of coverage per nominal level for several methods' :func:`evaluate_uq` dicts."""
     names = list(results)

@@ -124,3 +124,13 @@ def test_frequentist_protocol_table():
     assert "gauss" in table and "0.90" in table
     with pytest.raises(ValueError, match="realisations"):
         cal.frequentist_coverage(truth, mean=mean[:1], std=std[:1])
+
+
+def test_rank_correlation_matches_known_values():
+    a = torch.arange(10.0).reshape(1, 2, 5)
+    assert cal.rank_correlation(a, a**3) == pytest.approx(1.0)
+    assert cal.rank_correlation(a, -a) == pytest.approx(-1.0)
+    b = torch.tensor([1.0, 2, 2, 3, 4, 5, 6, 7, 8, 9]).reshape(1, 2, 5)  # a tie
+    from scipy.stats import spearmanr
+
+    assert cal.rank_correlation(a, b) == pytest.approx(spearmanr(a.flatten(), b.flatten())[0])
