@@ -23,7 +23,7 @@ def test_simulate_then_reconstruct(tmp_path, capsys):
 
 
 def test_demo_writes_images_figure_and_metrics(tmp_path):
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--no-denoiser", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     rec = metrics["reconstruction"]
     assert rec["map_rdp"]["background_variability"] < rec["osem"]["background_variability"]
