@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 
 from petuq_sirf.bootstrap import (
     BootstrapConfig,
@@ -237,16 +236,7 @@ def _std_ratio(layout, image, realisations: int, replicates: int, counts: float,
     return float(reps.std(0, ddof=1)[body].mean() / np.stack(maps).std(0, ddof=1)[body].mean())
 
 
-@pytest.fixture
-def one_thread():
-    """Single-threaded torch (much faster than 2 threads on 2 busy cores); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_bootstrap_std_matches_spread_of_map_over_realisations(layout_2d, one_thread):
+def test_bootstrap_std_matches_spread_of_map_over_realisations(layout_2d):
     """High counts, 20 independent realisations: bootstrap std within 25 % of the empirical MAP std.
 
     On a coarse 32 x 32 grid (7.6 mm voxels) to keep it cheap; the slow variant uses the 64 x 64 grid.
@@ -257,7 +247,7 @@ def test_bootstrap_std_matches_spread_of_map_over_realisations(layout_2d, one_th
 
 
 @pytest.mark.slow
-def test_bootstrap_std_matches_spread_of_map_converged(layout_2d, image_2d, one_thread):
+def test_bootstrap_std_matches_spread_of_map_converged(layout_2d, image_2d):
     """The same with better converged replicates (60 iterations), 30 realisations, 40 replicates."""
     ratio = _std_ratio(layout_2d, image_2d, realisations=30, replicates=40, counts=1e6, iterations=60)
     assert 0.85 < ratio < 1.15, ratio
