@@ -49,11 +49,11 @@ def simulated_scan(args, out: Path) -> tuple[Path, Path, SinogramLayout, ImageGe
     if args.quick:
         scanner = get_scanner("test-3d").with_(name="mMR-like (quick)", num_rings=4)
         layout = SinogramLayout(scanner, span=3, max_ring_difference=2, view_mashing=2)
-        image = ImageGeometry((7, 48, 48), (2.0, 5.0, 5.0))
+        image = ImageGeometry((7, 49, 49), (2.0, 5.0, 5.0))  # odd sizes: usable by SIRF/STIR too
     else:
         scanner = get_scanner("mMR").with_(num_rings=args.rings)
         layout = make_layout(scanner, span=3, max_ring_difference=min(4, args.rings - 1), view_mashing=args.mash)
-        image = ImageGeometry((2 * args.rings - 1, 96, 96), (scanner.ring_spacing_mm / 2, 5.0, 5.0))
+        image = ImageGeometry((2 * args.rings - 1, 97, 97), (scanner.ring_spacing_mm / 2, 5.0, 5.0))
     phantom = nema_iec_phantom(image)
     cfg = SimulationConfig(true_counts=args.counts, psf_fwhm_mm=0.0, listmode=True, duration_s=60.0, seed=args.seed)
     sim = simulate(phantom, layout, cfg)
@@ -116,7 +116,7 @@ def main() -> None:
         hdr, mu_path = Path(args.listmode), Path(args.mu_map) if args.mu_map else None
         header = read_mmr_header(hdr)
         layout = make_layout(header.scanner, 11, 60, view_mashing=args.mash)
-        image = ImageGeometry.for_layout(layout, num_xy=128, voxel_xy_mm=4.0)
+        image = ImageGeometry.for_layout(layout, num_xy=127, voxel_xy_mm=4.0)
         if mu_path is not None:
             _, image = read_image(mu_path)
     else:

@@ -73,6 +73,33 @@ def from_stir_order(array: np.ndarray, order: np.ndarray) -> np.ndarray:
     return out
 
 
+def stir_image_geometry(layout: SinogramLayout, image: ImageGeometry) -> ImageGeometry:
+    """The grid to write in Interfile templates for STIR/SIRF so that STIR places it where we do.
+
+    Measured against STIR 6's ``forward_project`` (docs/sirf_stir.md): STIR's axial origin is
+    the centre of the first ring (ours is the scanner centre), so ``z`` is shifted by
+    ``(rings - 1) / 2 * ring spacing``; its x/y voxel indices run ``-n//2 .. n - n//2 - 1``
+    about the axis, so only odd in-plane sizes are centred like ours (STIR's ray tracer refuses
+    shifted x/y origins, so even sizes are an error here).
+    """
+    _, ny, nx = image.shape
+    if ny % 2 == 0 or nx % 2 == 0:
+        raise ValueError(
+            f"SIRF/STIR backends need odd in-plane image sizes to centre the grid like ours, got {ny} x {nx} "
+            f"(use e.g. {ny + 1 - ny % 2} x {nx + 1 - nx % 2}; STIR's own default images are odd too)"
+        )
+    if image.offset_mm[1] != 0 or image.offset_mm[2] != 0:
+        raise ValueError("SIRF/STIR ray tracing needs an image centred on the scanner axis (x/y offset 0)")
+    sc = layout.scanner
+    shift = (sc.num_rings - 1) / 2 * sc.ring_spacing_mm
+    return ImageGeometry(image.shape, image.voxel_size_mm, (image.offset_mm[0] + shift, 0.0, 0.0))
+
+
+def stir_pixel_units(image: ImageGeometry) -> float:
+    """STIR's ray-tracing matrix gives lengths in units of the x voxel size; multiply by this for mm (ours)."""
+    return float(image.voxel_size_mm[2])
+
+
 def sirf_terms(multiplicative: torch.Tensor, additive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Our ``(m, b)`` as SIRF's ``(S, a, b_s)`` with ``y = S (G x + a) + b_s``.
 

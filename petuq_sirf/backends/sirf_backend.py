@@ -30,6 +30,8 @@ from petuq_sirf.backends.bridge import (
     from_numpy,
     from_stir_order,
     sirf_terms,
+    stir_image_geometry,
+    stir_pixel_units,
     stir_sinogram_order,
     to_numpy,
     to_stir_order,
@@ -88,11 +90,11 @@ def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | No
     return acq
 
 
-def image_template(image: ImageGeometry, workdir: str | os.PathLike | None = None):
-    """A SIRF ``ImageData`` on our grid (via an Interfile ``.hv`` with the same size, voxels and offsets)."""
+def image_template(layout: SinogramLayout, image: ImageGeometry, workdir: str | os.PathLike | None = None):
+    """A SIRF ``ImageData`` on our grid (an Interfile ``.hv`` in STIR's coordinates, see ``stir_image_geometry``)."""
     pet = import_sirf()
     folder = Path(workdir or tempfile.mkdtemp(prefix="petuq_sirf_"))
-    path = write_image(folder / "template.hv", np.zeros(image.shape, np.float32), image)
+    path = write_image(folder / "template.hv", np.zeros(image.shape, np.float32), stir_image_geometry(layout, image))
     img = pet.ImageData(str(path))
     dims = tuple(int(d) for d in img.dimensions())
     if dims != image.shape:
@@ -154,7 +156,7 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         self.projector = projector
         self.num_tangential_lors = int(num_tangential_lors)
         self._acq_template = acq_template if acq_template is not None else acquisition_template(layout)
-        self._img_template = image_template_data if image_template_data is not None else image_template(image)
+        self._img_template = image_template_data if image_template_data is not None else image_template(layout, image)
         if sensitivity_model is not None:
             sensitivity_model.set_up(self._acq_template)
             ones = self._acq_template.get_uniform_copy(1.0)
@@ -183,7 +185,8 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
 
     def _setup(self) -> None:
         pet = self._pet
-        S, a, b_s = sirf_terms(self._m.cpu(), self._b.cpu())
+        # SIRF's G is STIR's ray tracing in units of the x voxel size: fold the mm conversion into S
+        S, a, b_s = sirf_terms(self._m.cpu() * stir_pixel_units(self.image), self._b.cpu())
         tmpl = self._acq_template
         self._S = _fill_acq(tmpl, to_numpy(S), self.layout)
         self._asm = pet.AcquisitionSensitivityModel(self._S)

@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petuq_sirf.backends.bridge import ExternalAcquisitionModel, from_stir_order, stir_sinogram_order, to_stir_order
+from petuq_sirf.backends.bridge import (
+    ExternalAcquisitionModel,
+    from_stir_order,
+    stir_image_geometry,
+    stir_pixel_units,
+    stir_sinogram_order,
+    to_stir_order,
+)
 from petuq_sirf.backends.registry import require_backend
 from petuq_sirf.data.interfile import read_projdata, write_image, write_projdata
 from petuq_sirf.operators.psf import GaussianPSF
@@ -92,13 +99,15 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
         fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3
         self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
         self._order = stir_sinogram_order(layout)
+        self._stir_image = stir_image_geometry(layout, image)  # also checks the grid is usable by STIR
+        self._scale = stir_pixel_units(image)
         self._stir = _shared if _shared is not None else self._set_up_stir(workdir)
 
     def _set_up_stir(self, workdir) -> dict:
         stir = import_stir()
         folder = Path(workdir or tempfile.mkdtemp(prefix="petuq_stir_"))
         hs = write_projdata(folder / "template.hs", np.zeros(self.layout.shape, np.float32), self.layout)
-        hv = write_image(folder / "template.hv", np.zeros(self.image.shape, np.float32), self.image)
+        hv = write_image(folder / "template.hv", np.zeros(self.image.shape, np.float32), self._stir_image)
         template = stir.ProjData.read_from_file(str(hs))
         pdi = template.get_proj_data_info()
         img = stir.FloatVoxelsOnCartesianGrid.read_from_file(str(hv))
@@ -120,14 +129,15 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
         s["image"].fill(np.ascontiguousarray(x, dtype=np.float32).flat)
         s["proj"].fill(0.0)
         s["fwd"].forward_project(s["proj"], s["image"])
-        return from_stir_order(_projdata_to_numpy(s["module"], s["proj"], self.data_shape), self._order)
+        arr = _projdata_to_numpy(s["module"], s["proj"], self.data_shape) * self._scale  # STIR pixel units -> mm
+        return from_stir_order(arr, self._order)
 
     def _geometric_adjoint_np(self, y: np.ndarray) -> np.ndarray:
         s = self._stir
         s["proj"].fill(np.ascontiguousarray(to_stir_order(y, self._order)).flat)
         s["image"].fill(0.0)
         s["bwd"].back_project(s["image"], s["proj"])
-        return _image_to_numpy(s["image"], self.image_shape)
+        return _image_to_numpy(s["image"], self.image_shape) * self._scale
 
     def _psf(self, x: np.ndarray, adjoint: bool = False) -> np.ndarray:
         if self.psf is None:

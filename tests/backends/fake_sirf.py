@@ -6,7 +6,9 @@ contract our adapter depends on:
 * ``y = S (G P x + a) + b_s`` for the full model, ``S G P x`` for the linear one;
 * projection arrays are ``(TOF=1, sinograms, views, tangential)`` with the segments in
   STIR's ``standard_segment_sequence`` 0, +1, -1, +2, -2, ... (not ascending);
-* templates read from Interfile; ``AcquisitionData`` read from file is read-only.
+* templates read from Interfile; ``AcquisitionData`` read from file is read-only;
+* STIR's geometry conventions as measured with STIR 6 (docs/sirf_stir.md): image ``z`` measured
+  from the first ring, ray-tracing values in units of the x voxel size, odd x/y sizes only.
 
 So the tests check the adapter's term conversion, array reordering, batching and
 autograd, not SIRF itself.
@@ -31,6 +33,14 @@ def _standard_segment_sequence(num_segments):
     for k in range(1, centre + 1):
         seq += [k, -k]
     return [centre + s for s in seq]
+
+
+def stir_to_our_geometry(layout, geometry):
+    """Undo STIR's image conventions (z origin at the first ring); refuse what STIR's ray tracer refuses."""
+    if geometry.shape[1] % 2 == 0 or geometry.shape[2] % 2 == 0 or geometry.offset_mm[1] or geometry.offset_mm[2]:
+        raise RuntimeError("ProjMatrixByBinUsingRayTracing sadly doesn't support shifted x/y origin yet")
+    shift = (layout.scanner.num_rings - 1) / 2 * layout.scanner.ring_spacing_mm
+    return type(geometry)(geometry.shape, geometry.voxel_size_mm, (geometry.offset_mm[0] - shift, 0.0, 0.0))
 
 
 def _array_order(layout):
@@ -162,10 +172,12 @@ class AcquisitionModelUsingRayTracingMatrix:
         self.acq_templ, self.img_templ = acq_templ, img_templ
         self.layout = acq_templ.layout
         self.order = _array_order(self.layout)
-        key = (self.layout, img_templ.geometry)
+        ours = stir_to_our_geometry(self.layout, img_templ.geometry)
+        key = (self.layout, ours)
         if key not in _PROJECTORS:  # building a system matrix is the slow part; share it between models
-            _PROJECTORS[key] = RayTracingProjector(self.layout, img_templ.geometry)
+            _PROJECTORS[key] = RayTracingProjector(self.layout, ours)
         self.proj = _PROJECTORS[key]
+        self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.P = GaussianPSF(self.psf.fwhms, img_templ.geometry.voxel_size_mm) if self.psf is not None else None
 
     def _S(self):
@@ -175,7 +187,7 @@ class AcquisitionModelUsingRayTracingMatrix:
         x = torch.from_numpy(image.values)
         if self.P is not None:
             x = self.P(x)
-        return self.proj.forward(x).numpy()[self.order][None]
+        return (self.proj.forward(x) / self.pixel).numpy()[self.order][None]
 
     def forward(self, image):
         a = self.at.values if self.at is not None else 0.0
@@ -191,7 +203,7 @@ class AcquisitionModelUsingRayTracingMatrix:
         def adjoint(ad):
             y = np.empty_like(ad.values[0])
             y[outer.order] = (outer._S() * ad.values)[0]
-            z = outer.proj.adjoint(torch.from_numpy(y))
+            z = outer.proj.adjoint(torch.from_numpy(y)) / outer.pixel
             if outer.P is not None:
                 z = outer.P.adjoint(z)
             out = ImageData(outer.img_templ)

@@ -3,7 +3,8 @@
 NOT STIR: the projector is our embedded one. It reproduces what our STIR adapter relies on:
 ``ProjData.read_from_file`` / ``FloatVoxelsOnCartesianGrid.read_from_file`` on Interfile,
 ``ProjDataInMemory.fill`` / ``as_array`` with sinograms in STIR's standard segment sequence
-(0, +1, -1, ...), and forward / back projectors set up from a projection matrix. Tests with it
+(0, +1, -1, ...), forward / back projectors set up from a projection matrix, and STIR's
+measured geometry conventions (z from the first ring, x-voxel units, odd x/y sizes). Tests with it
 check our adapter (reordering, PSF, terms, autograd), not STIR.
 """
 
@@ -17,7 +18,7 @@ import torch
 
 from petuq_sirf.data.interfile import read_image, read_projdata
 from petuq_sirf.operators.projector import RayTracingProjector
-from tests.backends.fake_sirf import _PROJECTORS, _array_order
+from tests.backends.fake_sirf import _PROJECTORS, _array_order, stir_to_our_geometry
 
 
 class _ProjData:
@@ -82,23 +83,25 @@ class _Projector:
 
     def set_up(self, layout, image):
         self.layout = layout
-        key = (layout, image.geometry)
+        ours = stir_to_our_geometry(layout, image.geometry)
+        key = (layout, ours)
         if key not in _PROJECTORS:  # share system matrices between projectors and tests
-            _PROJECTORS[key] = RayTracingProjector(layout, image.geometry)
+            _PROJECTORS[key] = RayTracingProjector(layout, ours)
         self.proj = _PROJECTORS[key]
+        self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.order = _array_order(layout)
 
 
 class ForwardProjectorByBinUsingProjMatrixByBin(_Projector):
     def forward_project(self, projdata, image):
-        projdata.values[...] = self.proj.forward(torch.from_numpy(image.values)).numpy()[self.order]
+        projdata.values[...] = (self.proj.forward(torch.from_numpy(image.values)) / self.pixel).numpy()[self.order]
 
 
 class BackProjectorByBinUsingProjMatrixByBin(_Projector):
     def back_project(self, image, projdata):
         y = np.empty_like(projdata.values)
         y[self.order] = projdata.values
-        image.values[...] += self.proj.adjoint(torch.from_numpy(y)).numpy()
+        image.values[...] += (self.proj.adjoint(torch.from_numpy(y)) / self.pixel).numpy()
 
 
 def install(monkeypatch):

@@ -55,13 +55,13 @@ def terms_3d(layout_3d):
 
 
 @pytest.mark.parametrize("psf", [0.0, 5.0])
-def test_sirf_adapter_matches_embedded(monkeypatch, layout_3d, image_3d, terms_3d, psf):
+def test_sirf_adapter_matches_embedded(monkeypatch, layout_3d, image_3d_odd, terms_3d, psf):
     fake_sirf.install(monkeypatch)
     m, b = terms_3d
-    sirf_model = make_acquisition_model("sirf", layout_3d, image_3d, m, b, psf_fwhm_mm=psf)
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d, m, b, psf_fwhm_mm=psf)
+    sirf_model = make_acquisition_model("sirf", layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
+    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(2, *image_3d.shape, generator=g)  # batched
+    x = torch.rand(2, *image_3d_odd.shape, generator=g)  # batched
     y = torch.rand(layout_3d.shape, generator=g)
     assert torch.allclose(sirf_model.forward(x), ref.forward(x), rtol=1e-4, atol=1e-5)
     assert torch.allclose(sirf_model.direct(x), ref.direct(x), rtol=1e-4, atol=1e-5)
@@ -72,24 +72,24 @@ def test_sirf_adapter_matches_embedded(monkeypatch, layout_3d, image_3d, terms_3
     assert torch.allclose(sub.sensitivity(), sub_ref.sensitivity(), rtol=1e-4, atol=1e-4)
 
 
-def test_sirf_adapter_autograd_and_reconstruction(monkeypatch, layout_2d, image_2d):
+def test_sirf_adapter_autograd_and_reconstruction(monkeypatch, layout_2d, image_2d_odd):
     fake_sirf.install(monkeypatch)
-    layout_3d, image_3d = layout_2d, image_2d  # 2D keeps this quick
+    layout_3d, image_3d_odd = layout_2d, image_2d_odd  # 2D keeps this quick
     g = torch.Generator().manual_seed(0)
     m, b = 0.5 + torch.rand(layout_2d.shape, generator=g), torch.rand(layout_2d.shape, generator=g)
-    model = make_acquisition_model("sirf", layout_3d, image_3d, m, b)
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d, m, b)
-    x = torch.rand(image_3d.shape, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    model = make_acquisition_model("sirf", layout_3d, image_3d_odd, m, b)
+    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b)
+    x = torch.rand(image_3d_odd.shape, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     w = torch.rand(layout_3d.shape, generator=torch.Generator().manual_seed(3))
     (model.forward(x) * w).sum().backward()
     assert torch.allclose(x.grad, ref.adjoint(w), rtol=1e-4, atol=1e-4)
     a = model.adjoint(w.requires_grad_(True))
     a.sum().backward()  # gradient of the adjoint is the direct operator
-    assert torch.allclose(w.grad, ref.direct(torch.ones(image_3d.shape)), rtol=1e-4, atol=1e-4)
+    assert torch.allclose(w.grad, ref.direct(torch.ones(image_3d_odd.shape)), rtol=1e-4, atol=1e-4)
     # OSEM runs unchanged on the SIRF model
-    y = torch.poisson(ref.forward(torch.ones(image_3d.shape)), generator=torch.Generator().manual_seed(4))
+    y = torch.poisson(ref.forward(torch.ones(image_3d_odd.shape)), generator=torch.Generator().manual_seed(4))
     rec = osem(model, y, num_iterations=2, num_subsets=2)
     rec_ref = osem(ref, y, num_iterations=2, num_subsets=2)
     assert torch.allclose(rec.image, rec_ref.image, rtol=1e-3, atol=1e-3)
     new = model.with_terms(additive=torch.zeros(layout_3d.shape))
-    assert torch.allclose(new.forward(torch.zeros(image_3d.shape)), torch.zeros(layout_3d.shape))
+    assert torch.allclose(new.forward(torch.zeros(image_3d_odd.shape)), torch.zeros(layout_3d.shape))
