@@ -172,6 +172,40 @@ def test_same_seed_same_replicate_in_process_and_on_dask(problem, tmp_path):
     assert not np.array_equal(local.load(0), local.load(1))
 
 
+def test_a_failed_replicate_is_retried_in_process_and_on_dask(problem, tmp_path, monkeypatch):
+    import petuq_sirf.bootstrap.executors as executors
+
+    real, calls = executors.run_replicate, {}
+
+    def flaky(p, c, b):
+        calls[b] = calls.get(b, 0) + 1
+        if b == 1 and calls[b] == 1:
+            raise RuntimeError("worker lost")
+        return real(p, c, b)
+
+    monkeypatch.setattr(executors, "run_replicate", flaky)
+    cfg = BootstrapConfig(num_replicates=3, num_iterations=2, full_data_iterations=3)
+    store = run_bootstrap(problem, cfg, tmp_path / "a", progress=False)
+    assert store.completed() == [0, 1, 2] and calls == {0: 1, 1: 2, 2: 1}
+    calls.clear()
+    with DaskExecutor(num_workers=1, processes=False, retries=1) as ex:
+        store = run_bootstrap(problem, cfg, tmp_path / "b", executor=ex, progress=False)
+    assert store.completed() == [0, 1, 2] and calls == {0: 1, 1: 2, 2: 1}
+
+    def broken(p, c, b):
+        raise RuntimeError("always fails")
+
+    monkeypatch.setattr(executors, "run_replicate", broken)
+    with pytest.raises(RuntimeError, match="always fails"):
+        run_bootstrap(
+            problem,
+            BootstrapConfig(num_replicates=4, num_iterations=2, full_data_iterations=3),
+            tmp_path / "a",
+            progress=False,
+        )
+    assert ReplicateStore.existing(tmp_path / "a").completed() == [0, 1, 2]  # nothing lost
+
+
 @pytest.mark.slow
 def test_same_replicates_on_process_pool_and_dask_processes(problem, tmp_path):
     from petuq_sirf.bootstrap import ProcessPoolExecutor
