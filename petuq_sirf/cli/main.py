@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "listmode",
     "simulate",
     "reconstruct",
+    "reconstruct_uq",
     "demo",
     "bootstrap",
     "train_denoiser",

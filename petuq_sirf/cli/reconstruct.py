@@ -30,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--beta", type=float, default=None, help="absolute RDP beta (overrides --beta-strength)")
     p.add_argument("--postfilter-fwhm-mm", type=float, default=0.0, help="Gaussian post-filter FWHM in mm")
     p.add_argument("--samples", type=int, default=16, help="posterior samples (pnp-admm, unrolled)")
+    p.add_argument("--weights", default=None, help="safetensors weights (pnp-admm, unrolled; default: shipped)")
     p.add_argument("--out", required=True, help="output folder")
     add_device_argument(p)
     p.set_defaults(handler=run)

@@ -1,0 +1,281 @@
+"""Reconstruction with uncertainty: ``petuq reconstruct --method pnp-admm|unrolled``, and the trainers
+``petuq train-unrolled`` and ``petuq train-pnp-denoiser``.
+
+Weights are single safetensors files (point weights ``net.*``, posterior ``posterior.loc.*`` /
+``posterior.scale.*``, settings in the metadata). Without ``--weights`` the files shipped in
+``petuq_sirf/weights/`` (trained for the test-2d demo problem) are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from petuq_sirf.cli.common import add_device_argument, load_acquisition, resolve_device, write_metrics
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED = {
+    "pnp-admm": WEIGHTS_DIR / "pnp_denoiser_test2d.safetensors",
+    "unrolled": WEIGHTS_DIR / "unrolled_test2d.safetensors",
+}
+
+
+def _geometry(scanner: str):
+    from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+
+    layout = SinogramLayout(get_scanner(scanner))
+    return layout, ImageGeometry.for_layout(layout)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train-unrolled",
+        help="train the unrolled FBSEM network with Bayesian CNN blocks on simulated low-dose data",
+    )
+    p.add_argument("--scanner", default="test-2d", help="scanner of the simulated training data")
+    p.add_argument("--phantoms", type=int, default=32, help="training phantoms (random ellipses)")
+    p.add_argument("--validation-phantoms", type=int, default=8)
+    p.add_argument("--counts", type=float, default=5e4, help="expected true counts per acquisition")
+    p.add_argument("--unrolled-iterations", type=int, default=6, help="unrolled iterations K")
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--steps", type=int, default=300, help="Adam steps on the mean image (MSE)")
+    p.add_argument("--head-steps", type=int, default=100, help="Adam steps on the aleatoric head (NLL)")
+    p.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    add_device_argument(p)
+    p.set_defaults(handler=run_train_unrolled)
+
+    q = sub.add_parser(
+        "train-pnp-denoiser",
+        help="train the firmly nonexpansive CNN denoiser for PnP-ADMM and its weight posterior",
+    )
+    q.add_argument("--scanner", default="test-2d", help="image grid of the training phantoms")
+    q.add_argument("--images", type=int, default=64, help="training phantoms (random ellipses)")
+    q.add_argument("--steps", type=int, default=400)
+    q.add_argument("--noise-std", type=float, default=0.3, help="largest Gaussian noise level (normalised units)")
+    q.add_argument("--penalty", type=float, default=1.0, help="weight of the Jacobian penalty (0 = unconstrained)")
+    q.add_argument("--epsilon", type=float, default=0.1, help="target ||J_(2D-I)||^2 <= 1 - epsilon")
+    q.add_argument("--spectral-norm", action="store_true", help="spectrally normalise every convolution")
+    q.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior (0 = none)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="output .safetensors file")
+    q.set_defaults(handler=run_train_denoiser)
+
+
+# ------------------------------------------------------------------------------------------- training
+def run_train_unrolled(args: argparse.Namespace) -> int:
+    from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+    from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledTrainingConfig, train_unrolled
+    from petuq_sirf.recon.weight_posterior import save_posterior
+
+    if args.phantoms < 1 or args.validation_phantoms < 1:
+        raise ValueError("--phantoms and --validation-phantoms must be >= 1")
+    device = resolve_device(args.device)
+    layout, image = _geometry(args.scanner)
+    geometric = geometric_model(layout, image, 4.0, device=device)
+    t0 = time.perf_counter()
+    train = make_low_dose_set(layout, image, LowDoseConfig(args.phantoms, args.counts, seed=args.seed), geometric)
+    val = make_low_dose_set(
+        layout, image, LowDoseConfig(args.validation_phantoms, args.counts, seed=args.seed + 1000), geometric
+    )
+    net_cfg = UnrolledConfig(num_iterations=args.unrolled_iterations, channels=args.channels)
+    cfg = UnrolledTrainingConfig(
+        num_steps=args.steps,
+        head_steps=args.head_steps,
+        svi_steps=args.svi_steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    res = train_unrolled(train, geometric, cfg, net_cfg, validation=val)
+    info = {
+        "kind": "unrolled",
+        "net_config": net_cfg.to_dict(),
+        "scanner": args.scanner,
+        "image_shape": list(image.shape),
+        "voxel_size_mm": list(image.voxel_size_mm),
+        "true_counts": args.counts,
+        "psf_fwhm_mm": 4.0,
+        "phantoms": args.phantoms,
+        "training": vars(cfg),
+        "validation_mse": res.val_losses,
+        "seconds": time.perf_counter() - t0,
+        "command": "petuq train-unrolled " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in _argv(args).items()),
+    }
+    res.net.cpu()
+    path = save_posterior(
+        args.out, res.net, res.posterior.to("cpu") if res.posterior else None, {"info": json.dumps(info)}
+    )
+    print(f"unrolled network written to {path}; validation MSE {res.val_losses[0]:.4g} -> {res.val_losses[-1]:.4g}")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> dict:
+    skip = {"handler", "command", "traceback", "out"}
+    return {k: v for k, v in vars(args).items() if k not in skip and not isinstance(v, bool)}
+
+
+def run_train_denoiser(args: argparse.Namespace) -> int:
+    from petuq_sirf.recon.nonexpansive import (
+        DenoiserConfig,
+        NonexpansiveTrainingConfig,
+        clean_ellipse_images,
+        fit_denoiser_posterior,
+        jacobian_spectral_norm,
+        reflected,
+        train_nonexpansive_denoiser,
+    )
+    from petuq_sirf.recon.weight_posterior import SVIConfig, save_posterior
+
+    _, image = _geometry(args.scanner)
+    t0 = time.perf_counter()
+    cfg = NonexpansiveTrainingConfig(
+        num_images=args.images,
+        num_steps=args.steps,
+        noise_std=args.noise_std,
+        penalty=args.penalty,
+        epsilon=args.epsilon,
+        seed=args.seed,
+    )
+    den_cfg = DenoiserConfig(spectral_norm=args.spectral_norm)
+    res = train_nonexpansive_denoiser(image, cfg, den_cfg)
+    posterior = None
+    if args.svi_steps > 0:
+        posterior, _ = fit_denoiser_posterior(
+            res.denoiser, image, cfg, SVIConfig(num_steps=args.svi_steps, init_scale=1e-3, learn_loc=False)
+        )
+    test = clean_ellipse_images(image, 8, seed=args.seed + 12345)
+    noisy = test + 0.2 * torch.randn(test.shape, generator=torch.Generator().manual_seed(args.seed))
+    norm = float(jacobian_spectral_norm(reflected(res.denoiser), noisy, 30).max())
+    info = {
+        "kind": "pnp-denoiser",
+        "net_config": {"channels": den_cfg.channels, "depth": den_cfg.depth, "spectral_norm": den_cfg.spectral_norm},
+        "scanner": args.scanner,
+        "voxel_size_mm": list(image.voxel_size_mm),
+        "training": vars(cfg),
+        "jacobian_norm_2D_minus_I_on_test": norm,
+        "seconds": time.perf_counter() - t0,
+        "command": "petuq train-pnp-denoiser "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in _argv(args).items()),
+    }
+    path = save_posterior(args.out, res.denoiser, posterior, {"info": json.dumps(info)})
+    print(f"denoiser written to {path}; max ||J_(2D-I)|| on 8 noisy test images {norm:.4f}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- loading
+def load_weights(kind: str, path: str | Path | None = None):
+    """``(net, posterior, info)`` from a weights file (default: the shipped one for ``kind``)."""
+    from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
+    from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
+    from petuq_sirf.recon.weight_posterior import load_posterior
+
+    path = Path(path) if path else SHIPPED[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads((f.metadata() or {}).get("info", "{}"))
+    expected = "pnp-denoiser" if kind == "pnp-admm" else "unrolled"
+    if info.get("kind") != expected:
+        raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {kind!r} needs {expected!r} weights")
+    if kind == "pnp-admm":
+        net = ResidualDenoiser(DenoiserConfig(**info["net_config"]))
+    else:
+        net = UnrolledFBSEM(UnrolledConfig(**info["net_config"]))
+    posterior, _ = load_posterior(path, net)
+    net.eval()
+    return net, posterior, info
+
+
+# ------------------------------------------------------------------------------------- reconstruct
+def run(args: argparse.Namespace) -> int:
+    """``petuq reconstruct --method pnp-admm|unrolled``: mean/std/interval images and metrics.json.
+
+    ``--iterations N`` gives ``10 N`` ADMM iterations for pnp-admm (default 100) and is ignored by
+    the unrolled network (its depth is fixed by training). ``--samples`` posterior draws.
+    """
+    from petuq_sirf.data.image_io import write_image
+    from petuq_sirf.recon import osem
+    from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
+    from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.uq.calibration import evaluate_uq
+    from petuq_sirf.uq.figures_of_merit import image_metrics
+    from petuq_sirf.viz.images import image_panel
+
+    if args.samples < 2:
+        raise ValueError("--samples must be >= 2 for an uncertainty estimate")
+    if args.iterations < 1:
+        raise ValueError("--iterations must be >= 1")
+    net, posterior, info = load_weights(args.method, getattr(args, "weights", None))
+    if posterior is None:
+        raise ValueError("the weights file has no posterior (trained with --svi-steps 0); cannot sample")
+    acq = load_acquisition(args.input)
+    device = resolve_device(args.device)
+    model = acq.acquisition_model(device)
+    y = acq.prompts.to(device)
+    net.to(device)
+    posterior = posterior.to(device)
+    trained_voxel = info.get("voxel_size_mm")
+    if trained_voxel and [round(v, 3) for v in trained_voxel[1:]] != [round(v, 3) for v in acq.image.voxel_size_mm[1:]]:
+        print(
+            f"warning: weights were trained on {trained_voxel} mm voxels, data has {list(acq.image.voxel_size_mm)} mm"
+        )
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if args.method == "pnp-admm":
+        cfg = PnPADMMConfig(num_iterations=10 * args.iterations)
+        post = pnp_admm_posterior(model, y, net, posterior, args.samples, cfg, progress=False)
+        summary = post.summary
+        extra = {
+            "admm_iterations": cfg.num_iterations,
+            "rho_rel": cfg.rho_rel,
+            "fixed_point_residual_first": [r[0] for r in post.residuals],
+            "fixed_point_residual_last": [r[-1] for r in post.residuals],
+            "jacobian_norms_2D_minus_I": post.jacobian_norms,
+            "rejected_draws": post.rejected,
+        }
+    else:
+        x0 = osem(model, y, 10, 1).image
+        summary = predict_unrolled(net, model, y, x0, posterior, args.samples)
+    seconds = time.perf_counter() - t0
+    lo, hi = summary.interval(0.9)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {
+        "image": summary.mean,
+        "mean": summary.mean,
+        "std": summary.std,
+        "lower_90": lo,
+        "upper_90": hi,
+        "epistemic_std": summary.epistemic_std,
+        "aleatoric_std": summary.aleatoric_std,
+    }
+    for name, img in images.items():
+        write_image(out / f"{name}.nii.gz", img.cpu().numpy(), acq.image)
+    metrics = {
+        "command": "reconstruct",
+        "method": args.method,
+        "samples": args.samples,
+        "seconds": seconds,
+        "weights": info.get("command", ""),
+        **extra,
+    }
+    panels = {"mean": summary.mean.cpu(), "std": summary.std.cpu()}
+    if acq.truth is not None:
+        truth = acq.truth.cpu()
+        mean = summary.mean.cpu()
+        metrics["metrics"] = image_metrics(mean, truth, acq.regions, acq.contrast)
+        body = acq.regions.get("background")
+        metrics["uq"] = evaluate_uq(truth, samples=summary.samples.cpu(), mask=body, regions=acq.regions)
+        panels = {"truth": truth, **panels}
+    image_panel(panels, out / "image.png", shared_scale=tuple(k for k in panels if k != "std"))
+    write_metrics(out, metrics)
+    print(f"{args.method}: mean/std/interval images ({args.samples} samples) written to {out}")
+    return 0

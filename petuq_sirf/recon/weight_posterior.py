@@ -1,0 +1,212 @@
+"""Bayesian CNN blocks: a mean-field Gaussian posterior over chosen weights of a network, fitted by SVI.
+
+The Pyro model puts ``Normal(0, prior_scale)`` priors on the chosen parameters (sites named
+``"w:" + parameter name``), calls the network with those weights via
+``torch.func.functional_call`` and lets a user function add the likelihood (``pyro.factor`` or an
+observed ``pyro.sample``). The guide is a mean-field Normal (as Pyro's ``AutoNormal``, written out so
+the locations can be frozen) initialised at the trained (point) weights with a small scale, so SVI
+starts from a good network and learns how far each weight may move. Other parameters stay at their trained values.
+
+After fitting, the posterior is kept as plain tensors (:class:`WeightPosterior`: ``loc``, ``scale``
+per parameter), so drawing a network from it needs no Pyro state and can be saved in safetensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from torch import nn
+from torch.func import functional_call
+
+_SITE = "w:"
+_LOC = "loc:"
+_LOG_SCALE = "log_scale:"
+
+
+@dataclass
+class WeightPosterior:
+    """Independent Normal posteriors ``N(loc[name], scale[name]^2)`` over parameters of a network."""
+
+    loc: dict[str, torch.Tensor]
+    scale: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if set(self.loc) != set(self.scale):
+            raise ValueError("loc and scale must name the same parameters")
+        for k in self.loc:
+            if self.loc[k].shape != self.scale[k].shape or (self.scale[k] < 0).any():
+                raise ValueError(f"parameter {k!r}: loc/scale shapes differ or negative scale")
+
+    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One weight draw ``{name: tensor}``."""
+        return {
+            k: self.loc[k] + self.scale[k] * torch.randn(self.loc[k].shape, generator=generator).to(self.loc[k])
+            for k in self.loc
+        }
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return dict(self.loc)
+
+    def to(self, device: torch.device | str) -> WeightPosterior:
+        return WeightPosterior(
+            {k: v.to(device) for k, v in self.loc.items()}, {k: v.to(device) for k, v in self.scale.items()}
+        )
+
+    def tensors(self, prefix: str = "posterior.") -> dict[str, torch.Tensor]:
+        """Flat dict for safetensors: ``prefix + "loc." + name`` and ``prefix + "scale." + name``."""
+        out = {f"{prefix}loc.{k}": v.contiguous() for k, v in self.loc.items()}
+        out.update({f"{prefix}scale.{k}": v.contiguous() for k, v in self.scale.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "posterior.") -> WeightPosterior:
+        loc = {k[len(prefix) + 4 :]: v for k, v in tensors.items() if k.startswith(prefix + "loc.")}
+        scale = {k[len(prefix) + 6 :]: v for k, v in tensors.items() if k.startswith(prefix + "scale.")}
+        if not loc:
+            raise ValueError(f"no posterior tensors with prefix {prefix!r}")
+        return cls(loc, scale)
+
+
+@dataclass
+class PosteriorImage:
+    """Summary over posterior samples; images ``(..., z, y, x)`` in activity units.
+
+    ``samples`` ``(S, ..., z, y, x)`` include the aleatoric noise; ``std`` is the total
+    ``sqrt(epistemic^2 + aleatoric^2)``.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    epistemic_std: torch.Tensor
+    aleatoric_std: torch.Tensor
+    samples: torch.Tensor
+
+    def interval(self, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+        """Central interval from the sample quantiles."""
+        if not 0 < level < 1:
+            raise ValueError(f"interval level must be in (0, 1), got {level}")
+        q = torch.tensor([0.5 - level / 2, 0.5 + level / 2], dtype=self.samples.dtype)
+        lo, hi = torch.quantile(self.samples, q.to(self.samples.device), dim=0)
+        return lo, hi
+
+
+def call_with(net: nn.Module, weights: dict[str, torch.Tensor], *args, **kwargs):
+    """``net(*args, **kwargs)`` with some parameters replaced by ``weights`` (others unchanged)."""
+    return functional_call(net, weights, args, kwargs, strict=False)
+
+
+@dataclass
+class SVIConfig:
+    """SVI settings.
+
+    ``prior_scale``: std of the ``N(0, s^2)`` weight priors; ``init_scale``: initial std of the guide;
+    ``lr`` / ``scale_lr``: Adam rates of the locations and the log-scales; ``learn_loc`` False keeps
+    the locations at the trained weights and learns only the scales (a variational Laplace-type
+    posterior; it keeps draws close to a network known to satisfy a constraint).
+    """
+
+    num_steps: int = 200
+    lr: float = 1e-4
+    scale_lr: float = 1e-2
+    prior_scale: float = 1.0
+    init_scale: float = 1e-3
+    learn_loc: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1 or not self.prior_scale > 0 or not self.init_scale > 0:
+            raise ValueError("num_steps >= 1, prior_scale > 0 and init_scale > 0 are required")
+
+
+def fit_weight_posterior(
+    net: nn.Module,
+    names: list[str],
+    likelihood: Callable[..., None],
+    batches: Iterator[tuple],
+    config: SVIConfig | None = None,
+) -> tuple[WeightPosterior, list[float]]:
+    """Fit a mean-field posterior over the parameters ``names`` of ``net`` by SVI (``Trace_ELBO``).
+
+    ``likelihood(call, *batch)`` must add the (minibatch-scaled) log-likelihood to the Pyro trace;
+    ``call(*args)`` runs ``net`` with the sampled weights. ``batches`` yields the ``batch`` tuples.
+    Returns the posterior and the loss (negative ELBO) per step. Clears Pyro's parameter store.
+    """
+    cfg = config or SVIConfig()
+    params = dict(net.named_parameters())
+    missing = [n for n in names if n not in params]
+    if missing or not names:
+        raise ValueError(f"unknown or no parameter names for the posterior: {missing or names}")
+    point = {n: params[n].detach().clone() for n in names}
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def model(*batch):
+        weights = {}
+        for n, p in point.items():
+            prior = dist.Normal(torch.zeros((), dtype=p.dtype), torch.tensor(cfg.prior_scale, dtype=p.dtype))
+            weights[n] = pyro.sample(_SITE + n, prior.expand(p.shape).to_event(p.dim()))
+        likelihood(lambda *a, **k: call_with(net, weights, *a, **k), *batch)
+
+    def guide(*batch):
+        for n, p in point.items():
+            log_scale = pyro.param(_LOG_SCALE + n, torch.full_like(p, math.log(cfg.init_scale)))
+            loc = pyro.param(_LOC + n, p.clone()) if cfg.learn_loc else p
+            pyro.sample(_SITE + n, dist.Normal(loc, torch.exp(log_scale)).to_event(p.dim()))
+
+    def optim_args(_module: str, param: str) -> dict:
+        lr = cfg.scale_lr if param.startswith(_LOG_SCALE) else cfg.lr
+        return {"lr": lr, "clip_norm": 10.0}
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(cfg.seed)
+    svi = SVI(model, guide, pyro.optim.ClippedAdam(optim_args), loss=Trace_ELBO())
+    losses = [float(svi.step(*next(batches))) for _ in range(cfg.num_steps)]
+    store = pyro.get_param_store()
+    loc, scale = {}, {}
+    for n, p in point.items():
+        loc[n] = store[_LOC + n].detach().clone() if cfg.learn_loc else p.clone()
+        scale[n] = torch.exp(store[_LOG_SCALE + n]).detach().clone()
+    pyro.clear_param_store()
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return WeightPosterior(loc, scale), losses
+
+
+def save_posterior(
+    path: str | Path, net: nn.Module, posterior: WeightPosterior | None, metadata: dict[str, str]
+) -> Path:
+    """Write the point weights (``net.``) and the posterior (``posterior.``) to one safetensors file."""
+    from safetensors.torch import save_file
+
+    tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    if posterior is not None:
+        tensors.update({k: v.cpu() for k, v in posterior.tensors().items()})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def load_posterior(path: str | Path, net: nn.Module) -> tuple[WeightPosterior | None, dict[str, str]]:
+    """Load the point weights into ``net`` and return the posterior (or None) and the metadata."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    has_post = any(k.startswith("posterior.") for k in tensors)
+    return (WeightPosterior.from_tensors(tensors) if has_post else None), metadata
