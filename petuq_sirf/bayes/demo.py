@@ -51,7 +51,7 @@ def run_denoiser_demo(
         raise ValueError("the denoiser demo needs a single-slice acquisition on a named scanner's default grid")
     data_config = DenoisingDataConfig(
         scanner=scanner,
-        num_phantoms=8 if quick else 20,
+        num_phantoms=5 if quick else 20,
         dose_fractions=(0.5, 1.0, 2.0),
         standard_counts=float(sim.config.true_counts),
         psf_fwhm_mm=float(sim.config.psf_fwhm_mm),
@@ -62,10 +62,10 @@ def run_denoiser_demo(
     config = DenoiserConfig(
         method="svi",
         network=PRESET_NETWORK,
-        epochs=6 if quick else 24,
+        epochs=3 if quick else 24,
         batch_size=8,
         lr=5e-3,
-        svi_steps=10 if quick else 40,
+        svi_steps=5 if quick else 40,
         svi_lr=2e-3,
         seed=seed,
     )

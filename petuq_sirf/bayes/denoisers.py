@@ -126,7 +126,8 @@ def _normalised(data: DenoisingDataset) -> tuple[torch.Tensor, torch.Tensor]:
 def train_point_network(
     net: HeteroscedasticCNN, data: DenoisingDataset, config: DenoiserConfig, seed: int, progress: bool = False
 ) -> list[float]:
-    """Adam on the heteroscedastic NLL (an MSE warm-up of the mean for the first third of the epochs). Returns epoch losses."""
+    """Adam: the mean by MSE, the log-variance by the Gaussian NLL around the detached mean (the MSE-only
+    warm-up lasts the first third of the epochs). Returns the loss per epoch."""
     if len(data) == 0:
         raise ValueError("empty training set")
     gen = torch.Generator().manual_seed(seed)
@@ -144,10 +145,11 @@ def train_point_network(
         for _ in range(steps_per_epoch):
             idx = next(batches)
             mean, log_var = net(x[idx])
+            mse = ((mean - t[idx]) ** 2).mean()
             if epoch < warmup:
-                loss = ((mean - t[idx]) ** 2).mean()
-            else:
-                loss = gaussian_nll_loss(mean, log_var, t[idx])
+                loss = mse
+            else:  # mean by MSE, variance by the NLL around the detached mean (stable; same optimum)
+                loss = mse + gaussian_nll_loss(mean.detach(), log_var, t[idx])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -402,6 +404,7 @@ class AISDenoiser(Denoiser):
             sigma_prop=1.0,
             init_spread=0.1,
             diagonal=True,
+            burn_in=0,  # the first proposals are the Laplace approximation: keep their samples
             seed=cfg.seed,
         )
         result = pmc_sample(

@@ -59,15 +59,26 @@ def method_panels(
 
 def calibration_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, title: str = "calibration") -> Path:
     """Observed vs nominal coverage, one line per entry (``{name: {nominal: observed}}``; keys may be
-    strings such as ``"0.90"``), with the diagonal."""
+    strings such as ``"0.90"``), with the diagonal. ``"<name> (conformal)"`` is drawn dotted in ``name``'s colour."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="ideal")
+    colours: dict[str, str] = {}
     for name, curve in curves.items():
         nominal = [float(k) for k in curve]
         observed = [float(v) for v in curve.values()]
         order = sorted(range(len(nominal)), key=nominal.__getitem__)
+        base = name.replace(" (conformal)", "")
+        colour = colours.setdefault(base, f"C{len(colours) % 10}")
         ls = ":" if "conformal" in name else "-"
-        ax.plot([nominal[i] for i in order], [observed[i] for i in order], marker="o", ms=3, ls=ls, label=name)
+        ax.plot(
+            [nominal[i] for i in order],
+            [observed[i] for i in order],
+            marker="o",
+            ms=3,
+            ls=ls,
+            color=colour,
+            label=name,
+        )
     ax.set_xlabel("nominal coverage")
     ax.set_ylabel("observed coverage")
     ax.set_xlim(0.4, 1.0)

@@ -51,3 +51,19 @@ def test_train_denoise_evaluate(tmp_path, capsys):
         == 2
     )
     assert "petuq: error:" in capsys.readouterr().err
+
+
+def test_denoiser_demo_hook_returns_coverage_and_maps(tmp_path):
+    from petuq_sirf.bayes.demo import run_denoiser_demo
+    from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
+
+    layout = SinogramLayout(get_scanner("test-2d"))
+    image = ImageGeometry.for_layout(layout)
+    sim = simulate(nema_iec_phantom(image), layout, SimulationConfig(true_counts=1e5, seed=0))
+    result = run_denoiser_demo(sim, tmp_path, seed=0, quick=True, num_samples=4)
+    assert set(result["coverage"]) == {"0.50", "0.60", "0.70", "0.80", "0.90", "0.95"}
+    assert all(0 <= v <= 1 for v in result["coverage_conformal"].values())
+    assert result["nrmse"] > 0 and "background" in result["regions"]
+    for key in ("mean", "std", "panel", "calibration"):
+        assert (tmp_path / result["files"][key].split("/")[-1]).is_file()
+    json.dumps(result)  # JSON-ready for metrics.json
