@@ -84,8 +84,12 @@ class SinogramLayout:
         if self.view_mashing < 1 or self.scanner.num_views % self.view_mashing:
             raise ValueError(f"view_mashing {self.view_mashing} must divide the {self.scanner.num_views} raw views")
         n = self.num_tangential_bins
-        if n is not None and not 1 <= n <= self.scanner.detectors_per_ring // 2:
-            raise ValueError(f"num_tangential_bins {n} outside 1..{self.scanner.detectors_per_ring // 2}")
+        max_bins = self.scanner.detectors_per_ring
+        if n is not None and not 1 <= n <= max_bins:
+            raise ValueError(f"num_tangential_bins {n} outside 1..{max_bins} for {self.scanner.name}")
+        sc = self.scanner
+        if (self.num_tangential // 2) * sc.default_bin_size_mm / sc.effective_radius_mm >= math.pi / 2:
+            raise ValueError(f"{self.num_tangential} tangential bins of {sc.default_bin_size_mm} mm exceed the ring")
 
     # --- sizes -----------------------------------------------------------------------
     @property
@@ -154,22 +158,6 @@ class SinogramLayout:
         """All ring pairs ``(sinogram index, ring_a, ring_b)`` binned into this layout, each shape ``(P,)``."""
         t = self._sinogram_table
         return t["pair_sino"], t["pair_ring_a"], t["pair_ring_b"]
-
-    def stir_array_order(self) -> np.ndarray:
-        """Sinogram indices that reorder our data into STIR/SIRF *array* order, shape ``(sinograms,)``.
-
-        Our sinograms (and STIR Interfile files) run through the segments in ascending ring
-        difference; STIR's ``fill_from``/``copy_to`` and SIRF's ``as_array``/``fill`` use the
-        "standard segment sequence" 0, -1, +1, -2, +2, ... Use ``ours[order]`` to get SIRF's
-        array and ``sirf_array[argsort(order)]`` (or ``ours[order] = sirf_array``) for the reverse.
-        """
-        sizes = self.sinograms_per_segment
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        centre = len(sizes) // 2
-        sequence = [centre]
-        for k in range(1, centre + 1):
-            sequence += [centre - k, centre + k]
-        return np.concatenate([np.arange(starts[i], starts[i] + sizes[i]) for i in sequence]).astype(np.int64)
 
     # --- geometry --------------------------------------------------------------------
     def tangential_indices(self) -> np.ndarray:

@@ -89,13 +89,8 @@ def test_lor_parametrisation_follows_stir_get_lor():
     assert layout.tangential_positions_mm()[layout.num_tangential // 2 + k] == pytest.approx(expected)
 
 
-def test_stir_array_order_is_the_standard_segment_sequence():
-    layout = SinogramLayout(get_scanner("Siemens mMR"), span=11, max_ring_difference=60)
-    order = layout.stir_array_order()
-    assert sorted(order.tolist()) == list(range(837))
-    sizes = layout.sinograms_per_segment
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    # segment 0 (the 6th of 11, 127 sinograms) comes first, then -1 (115), +1 (115), -2 (93) ...
-    assert order[0] == starts[5] and order[126] == starts[6] - 1
-    assert order[127] == starts[4] and order[127 + 115] == starts[6]
-    assert order[127 + 2 * 115] == starts[3]
+def test_explicit_tangential_bins_up_to_the_scanner_default():
+    mmr = get_scanner("mMR")
+    assert SinogramLayout(mmr, num_tangential_bins=344).num_tangential == 344
+    with pytest.raises(ValueError, match="num_tangential_bins"):
+        SinogramLayout(mmr, num_tangential_bins=600)
