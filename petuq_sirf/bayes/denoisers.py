@@ -304,7 +304,9 @@ class SVIDenoiser(Denoiser):
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         batches = ((x[i], t[i], i) for i in _minibatches(n_total, min(cfg.batch_size, n_total), gen))
         guide = make_guide(model, init, cfg.svi_init_scale)
-        losses = fit_svi(model, guide, batches, cfg.svi_steps, cfg.svi_lr, progress, lr_final=cfg.svi_lr / 10)
+        losses = fit_svi(
+            model, guide, batches, cfg.svi_steps, cfg.svi_lr, progress, lr_final=cfg.svi_lr / 10, scale_lr_factor=20.0
+        )
         self.loc, self.scale = guide_posterior(guide)
         self.info["elbo"] = [-v for v in losses[-10:]]
         self.info["posterior_scale_mean"] = float(torch.cat([v.reshape(-1) for v in self.scale.values()]).mean())

@@ -56,10 +56,13 @@ def fit_svi(
     progress: bool = False,
     clip_norm: float | None = 10.0,
     lr_final: float | None = None,
+    scale_lr_factor: float = 1.0,
 ) -> list[float]:
     """``num_steps`` SVI steps with Adam (``ClippedAdam``); ``batches`` yields ``model`` argument tuples.
 
     ``lr_final``: decay the learning rate geometrically to this value at the last step (default: constant).
+    ``scale_lr_factor``: learning-rate multiplier of the guide's scale parameters (a guide started at a
+    trained network needs its locations to move little and its scales a lot).
 
     Returns the loss (negative ELBO) per step. The global Pyro parameter store is cleared first.
     """
@@ -67,7 +70,13 @@ def fit_svi(
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     pyro.clear_param_store()
     lrd = 1.0 if lr_final is None else (lr_final / lr) ** (1.0 / num_steps)
-    opt = pyro.optim.ClippedAdam({"lr": lr, "lrd": lrd, "clip_norm": clip_norm if clip_norm else 1e12})
+    clip = clip_norm if clip_norm else 1e12
+
+    def per_param(module_name: str, param_name: str) -> dict:
+        rate = lr * scale_lr_factor if "scales" in param_name else lr
+        return {"lr": rate, "lrd": lrd, "clip_norm": clip}
+
+    opt = pyro.optim.ClippedAdam(per_param)
     svi = SVI(model, guide, opt, loss=Trace_ELBO())
     losses = []
     bar = tqdm(range(num_steps), desc="SVI", disable=not progress)
