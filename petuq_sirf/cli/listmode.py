@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     delayeds = events.histogram(prompts=False)
     randoms = estimate_randoms(layout, delayeds) if delayeds.sum() > 0 else torch.zeros(layout.shape)
     if args.mu_map:
-        mu_array, image = read_image(args.mu_map)
+        mu_array, image = read_image(args.mu_map, layout.scanner)  # Interfile: STIR axial origin
         mu = torch.as_tensor(mu_array, dtype=torch.float32)
         att = attenuation_factors(RayTracingProjector(layout, image), mu)
     else:

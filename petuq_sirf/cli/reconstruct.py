@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     arr = image.cpu().numpy()
     write_image(out / "image.nii.gz", arr, acq.image)
-    write_image(out / "image.hv", arr, acq.image)
+    write_image(out / "image.hv", arr, acq.image, acq.layout.scanner)  # STIR's axial origin
     metrics = {
         "command": "reconstruct",
         "method": args.method,

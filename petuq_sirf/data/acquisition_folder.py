@@ -112,9 +112,9 @@ def save_acquisition(acq: Acquisition | SimulatedAcquisition, folder: str | os.P
     for name, arr in sinos.items():
         write_projdata(folder / f"{name}.hs", arr.cpu().numpy(), acq.layout)
     if acq.mu_per_cm is not None:
-        write_image(folder / "mu_map.hv", acq.mu_per_cm.cpu().numpy(), acq.image)
+        write_image(folder / "mu_map.hv", acq.mu_per_cm.cpu().numpy(), acq.image, acq.layout.scanner)
     if acq.truth is not None:
-        write_image(folder / "truth.hv", acq.truth.cpu().numpy(), acq.image)
+        write_image(folder / "truth.hv", acq.truth.cpu().numpy(), acq.image, acq.layout.scanner)
         write_image(folder / "truth.nii.gz", acq.truth.cpu().numpy(), acq.image)
     if acq.regions:
         write_npz(
@@ -174,9 +174,9 @@ def load_acquisition(folder: str | os.PathLike) -> Acquisition:
 
     truth = mu = None
     if (folder / "truth.hv").is_file():
-        truth = torch.from_numpy(read_image(folder / "truth.hv").array)
+        truth = torch.from_numpy(read_image(folder / "truth.hv", layout.scanner).array)
     if (folder / "mu_map.hv").is_file():
-        mu = torch.from_numpy(read_image(folder / "mu_map.hv").array)
+        mu = torch.from_numpy(read_image(folder / "mu_map.hv", layout.scanner).array)
     regions, contrast = {}, {}
     if (folder / "regions.npz").is_file():
         arrays, meta = read_npz(folder / "regions.npz")

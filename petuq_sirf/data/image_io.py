@@ -13,6 +13,7 @@ import numpy as np
 
 from petuq_sirf.data.interfile import read_image as read_interfile_image
 from petuq_sirf.data.interfile import write_image as write_interfile_image
+from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
 
@@ -86,11 +87,14 @@ def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
-    """Read an image from ``.hv`` (Interfile), ``.nii``/``.nii.gz`` (NIfTI) or ``.npz`` (key ``image``)."""
+def read_image(path: str | os.PathLike, scanner: ScannerGeometry | None = None) -> tuple[np.ndarray, ImageGeometry]:
+    """Read an image from ``.hv`` (Interfile), ``.nii``/``.nii.gz`` (NIfTI) or ``.npz`` (key ``image``).
+
+    ``scanner`` applies STIR's axial convention to Interfile files (see :func:`write_image`).
+    """
     name = str(path).lower()
     if name.endswith(".hv"):
-        img = read_interfile_image(path)
+        img = read_interfile_image(path, scanner)
         return img.array, img.geometry
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(path)
@@ -104,11 +108,18 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
     raise ValueError(f"unsupported image file {path}: use .hv, .nii, .nii.gz or .npz")
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry) -> Path:
-    """Write an image by extension: ``.hv`` Interfile, ``.nii``/``.nii.gz`` NIfTI, ``.npz``."""
+def write_image(
+    path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry, scanner: ScannerGeometry | None = None
+) -> Path:
+    """Write an image by extension: ``.hv`` Interfile, ``.nii``/``.nii.gz`` NIfTI, ``.npz``.
+
+    For Interfile, ``scanner`` writes the axial offset in STIR's convention (``z = 0`` at the
+    first ring) so that STIR/SIRF place the image where petuq does; NIfTI and ``.npz`` keep
+    scanner-centred coordinates.
+    """
     name = str(path).lower()
     if name.endswith(".hv"):
-        return write_interfile_image(path, array, geometry)
+        return write_interfile_image(path, array, geometry, scanner)
     if name.endswith((".nii", ".nii.gz")):
         return write_nifti(path, array, geometry)
     if name.endswith(".npz"):

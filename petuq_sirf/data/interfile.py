@@ -133,8 +133,17 @@ class InterfileImage:
     geometry: ImageGeometry
 
 
-def read_image(path: str | os.PathLike) -> InterfileImage:
-    """Read a STIR Interfile image (``.hv``)."""
+def stir_axial_origin_mm(scanner: ScannerGeometry) -> float:
+    """Our ``z`` of STIR's image ``z = 0`` (the first ring): ``-(rings - 1) / 2 * ring spacing``."""
+    return -(scanner.num_rings - 1) / 2 * scanner.ring_spacing_mm
+
+
+def read_image(path: str | os.PathLike, scanner: ScannerGeometry | None = None) -> InterfileImage:
+    """Read a STIR Interfile image (``.hv``).
+
+    With ``scanner``, the file's axial offsets are taken in STIR's convention (``z = 0`` at the
+    first ring) and converted to ours (``z = 0`` at the scanner centre); without, they are kept.
+    """
     path = Path(path)
     h = parse_header(path)
     ndim = _number(h, "number of dimensions", path, int, default=3)
@@ -151,12 +160,20 @@ def read_image(path: str | os.PathLike) -> InterfileImage:
     if scale != 1.0:
         data = data * np.float32(scale)
     centre = [f + (n - 1) / 2 * d for f, n, d in zip(first, sizes, spacing)]
+    if scanner is not None:
+        centre[2] += stir_axial_origin_mm(scanner)
     geometry = ImageGeometry((nz, ny, nx), (spacing[2], spacing[1], spacing[0]), (centre[2], centre[1], centre[0]))
     return InterfileImage(data, geometry)
 
 
-def write_image(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry) -> Path:
-    """Write a float32 image ``(z, y, x)`` as ``path`` (``.hv``) plus ``.v`` data beside it."""
+def write_image(
+    path: str | os.PathLike, array: np.ndarray, geometry: ImageGeometry, scanner: ScannerGeometry | None = None
+) -> Path:
+    """Write a float32 image ``(z, y, x)`` as ``path`` (``.hv``) plus ``.v`` data beside it.
+
+    With ``scanner``, the axial offset is written in STIR's convention (``z = 0`` at the first
+    ring) so STIR and SIRF place the image where we do; read it back with the same ``scanner``.
+    """
     path = Path(path).with_suffix(".hv")
     array = np.asarray(array, dtype="<f4")
     if array.shape != geometry.shape:
@@ -165,6 +182,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeome
     nz, ny, nx = geometry.shape
     dz, dy, dx = geometry.voxel_size_mm
     first = [geometry.first_voxel_mm(a) for a in (2, 1, 0)]
+    if scanner is not None:
+        first[2] -= stir_axial_origin_mm(scanner)
     lines = [
         "!INTERFILE :=",
         "!imaging modality := PT",

@@ -91,3 +91,18 @@ def test_reads_shared_brain_and_thorax(shared_data):
     thorax = load_sirf_phantom("thorax", root=shared_data)
     assert thorax.activity.shape == (1, 155, 155)
     assert thorax.mu_per_cm.max() < 0.3
+
+
+def test_interfile_images_use_stirs_axial_origin_when_given_a_scanner(tmp_path):
+    from petuq_sirf.data.interfile import parse_header
+
+    scanner = get_scanner("mMR")
+    geom = ImageGeometry((127, 5, 5), (2.03125, 2.0, 2.0))  # centred on the scanner
+    arr = np.zeros(geom.shape, np.float32)
+    path = write_image(tmp_path / "img.hv", arr, geom, scanner)
+    # STIR puts z = 0 at the first ring: our centred 127-slice image starts there
+    assert float(parse_header(path)["first pixel offset (mm) [3]"]) == pytest.approx(0.0, abs=1e-4)
+    _, back = read_image(path, scanner)
+    assert back.offset_mm[0] == pytest.approx(0.0, abs=1e-4)
+    _, raw = read_image(path)  # without a scanner the file's own coordinates are kept
+    assert raw.offset_mm[0] == pytest.approx(63 * 2.03125, abs=1e-3)
