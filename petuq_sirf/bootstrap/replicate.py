@@ -26,6 +26,7 @@ import torch
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.bootstrap.weights import WEIGHT_KINDS, check_weights, draw_weights, replicate_rng
 from petuq_sirf.data.listmode import ListModeEvents
+from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon import RelativeDifferencePrior, map_rdp, osem
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -102,6 +103,7 @@ class BootstrapProblem:
     prior: RelativeDifferencePrior
     x0: torch.Tensor | None = None
     psf_fwhm_mm: float = 0.0
+    backend: str = "embedded"
 
     def __post_init__(self) -> None:
         lm = self.listmode
@@ -125,12 +127,19 @@ class BootstrapProblem:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
 
-    def model(self) -> EmbeddedAcquisitionModel:
-        """The acquisition model (built once per process and cached on this object)."""
+    def model(self) -> AcquisitionModel:
+        """The acquisition model on ``backend`` (built once per process and cached on this object)."""
         if self._model is None:
-            self._model = EmbeddedAcquisitionModel(
-                self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm
-            )
+            if self.backend == "embedded":
+                self._model = EmbeddedAcquisitionModel(
+                    self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm
+                )
+            else:
+                from petuq_sirf.backends.registry import make_acquisition_model
+
+                self._model = make_acquisition_model(
+                    self.backend, self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm
+                )
         return self._model
 
     def fingerprint(self) -> str:
@@ -138,6 +147,8 @@ class BootstrapProblem:
         h = hashlib.sha256()
         h.update(repr((tuple(self.layout.shape), tuple(self.image.shape), self.image.voxel_size_mm)).encode())
         h.update(repr(self.psf_fwhm_mm).encode())
+        if self.backend != "embedded":  # keeps fingerprints of existing embedded stores unchanged
+            h.update(self.backend.encode())
         for arr in (self.listmode.bins, self.listmode.prompt, self.listmode.weights):
             h.update(np.ascontiguousarray(arr).tobytes())
         h.update(_tensor_bytes(self.multiplicative))
@@ -145,7 +156,7 @@ class BootstrapProblem:
         return h.hexdigest()
 
     @classmethod
-    def from_acquisition(cls, acq) -> BootstrapProblem:
+    def from_acquisition(cls, acq, backend: str = "embedded") -> BootstrapProblem:
         """The problem of an :class:`~petuq_sirf.data.acquisition_folder.Acquisition` (needs its list-mode).
 
         Call :meth:`prepare` (or let :func:`~petuq_sirf.bootstrap.runner.run_bootstrap` do it) before
@@ -161,6 +172,7 @@ class BootstrapProblem:
             listmode=acq.listmode,
             prior=RelativeDifferencePrior(),
             psf_fwhm_mm=float(acq.psf_fwhm_mm),
+            backend=backend,
         )
         return problem
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, make_executor, run_bootstrap, summarise_store
-from petuq_sirf.cli.common import load_acquisition, write_metrics
+from petuq_sirf.cli.common import add_backend_argument, load_acquisition, resolve_backend, write_metrics
 from petuq_sirf.data.image_io import write_image
 from petuq_sirf.uq.calibration import DEFAULT_LEVELS, coverage, evaluate_uq
 from petuq_sirf.viz.bootstrap_figures import bootstrap_figure
@@ -47,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--level", type=float, default=0.9, help="credible level of the interval images")
     p.add_argument("--out", required=True, help="output folder (re-run to resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         prior_cv=args.prior_cv,
         full_data_iterations=args.full_data_iterations,
     )
+    backend = resolve_backend(args.backend)
     acq = load_acquisition(args.input)
-    problem = BootstrapProblem.from_acquisition(acq)
+    problem = BootstrapProblem.from_acquisition(acq, backend)
     out = Path(args.out)
     t0 = time.perf_counter()
     new = []

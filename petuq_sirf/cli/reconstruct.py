@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from petuq_sirf.cli.common import add_device_argument, load_acquisition, resolve_device, write_metrics
+from petuq_sirf.cli.common import (
+    add_backend_argument,
+    add_device_argument,
+    load_acquisition,
+    resolve_backend,
+    resolve_device,
+    write_metrics,
+)
 from petuq_sirf.data.image_io import write_image
 from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
 from petuq_sirf.uq.figures_of_merit import image_metrics
@@ -33,6 +40,7 @@ def register(sub) -> None:
     p.add_argument("--weights", default=None, help="safetensors weights (pnp-admm, unrolled; default: shipped)")
     p.add_argument("--out", required=True, help="output folder")
     add_device_argument(p)
+    add_backend_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -45,9 +53,10 @@ def run(args: argparse.Namespace) -> int:
         return reconstruct_uq.run(args)
     if args.iterations < 0:
         raise ValueError("--iterations must be >= 0")
+    backend = resolve_backend(args.backend)
     acq = load_acquisition(args.input)
     device = resolve_device(args.device)
-    model = acq.acquisition_model(device)
+    model = acq.acquisition_model(device, backend)
     y = acq.prompts.to(device)
     if args.method == "mlem":
         rec = osem(model, y, args.iterations, 1, progress=True)
@@ -72,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = {
         "command": "reconstruct",
         "method": args.method,
+        "backend": backend,
         "iterations": args.iterations,
         "subsets": args.subsets if args.method == "osem" else 1,
         "objective": rec.objective[-1] if rec.objective else None,

@@ -26,6 +26,7 @@ from petuq_sirf.data.image_io import read_npz, write_image, write_npz
 from petuq_sirf.data.interfile import read_image, read_projdata, write_projdata
 from petuq_sirf.data.listmode import ListModeEvents
 from petuq_sirf.data.simulate import SimulatedAcquisition
+from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -53,9 +54,16 @@ class Acquisition:
     listmode: ListModeEvents | None = None
     info: dict = field(default_factory=dict)
 
-    def acquisition_model(self, device: str | torch.device = "cpu") -> EmbeddedAcquisitionModel:
-        return EmbeddedAcquisitionModel(
-            self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm, device
+    def acquisition_model(self, device: str | torch.device = "cpu", backend: str = "embedded") -> AcquisitionModel:
+        """The model ``m * G x + b`` of this acquisition on ``backend`` (embedded, sirf or stir)."""
+        if backend == "embedded":
+            return EmbeddedAcquisitionModel(
+                self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm, device
+            )
+        from petuq_sirf.backends.registry import make_acquisition_model
+
+        return make_acquisition_model(
+            backend, self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm, device
         )
 
     @classmethod

@@ -53,3 +53,15 @@ def test_help_lists_commands(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "simulate" in out and "reconstruct" in out and "demo" in out
+
+
+def test_missing_backend_is_one_clear_line(tmp_path, capsys):
+    from petuq_sirf.backends.registry import backend_available
+
+    if backend_available("sirf"):
+        pytest.skip("SIRF is installed here")
+    acq = tmp_path / "acq"
+    assert main(["simulate", "--counts", "1e4", "--out", str(acq)]) == 0
+    assert main(["reconstruct", str(acq), "--backend", "sirf", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sirf" in err[-1].lower() and "docker" in err[-1].lower()
