@@ -81,6 +81,7 @@ def main() -> None:
         curves[f"{name} (conformal)"] = res["uq_conformal"]["coverage"]
         fr, maps = frequentist_protocol(model, nema, data_config, DOSE, args.realisations, 32, scales, seed=7)
         freq[name] = fr
+        maps.pop("z")
         panels[name] = maps
         print(
             f"{name}: NRMSE {res['nrmse']:.3f}, cov90 {res['uq']['coverage']['0.90']:.3f} -> "

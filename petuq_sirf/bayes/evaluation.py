@@ -88,8 +88,9 @@ def frequentist_protocol(
 
     Each realisation is simulated and reconstructed like the training data and denoised. Returns the
     :func:`~petuq_sirf.uq.calibration.frequentist_coverage` table over the phantom's body (``truth > 0``) and
-    its regions (with ``"conformal"`` when ``scales`` are given; ``nrmse`` / ``nrmse_input`` of the first
-    realisation averaged over all), and the maps of the first realisation (truth, noisy, mean, std).
+    its regions (with ``"conformal"`` when ``scales`` are given; ``nrmse`` / ``nrmse_input`` averaged over the
+    realisations), the maps of the first realisation (truth, noisy, mean, std) and ``z``, the z-scores of all
+    realisations over the body (flattened).
     """
     noisy, truth = noisy_realisations(phantom, data_config, dose_fraction, num_realisations, seed)
     m, z, ny, nx = noisy.shape
@@ -106,5 +107,11 @@ def frequentist_protocol(
     result["dose_fraction"] = dose_fraction
     result["nrmse"] = sum(nrmse(mean[i], truth, mask) for i in range(m)) / m
     result["nrmse_input"] = sum(nrmse(noisy[i], truth, mask) for i in range(m)) / m
-    maps = {"truth": truth, "noisy": noisy[0], "mean": mean[0], "std": std[0]}
+    maps = {
+        "truth": truth,
+        "noisy": noisy[0],
+        "mean": mean[0],
+        "std": std[0],
+        "z": cal.z_scores(truth, mean, std, mask),
+    }
     return result, maps

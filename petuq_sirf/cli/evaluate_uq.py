@@ -2,7 +2,8 @@
 
 A held-out phantom is simulated ``--realisations`` times at one dose, reconstructed like the training
 data and denoised; the coverage of the truth per nominal level and per region, before and after the
-model's split-conformal recalibration, goes to ``metrics.json``; panels and calibration curves to PNG.
+model's split-conformal recalibration, goes to ``metrics.json``; panels, calibration curves and
+z-score histograms to PNG.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from petuq_sirf.bayes.training_data import DenoisingDataConfig, geometry_for
 from petuq_sirf.cli.common import write_metrics
 from petuq_sirf.data.phantoms import make_phantom
 from petuq_sirf.uq import calibration as cal
-from petuq_sirf.viz.uq_figures import calibration_curves, method_panels
+from petuq_sirf.viz.uq_figures import calibration_curves, method_panels, z_histograms
 
 
 def register(sub) -> None:
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--realisations must be >= 2, got {args.realisations}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, panels, curves = {}, {}, {}
+    results, panels, curves, zs = {}, {}, {}, {}
     for folder in args.model:
         model = load_denoiser(folder)
         data_config = _data_config(folder)
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         )
         result["model"] = str(folder)
         results[name] = result
+        zs[name] = maps.pop("z")
         panels[name] = maps
         curves[name] = result["coverage"]
         if "conformal" in result:
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             + f", calibration error {result['calibration_error']:.3f}, NRMSE {result['nrmse']:.3f}"
         )
     figures = {
+        "z_scores": str(z_histograms(zs, out / "z_scores.png")),
         "panels": str(method_panels(panels, out / "uq_panels.png", title=f"{args.phantom}, dose {args.dose}")),
         "calibration": str(
             calibration_curves(curves, out / "calibration_curves.png", title=f"{args.phantom}, M={args.realisations}")

@@ -42,7 +42,8 @@ def test_train_denoise_evaluate(tmp_path, capsys):
     metrics = json.loads((ev / "metrics.json").read_text())
     assert metrics["methods"]["cnn"]["num_realisations"] == 2
     assert "conformal" in metrics["methods"]["cnn"] and "hot_sphere_22mm" in metrics["methods"]["cnn"]["regions"]
-    assert (ev / "uq_panels.png").is_file() and (ev / "calibration_curves.png").is_file()
+    for png in ("uq_panels.png", "calibration_curves.png", "z_scores.png"):
+        assert (ev / png).is_file(), png
     capsys.readouterr()
     assert (
         main(
