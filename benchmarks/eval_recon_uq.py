@@ -34,6 +34,11 @@ def main() -> None:
     p.add_argument("--counts", type=float, default=5e4)
     p.add_argument("--samples", type=int, default=8, help="posterior samples / bootstrap replicates")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--bayes-denoiser",
+        default="svi",
+        help="petuq_sirf.bayes method for the 'Bayesian denoiser after OSEM' row (svi, mc_dropout, ...; none = skip)",
+    )
     p.add_argument("--out", default="docs/figures/recon_uq")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,6 +80,17 @@ def main() -> None:
         "Unrolled (Bayesian, conformal)",
         "Posterior bootstrap",
     ]
+    bayes_den = None
+    if args.bayes_denoiser != "none":
+        from petuq_sirf.bayes.denoisers import DenoiserConfig, make_denoiser
+        from petuq_sirf.bayes.training_data import DenoisingDataConfig, generate_pairs
+
+        t = time.perf_counter()
+        pairs = generate_pairs(DenoisingDataConfig(scanner="test-2d", num_phantoms=32, dose_fractions=(0.05,)))
+        bayes_den = make_denoiser(DenoiserConfig(method=args.bayes_denoiser))
+        bayes_den.fit(pairs)
+        methods.insert(2, f"Bayesian denoiser after OSEM ({args.bayes_denoiser})")
+        print(f"trained the {args.bayes_denoiser} denoiser in {time.perf_counter() - t:.0f} s", flush=True)
     # split-conformal scales for the unrolled network's std, from separate calibration phantoms
     cal = make_low_dose_set(layout, image, LowDoseConfig(8, args.counts, lesion_probability=1.0, seed=777), geometric)
     cal_pred = predict_unrolled(unr, cal.model(geometric), cal.prompts, cal.init, unr_post, args.samples)
@@ -109,6 +125,13 @@ def main() -> None:
             o = osem(model, y, 5, 8).image
             out["OSEM+filter"] = (gaussian_postfilter(o, 6.0, image.voxel_size_mm), None)
             seconds["OSEM+filter"] += time.perf_counter() - t
+            if bayes_den is not None:
+                t = time.perf_counter()
+                o4 = osem(model, y, 4, 8).image  # the denoiser's training input (4 OSEM iterations x 8 subsets)
+                draws = bayes_den.predict(o4, num_samples=args.samples, seed=r).draw(per_sample=1, seed=r)
+                draws = draws.reshape(-1, *o4.shape).clamp_min(0)
+                out[methods[2]] = (draws.mean(0), draws)
+                seconds[methods[2]] += time.perf_counter() - t
             t = time.perf_counter()
             prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), o, strength=0.01)
             out["MAP-RDP"] = (map_rdp(model, y, prior, 30, x0=osem(model, y, 2, 8).image).image, None)
