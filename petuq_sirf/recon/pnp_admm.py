@@ -171,6 +171,7 @@ def pnp_admm_posterior(
     config: PnPADMMConfig | None = None,
     bootstrap: bool = False,
     max_jacobian_norm: float | None = 1.05,
+    jacobian_iterations: int = 10,
     seed: int = 0,
     progress: bool = False,
 ) -> PnPPosterior:
@@ -180,7 +181,8 @@ def pnp_admm_posterior(
     list-mode bootstrap with Poisson(1) event weights), adding the data-driven spread.
     ``max_jacobian_norm``: draws whose estimated ``||J_{2D-I}||`` at the normalised initial image
     exceeds it are rejected and redrawn (the posterior restricted to firmly nonexpansive
-    denoisers, up to the tolerance); None accepts every draw. At most ``4 num_samples`` draws.
+    denoisers, up to the tolerance; ``jacobian_iterations`` power iterations); None accepts every
+    draw. At most ``4 num_samples`` draws.
     """
     from petuq_sirf.recon.nonexpansive import jacobian_spectral_norm
 
@@ -202,7 +204,7 @@ def pnp_admm_posterior(
         def denoiser(v, w=weights):
             return call_with(net, w, v)
 
-        norm = float(jacobian_spectral_norm(lambda v: 2 * denoiser(v) - v, probe, 10, seed=seed)[0])
+        norm = float(jacobian_spectral_norm(lambda v: 2 * denoiser(v) - v, probe, jacobian_iterations, seed=seed)[0])
         if max_jacobian_norm is not None and norm > max_jacobian_norm:
             rejected += 1
             continue

@@ -116,7 +116,13 @@ def test_pnp_posterior_samples_vary_and_stay_nonexpansive(shipped, low_dose, ima
     net, posterior = shipped
     model = low_dose.acquisition_model()
     post = pnp_admm_posterior(
-        model, low_dose.prompts, net, posterior, num_samples=2, config=PnPADMMConfig(num_iterations=25)
+        model,
+        low_dose.prompts,
+        net,
+        posterior,
+        num_samples=2,
+        config=PnPADMMConfig(num_iterations=15, inner_iterations=2),
+        jacobian_iterations=5,
     )
     assert post.summary.samples.shape == (2, *image_2d.shape)
     assert float(post.summary.std.max()) > 0
@@ -127,7 +133,8 @@ def test_pnp_posterior_samples_vary_and_stay_nonexpansive(shipped, low_dose, ima
         net,
         posterior,
         num_samples=2,
-        config=PnPADMMConfig(num_iterations=25),
+        config=PnPADMMConfig(num_iterations=15, inner_iterations=2),
+        jacobian_iterations=5,
         bootstrap=True,
     )
     body = low_dose.regions["background"]
