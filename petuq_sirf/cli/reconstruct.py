@@ -26,7 +26,12 @@ def register(sub) -> None:
     p = sub.add_parser("reconstruct", help="reconstruct an acquisition folder (writes image and metrics.json)")
     p.add_argument("input", help="acquisition folder written by 'petuq simulate'")
     p.add_argument("--method", default="osem", choices=CLASSICAL_METHODS + UQ_METHODS)
-    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations)",
+    )
     p.add_argument("--subsets", type=int, default=8, help="OSEM subsets (views are interleaved)")
     p.add_argument(
         "--beta-strength",
@@ -44,7 +49,12 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
+DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "unrolled": 1}
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.iterations is None:
+        args.iterations = DEFAULT_ITERATIONS[args.method]
     if args.method in UQ_METHODS:
         try:
             from petuq_sirf.cli import reconstruct_uq

@@ -198,7 +198,7 @@ def load_weights(kind: str, path: str | Path | None = None):
 def run(args: argparse.Namespace) -> int:
     """``petuq reconstruct --method pnp-admm|unrolled``: mean/std/interval images and metrics.json.
 
-    ``--iterations N`` gives ``10 N`` ADMM iterations for pnp-admm (default 100) and is ignored by
+    ``--iterations`` is the number of ADMM iterations for pnp-admm (default 100) and is ignored by
     the unrolled network (its depth is fixed by training). ``--samples`` posterior draws.
     """
     from petuq_sirf.data.image_io import write_image
@@ -230,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     extra: dict = {}
     if args.method == "pnp-admm":
-        cfg = PnPADMMConfig(num_iterations=10 * args.iterations)
+        cfg = PnPADMMConfig(num_iterations=args.iterations)
         post = pnp_admm_posterior(model, y, net, posterior, args.samples, cfg, progress=False)
         summary = post.summary
         extra = {

@@ -129,7 +129,7 @@ def test_cli_reconstruct_with_uncertainty(tmp_path, method):
     acq = tmp_path / "acq"
     assert main(["simulate", "--phantom", "ellipses", "--counts", "5e4", "--seed", "3", "--out", str(acq)]) == 0
     out = tmp_path / method
-    args = ["reconstruct", str(acq), "--method", method, "--samples", "3", "--iterations", "3", "--out", str(out)]
+    args = ["reconstruct", str(acq), "--method", method, "--samples", "3", "--iterations", "30", "--out", str(out)]
     assert main(args) == 0
     for name in ("mean", "std", "lower_90", "upper_90"):
         assert (out / f"{name}.nii.gz").is_file()
