@@ -6,16 +6,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-
-def _slice(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    return image[image.shape[0] // 2] if image.ndim == 3 else image
+from petuq_sirf.viz.common import central_slice, plt, save_figure
 
 
 def bootstrap_figure(
@@ -32,9 +25,9 @@ def bootstrap_figure(
     ncols = len(names) + (1 if roi else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)
     shared = [n for n in names if "std" not in n and "width" not in n]
-    vmax = max((float(_slice(images[n]).max()) for n in shared), default=None)
+    vmax = max((float(central_slice(images[n]).max()) for n in shared), default=None)
     for ax, name in zip(axes[0], names, strict=False):
-        sl = _slice(images[name])
+        sl = central_slice(images[name])
         own = name not in shared
         im = ax.imshow(sl, cmap="magma" if own else "gray_r", vmin=0, vmax=None if own else vmax)
         ax.set_title(name, fontsize=9)
@@ -58,9 +51,5 @@ def bootstrap_figure(
         ax.set_title("ROI posteriors", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, path)

@@ -5,17 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-
-def central_slice(image: torch.Tensor) -> torch.Tensor:
-    """The middle transaxial slice ``(y, x)`` of an image ``(z, y, x)``."""
-    image = torch.as_tensor(image).detach().cpu()
-    return image[image.shape[0] // 2] if image.ndim == 3 else image
+from petuq_sirf.viz.common import central_slice, plt, save_figure
 
 
 def image_panel(
@@ -29,7 +21,7 @@ def image_panel(
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
     vmax_shared = max((float(central_slice(images[k]).max()) for k in shared_scale if k in images), default=None)
     for ax, (name, img) in zip(axes[0], images.items()):
-        sl = central_slice(img).float().numpy()
+        sl = central_slice(img)
         vmax = vmax_shared if name in shared_scale else None
         im = ax.imshow(sl, cmap="gray_r" if "std" not in name else "magma", vmin=0 if vmax else None, vmax=vmax)
         ax.set_title(name, fontsize=9)
@@ -37,8 +29,4 @@ def image_panel(
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -6,18 +6,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-
-def _slice(image: torch.Tensor) -> torch.Tensor:
-    image = torch.as_tensor(image).detach().cpu().float()
-    while image.dim() > 2:
-        image = image[image.shape[0] // 2]
-    return image
+from petuq_sirf.viz.common import central_slice, plt, save_figure
 
 
 def method_panels(
@@ -33,7 +24,7 @@ def method_panels(
     names = ["truth", "noisy", "mean", "std", "|error|/std"]
     fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.7 * len(rows)), squeeze=False)
     for r, (method, maps) in enumerate(rows.items()):
-        truth, noisy, mean, std = (_slice(maps[k]) for k in ("truth", "noisy", "mean", "std"))
+        truth, noisy, mean, std = (torch.from_numpy(central_slice(maps[k])) for k in ("truth", "noisy", "mean", "std"))
         vmax = float(max(truth.max(), mean.max()))
         z = (mean - truth).abs() / std.clamp_min(1e-12)
         shown = [truth, noisy, mean, std, z.clamp(max=3)]
@@ -50,11 +41,7 @@ def method_panels(
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def calibration_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, title: str = "calibration") -> Path:
@@ -86,11 +73,7 @@ def calibration_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, t
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def z_histograms(z: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
@@ -102,8 +85,4 @@ def z_histograms(z: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path
         ax.hist(values.clamp(-5, 5).numpy(), bins=80, density=True, histtype="step", label=name)
     ax.set_xlabel("(truth - mean) / std")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
