@@ -45,11 +45,32 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=300, help="Adam steps on the mean image (MSE)")
     p.add_argument("--head-steps", type=int, default=100, help="Adam steps on the aleatoric head (NLL)")
     p.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior")
+    p.add_argument(
+        "--posterior",
+        choices=("svi", "ais"),
+        default="svi",
+        help="weight posterior: svi (mean-field over the regulariser CNN) or ais (PMC adaptive importance "
+        "sampling of log_beta and the regulariser's output bias, around the trained weights)",
+    )
+    p.add_argument("--ais-iterations", type=int, default=6, help="PMC iterations (--posterior ais)")
+    p.add_argument("--ais-draws", type=int, default=16, help="weight draws kept after resampling (--posterior ais)")
+    _add_calibration_arguments(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .safetensors file")
     add_device_argument(p)
     p.set_defaults(handler=run_train_unrolled)
+
+    c = sub.add_parser(
+        "calibrate-unrolled",
+        help="add split-conformal interval scales to an unrolled weights file (no retraining)",
+    )
+    c.add_argument("--weights", default=None, help="input weights (default: the shipped unrolled network)")
+    c.add_argument("--seed", type=int, default=0, help="calibration phantoms use seeds from seed + 2000")
+    c.add_argument("--out", required=True, help="output .safetensors file (may equal --weights)")
+    _add_calibration_arguments(c)
+    add_device_argument(c)
+    c.set_defaults(handler=run_calibrate_unrolled)
 
     q = sub.add_parser(
         "train-pnp-denoiser",
@@ -66,6 +87,59 @@ def register(sub) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="output .safetensors file")
     q.set_defaults(handler=run_train_denoiser)
+
+
+def _add_calibration_arguments(p) -> None:
+    p.add_argument(
+        "--calibration-phantoms",
+        type=int,
+        default=16,
+        help="held-out phantoms (simulated like the validation set) for the split-conformal scales (0 = none)",
+    )
+    p.add_argument(
+        "--calibration-lesion-probability",
+        type=float,
+        default=0.0,
+        help="probability of a hot lesion in each calibration phantom (0 = like the training/validation set)",
+    )
+    p.add_argument("--calibration-samples", type=int, default=8, help="posterior draws per calibration phantom")
+
+
+def _calibrate(args, net, posterior, layout, image, geometric, counts: float) -> dict:
+    """``{"conformal_scales": {"0.90": ...}, "calibration": {...}}`` (empty without calibration phantoms)."""
+    from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
+    from petuq_sirf.recon.unrolled import calibrate_unrolled
+
+    if args.calibration_phantoms < 0 or args.calibration_samples < 2:
+        raise ValueError("--calibration-phantoms must be >= 0 and --calibration-samples >= 2")
+    if not 0 <= args.calibration_lesion_probability <= 1:
+        raise ValueError("--calibration-lesion-probability must be in [0, 1]")
+    if args.calibration_phantoms == 0:
+        return {}
+    cfg = LowDoseConfig(
+        args.calibration_phantoms,
+        counts,
+        lesion_probability=args.calibration_lesion_probability,
+        seed=args.seed + 2000,
+    )
+    data = make_low_dose_set(layout, image, cfg, geometric)
+    scales = calibrate_unrolled(net, data, geometric, posterior, args.calibration_samples, seed=args.seed)
+    return {
+        "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
+        "calibration": {
+            "phantoms": cfg.num_phantoms,
+            "true_counts": cfg.true_counts,
+            "lesion_probability": cfg.lesion_probability,
+            "seed": cfg.seed,
+            "samples": args.calibration_samples,
+            "mask": "background (body) of each phantom",
+        },
+    }
+
+
+def conformal_scales_of(info: dict) -> dict[float, float]:
+    """The stored split-conformal scales ``{level: factor}`` (empty for files without them)."""
+    return {float(k): float(v) for k, v in (info.get("conformal_scales") or {}).items()}
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -88,11 +162,36 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
     cfg = UnrolledTrainingConfig(
         num_steps=args.steps,
         head_steps=args.head_steps,
-        svi_steps=args.svi_steps,
+        svi_steps=args.svi_steps if args.posterior == "svi" else 0,
         batch_size=args.batch_size,
         seed=args.seed,
     )
     res = train_unrolled(train, geometric, cfg, net_cfg, validation=val)
+    posterior = res.posterior
+    ais_info: dict = {}
+    if args.posterior == "ais":
+        from dataclasses import replace
+
+        from petuq_sirf.recon.unrolled_ais import UnrolledAISConfig, fit_unrolled_ais
+
+        if args.ais_iterations < 1 or args.ais_draws < 2:
+            raise ValueError("--ais-iterations must be >= 1 and --ais-draws >= 2")
+        ais_cfg = UnrolledAISConfig(num_draws=args.ais_draws)
+        ais_cfg = replace(ais_cfg, pmc=replace(ais_cfg.pmc, iterations=args.ais_iterations, seed=args.seed))
+        ais = fit_unrolled_ais(res.net, train, geometric, ais_cfg)
+        posterior = ais.posterior
+        ais_info = {
+            "ais": {
+                "names": ais.names,
+                "ess": ais.ess,
+                "particles": ais.num_particles,
+                "ess_per_iteration": ais.pmc.ess_per_iteration,
+                "draws": args.ais_draws,
+                "images": ais_cfg.num_images,
+            }
+        }
+        print(f"AIS over {ais.names}: ESS {ais.ess:.2f} of {ais.num_particles} pooled particles")
+    calib = _calibrate(args, res.net, posterior, layout, image, geometric, args.counts)
     info = {
         "kind": "unrolled",
         "net_config": net_cfg.to_dict(),
@@ -104,14 +203,45 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
         "phantoms": args.phantoms,
         "training": vars(cfg),
         "validation_mse": res.val_losses,
+        "posterior": args.posterior,
+        **ais_info,
+        **calib,
         "seconds": time.perf_counter() - t0,
         "command": "petuq train-unrolled " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in _argv(args).items()),
     }
     res.net.cpu()
-    path = save_posterior(
-        args.out, res.net, res.posterior.to("cpu") if res.posterior else None, {"info": json.dumps(info)}
-    )
+    path = save_posterior(args.out, res.net, posterior.to("cpu") if posterior else None, {"info": json.dumps(info)})
     print(f"unrolled network written to {path}; validation MSE {res.val_losses[0]:.4g} -> {res.val_losses[-1]:.4g}")
+    if calib:
+        print("conformal std scales: " + ", ".join(f"{k}: {v:.3f}" for k, v in calib["conformal_scales"].items()))
+    return 0
+
+
+def run_calibrate_unrolled(args: argparse.Namespace) -> int:
+    """Add split-conformal scales to an existing unrolled weights file (weights unchanged)."""
+    from petuq_sirf.recon.lowdose import geometric_model
+    from petuq_sirf.recon.weight_posterior import save_posterior
+
+    if args.calibration_phantoms < 1:
+        raise ValueError("--calibration-phantoms must be >= 1")
+    net, posterior, info = load_weights("unrolled", args.weights)
+    device = resolve_device(args.device)
+    layout, image = _geometry(info.get("scanner", "test-2d"))
+    geometric = geometric_model(layout, image, info.get("psf_fwhm_mm", 4.0), device=device)
+    net.to(device)
+    calib = _calibrate(
+        args, net, posterior.to(device) if posterior else None, layout, image, geometric, info["true_counts"]
+    )
+    info.update(calib)
+    info["calibration"]["command"] = "petuq calibrate-unrolled " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in _argv(args).items() if v is not None
+    )
+    net.cpu()
+    path = save_posterior(args.out, net, posterior.to("cpu") if posterior else None, {"info": json.dumps(info)})
+    print(
+        f"conformal std scales written to {path}: "
+        + ", ".join(f"{k}: {v:.3f}" for k, v in calib["conformal_scales"].items())
+    )
     return 0
 
 
@@ -205,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled
-    from petuq_sirf.uq.calibration import evaluate_uq
+    from petuq_sirf.uq.calibration import evaluate_uq, gaussian_interval
     from petuq_sirf.uq.figures_of_merit import image_metrics
     from petuq_sirf.viz.images import image_panel
 
@@ -257,6 +387,12 @@ def run(args: argparse.Namespace) -> int:
         "epistemic_std": summary.epistemic_std,
         "aleatoric_std": summary.aleatoric_std,
     }
+    scales = conformal_scales_of(info) if args.method == "unrolled" else {}
+    for level in (0.9, 0.95):
+        if level in scales:  # split-conformal interval mean -/+ scale z std (scales stored with the weights)
+            lo_c, hi_c = gaussian_interval(summary.mean, summary.std, level, scales[level])
+            images[f"lower_{round(level * 100)}_conformal"] = lo_c.clamp_min(0)
+            images[f"upper_{round(level * 100)}_conformal"] = hi_c
     for name, img in images.items():
         write_image(out / f"{name}.nii.gz", img.cpu().numpy(), acq.image)
     metrics = {
@@ -267,6 +403,8 @@ def run(args: argparse.Namespace) -> int:
         "weights": info.get("command", ""),
         **extra,
     }
+    if scales:
+        metrics["conformal_scales"] = {f"{k:.2f}": v for k, v in scales.items()}
     panels = {"mean": summary.mean.cpu(), "std": summary.std.cpu()}
     if acq.truth is not None:
         truth = acq.truth.cpu()
@@ -274,6 +412,19 @@ def run(args: argparse.Namespace) -> int:
         metrics["metrics"] = image_metrics(mean, truth, acq.regions, acq.contrast)
         body = acq.regions.get("background")
         metrics["uq"] = evaluate_uq(truth, samples=summary.samples.cpu(), mask=body, regions=acq.regions)
+        if scales:
+            levels = tuple(sorted(scales))
+            mean_c, std_c = summary.mean.cpu(), summary.std.cpu()
+            metrics["uq_conformal"] = evaluate_uq(
+                truth, mean=mean_c, std=std_c, mask=body, regions=acq.regions, levels=levels, scale=scales
+            )
+            metrics["coverage_raw_vs_conformal"] = {
+                f"{v:.2f}": {
+                    "raw": metrics["uq"]["coverage"].get(f"{v:.2f}"),
+                    "conformal": metrics["uq_conformal"]["coverage"][f"{v:.2f}"],
+                }
+                for v in levels
+            }
         panels = {"truth": truth, **panels}
     image_panel(panels, out / "image.png", shared_scale=tuple(k for k in panels if k != "std"))
     write_metrics(out, metrics)

@@ -75,6 +75,46 @@ class WeightPosterior:
 
 
 @dataclass
+class ParticlePosterior:
+    """Equally weighted weight draws (e.g. resampled AIS particles): ``draws[name]`` ``(S, *shape)``.
+
+    Used like :class:`WeightPosterior`: :meth:`sample` returns one of the draws (uniformly at random).
+    """
+
+    draws: dict[str, torch.Tensor]
+
+    def __post_init__(self) -> None:
+        counts = {v.shape[0] for v in self.draws.values()}
+        if not self.draws or len(counts) != 1:
+            raise ValueError("draws must be a non-empty dict of tensors with the same number of draws")
+
+    @property
+    def num_draws(self) -> int:
+        return next(iter(self.draws.values())).shape[0]
+
+    def sample(self, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        i = int(torch.randint(self.num_draws, (1,), generator=generator))
+        return {k: v[i] for k, v in self.draws.items()}
+
+    def mean(self) -> dict[str, torch.Tensor]:
+        return {k: v.mean(0) for k, v in self.draws.items()}
+
+    def to(self, device: torch.device | str) -> ParticlePosterior:
+        return ParticlePosterior({k: v.to(device) for k, v in self.draws.items()})
+
+    def tensors(self, prefix: str = "posterior.") -> dict[str, torch.Tensor]:
+        """Flat dict for safetensors: ``prefix + "draws." + name``."""
+        return {f"{prefix}draws.{k}": v.contiguous() for k, v in self.draws.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str = "posterior.") -> ParticlePosterior:
+        draws = {k[len(prefix) + 6 :]: v for k, v in tensors.items() if k.startswith(prefix + "draws.")}
+        if not draws:
+            raise ValueError(f"no weight draws with prefix {prefix!r}")
+        return cls(draws)
+
+
+@dataclass
 class PosteriorImage:
     """Summary over posterior samples; images ``(..., z, y, x)`` in activity units.
 
@@ -180,7 +220,10 @@ def fit_weight_posterior(
 
 
 def save_posterior(
-    path: str | Path, net: nn.Module, posterior: WeightPosterior | None, metadata: dict[str, str]
+    path: str | Path,
+    net: nn.Module,
+    posterior: WeightPosterior | ParticlePosterior | None,
+    metadata: dict[str, str],
 ) -> Path:
     """Write the point weights (``net.``) and the posterior (``posterior.``) to one safetensors file."""
     from safetensors.torch import save_file
@@ -194,8 +237,13 @@ def save_posterior(
     return path
 
 
-def load_posterior(path: str | Path, net: nn.Module) -> tuple[WeightPosterior | None, dict[str, str]]:
-    """Load the point weights into ``net`` and return the posterior (or None) and the metadata."""
+def load_posterior(
+    path: str | Path, net: nn.Module
+) -> tuple[WeightPosterior | ParticlePosterior | None, dict[str, str]]:
+    """Load the point weights into ``net`` and return the posterior (or None) and the metadata.
+
+    The posterior is a :class:`ParticlePosterior` when the file holds ``posterior.draws.*`` (AIS).
+    """
     from safetensors import safe_open
 
     path = Path(path)
@@ -208,5 +256,7 @@ def load_posterior(path: str | Path, net: nn.Module) -> tuple[WeightPosterior | 
             tensors[k] = f.get_tensor(k)
     state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     net.load_state_dict(state)
+    if any(k.startswith("posterior.draws.") for k in tensors):
+        return ParticlePosterior.from_tensors(tensors), metadata
     has_post = any(k.startswith("posterior.") for k in tensors)
     return (WeightPosterior.from_tensors(tensors) if has_post else None), metadata
