@@ -54,6 +54,7 @@ def register(sub) -> None:
     )
     p.add_argument("--ais-iterations", type=int, default=6, help="PMC iterations (--posterior ais)")
     p.add_argument("--ais-draws", type=int, default=16, help="weight draws kept after resampling (--posterior ais)")
+    p.add_argument("--ais-sigma", type=float, default=2e-4, help="initial PMC proposal std (--posterior ais)")
     _add_calibration_arguments(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -174,10 +175,17 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
 
         from petuq_sirf.recon.unrolled_ais import UnrolledAISConfig, fit_unrolled_ais
 
-        if args.ais_iterations < 1 or args.ais_draws < 2:
-            raise ValueError("--ais-iterations must be >= 1 and --ais-draws >= 2")
+        if args.ais_iterations < 1 or args.ais_draws < 2 or not args.ais_sigma > 0:
+            raise ValueError("--ais-iterations must be >= 1, --ais-draws >= 2 and --ais-sigma > 0")
         ais_cfg = UnrolledAISConfig(num_draws=args.ais_draws)
-        ais_cfg = replace(ais_cfg, pmc=replace(ais_cfg.pmc, iterations=args.ais_iterations, seed=args.seed))
+        pmc = replace(
+            ais_cfg.pmc,
+            iterations=args.ais_iterations,
+            sigma_prop=args.ais_sigma,
+            init_spread=args.ais_sigma,
+            seed=args.seed,
+        )
+        ais_cfg = replace(ais_cfg, pmc=pmc)
         ais = fit_unrolled_ais(res.net, train, geometric, ais_cfg)
         posterior = ais.posterior
         ais_info = {
