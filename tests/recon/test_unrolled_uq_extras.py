@@ -44,6 +44,9 @@ def test_conformal_scales_restore_coverage_on_held_out_phantoms(layout_2d, image
     conformal = {v: float((z <= scales[v] * gaussian_quantile(v))[body].double().mean()) for v in (0.9, 0.95)}
     assert raw < 0.9 - 0.03, raw  # the raw posterior interval under-covers the unseen lesions' phantoms
     assert conformal[0.9] >= 0.9 - 0.02 and conformal[0.95] >= 0.95 - 0.02, (raw, conformal)
+    # the recalibration does something: the unscaled Gaussian 95 % interval covers less
+    gauss_95 = float((z <= gaussian_quantile(0.95))[body].double().mean())
+    assert scales[0.95] > 1 and gauss_95 < conformal[0.95] - 0.01, (gauss_95, conformal)
 
 
 def test_cli_calibrate_then_reconstruct_writes_conformal_intervals(tmp_path):
