@@ -113,3 +113,21 @@ def test_cli_train_unrolled_with_ais_posterior(tmp_path):
     assert "--posterior ais" in info["command"]
     bad = ["train-unrolled", "--phantoms", "1", "--posterior", "ais", "--ais-draws", "1", "--steps", "0"]
     assert main([*bad, "--head-steps", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_train_unrolled_on_a_3d_acquisition(tmp_path):
+    """The 3D option: EM steps through the 3D projector, the CNN regulariser slice by slice."""
+    import json as _json
+
+    from safetensors import safe_open
+
+    from petuq_sirf.cli.main import main
+
+    out = tmp_path / "u3d.safetensors"
+    argv = ["train-unrolled", "--scanner", "test-3d", "--phantoms", "2", "--validation-phantoms", "1"]
+    argv += ["--steps", "2", "--head-steps", "1", "--svi-steps", "1", "--calibration-phantoms", "1"]
+    argv += ["--calibration-samples", "2", "--out", str(out)]
+    assert main(argv) == 0
+    with safe_open(str(out), "pt") as f:
+        meta = f.metadata()
+    assert "test-3d" in _json.dumps(meta)
