@@ -125,37 +125,27 @@ def ours_from_sirf_terms(
     return sensitivity, b if background is None else b + background
 
 
-class _Direct(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, model):
-        ctx.model = model
-        return model._apply_np(model._direct_np, x, model.image_shape)
+# (forward kernel, its input's core shape attribute, backward kernel, backward input shape attribute)
+_OPS = {
+    "direct": ("_direct_np", "image_shape", "_adjoint_np", "data_shape"),
+    "forward": ("_forward_np", "image_shape", "_adjoint_np", "data_shape"),  # b is constant: same gradient
+    "adjoint": ("_adjoint_np", "data_shape", "_direct_np", "image_shape"),
+}
+
+
+class _NumpyOperator(torch.autograd.Function):
+    """Autograd wrapper of an external model's numpy kernel; the backward is the matched linear kernel."""
 
     @staticmethod
-    def backward(ctx, grad):
-        return ctx.model._apply_np(ctx.model._adjoint_np, grad, ctx.model.data_shape), None
-
-
-class _Forward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, model):
-        ctx.model = model
-        return model._apply_np(model._forward_np, x, model.image_shape)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return ctx.model._apply_np(ctx.model._adjoint_np, grad, ctx.model.data_shape), None
-
-
-class _Adjoint(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, model):
-        ctx.model = model
-        return model._apply_np(model._adjoint_np, y, model.data_shape)
+    def forward(ctx, x, model, op):
+        fwd, fwd_shape, _, _ = _OPS[op]
+        ctx.model, ctx.op = model, op
+        return model._apply_np(getattr(model, fwd), x, getattr(model, fwd_shape))
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.model._apply_np(ctx.model._direct_np, grad, ctx.model.image_shape), None
+        _, _, bwd, bwd_shape = _OPS[ctx.op]
+        return ctx.model._apply_np(getattr(ctx.model, bwd), grad, getattr(ctx.model, bwd_shape)), None, None
 
 
 class ExternalAcquisitionModel:
@@ -235,15 +225,15 @@ class ExternalAcquisitionModel:
         return self._b
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
-        return _Direct.apply(x, self)
+        return _NumpyOperator.apply(x, self, "direct")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Forward.apply(x, self)
+        return _NumpyOperator.apply(x, self, "forward")
 
     __call__ = forward
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return _Adjoint.apply(y, self)
+        return _NumpyOperator.apply(y, self, "adjoint")
 
     def sensitivity(self) -> torch.Tensor:
         if self._sensitivity is None:
