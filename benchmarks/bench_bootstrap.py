@@ -37,10 +37,10 @@ from petuq_sirf.bootstrap import (
     store_quantiles,
     summarise_store,
 )
-from petuq_sirf.data import nema_iec_phantom, simulate
-from petuq_sirf.data.acquisition_folder import Acquisition
-from petuq_sirf.data.simulate import SimulationConfig
+from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation import nema_iec_phantom, simulate
+from petuq_sirf.simulation.simulate import SimulationConfig
 from petuq_sirf.uq.calibration import frequentist_coverage
 
 

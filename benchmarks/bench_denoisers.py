@@ -29,7 +29,7 @@ import torch
 from petuq_sirf.bayes import DenoiserConfig, DenoisingDataConfig, NetworkConfig, load_or_generate, make_denoiser
 from petuq_sirf.bayes.evaluation import conformal_from_dataset, evaluate_on_dataset, frequentist_protocol
 from petuq_sirf.bayes.training_data import geometry_for
-from petuq_sirf.data.phantoms import nema_iec_phantom
+from petuq_sirf.simulation.phantoms import nema_iec_phantom
 from petuq_sirf.viz.uq_figures import calibration_curves, method_panels
 
 METHODS = ("svi", "ais", "mc_dropout", "ensemble")

@@ -41,9 +41,9 @@ def worker(case: str, device: str, threads: int, repeats: int) -> dict:
 
     torch.set_num_threads(threads)
     from petuq_sirf.cli.reconstruct_uq import load_weights
-    from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm
+    from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 
     kind, dim = case.split("-")
     layout, image = _geometry(dim)

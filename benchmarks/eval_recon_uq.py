@@ -50,13 +50,13 @@ def main() -> None:
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
     from petuq_sirf.cli.reconstruct_uq import load_weights
-    from petuq_sirf.data import SimulationConfig, random_ellipses_phantom, simulate
-    from petuq_sirf.data.acquisition_folder import Acquisition
+    from petuq_sirf.io.acquisition_folder import Acquisition
     from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
     from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+    from petuq_sirf.simulation import SimulationConfig, random_ellipses_phantom, simulate
     from petuq_sirf.uq import contrast_recovery, nrmse, psnr, roi_bias, roi_mean
     from petuq_sirf.uq.calibration import (
         DEFAULT_LEVELS,

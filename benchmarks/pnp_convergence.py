@@ -29,7 +29,6 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from petuq_sirf.cli.reconstruct_uq import load_weights
-    from petuq_sirf.data import SimulationConfig, random_ellipses_phantom, simulate
     from petuq_sirf.recon.nonexpansive import (
         NonexpansiveTrainingConfig,
         clean_ellipse_images,
@@ -39,6 +38,7 @@ def main() -> None:
     )
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+    from petuq_sirf.simulation import SimulationConfig, random_ellipses_phantom, simulate
     from petuq_sirf.uq import nrmse
 
     layout = SinogramLayout(get_scanner("test-2d"))

@@ -33,16 +33,16 @@ import torch
 
 from petuq_sirf.backends.registry import BACKENDS, make_acquisition_model, require_backend
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_bootstrap, summarise_store
-from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
-from petuq_sirf.data.attenuation import attenuation_factors
-from petuq_sirf.data.image_io import read_image, write_image
-from petuq_sirf.data.interfile import read_projdata, write_projdata
-from petuq_sirf.data.mmr_listmode import bin_mmr_listmode, make_layout, read_mmr_header, read_mmr_listmode
-from petuq_sirf.data.randoms import estimate_randoms
-from petuq_sirf.data.scatter import scatter_sinogram
+from petuq_sirf.io.image_io import read_image, write_image
+from petuq_sirf.io.interfile import read_projdata, write_projdata
+from petuq_sirf.io.mmr_listmode import bin_mmr_listmode, make_layout, read_mmr_header, read_mmr_listmode
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.recon import RelativeDifferencePrior, osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
+from petuq_sirf.simulation.attenuation import attenuation_factors
+from petuq_sirf.simulation.randoms import estimate_randoms
+from petuq_sirf.simulation.scatter import scatter_sinogram
 
 
 def simulated_scan(args, out: Path) -> tuple[Path, Path, SinogramLayout, ImageGeometry, dict]:
@@ -59,7 +59,7 @@ def simulated_scan(args, out: Path) -> tuple[Path, Path, SinogramLayout, ImageGe
     cfg = SimulationConfig(true_counts=args.counts, psf_fwhm_mm=0.0, listmode=True, duration_s=60.0, seed=args.seed)
     sim = simulate(phantom, layout, cfg)
     hdr = out / "scan.l.hdr"
-    from petuq_sirf.data.mmr_listmode import write_mmr_listmode
+    from petuq_sirf.io.mmr_listmode import write_mmr_listmode
 
     write_mmr_listmode(hdr, sim.listmode, layout, file_span=1)
     mu = write_image(out / "mu_map.nii.gz", sim.mu_per_cm.numpy(), image)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.recon import RelativeDifferencePrior, map_rdp, osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.uq import image_metrics
 
 

@@ -41,7 +41,7 @@ def stir_segment_order(num_segments: int) -> np.ndarray:
     ``ProjData::copy_to`` / ``fill_from`` (used by SIRF's ``as_array``/``fill`` and STIR's
     ``as_array``/``fill``) follow ``ProjData::standard_segment_sequence``. Interfile files on
     disk list segments in ascending ring difference instead (our order). The mMR list-mode
-    bin addresses use yet another order, 0, -1, +1, ... (see ``data/mmr_listmode.py``).
+    bin addresses use yet another order, 0, -1, +1, ... (see ``io/mmr_listmode.py``).
     """
     if num_segments % 2 == 0:
         raise ValueError(f"the number of segments must be odd, got {num_segments}")

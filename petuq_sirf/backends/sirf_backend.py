@@ -37,7 +37,7 @@ from petuq_sirf.backends.bridge import (
     to_stir_order,
 )
 from petuq_sirf.backends.registry import require_backend
-from petuq_sirf.data.interfile import write_image, write_projdata
+from petuq_sirf.io.interfile import write_image, write_projdata
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 

@@ -3,8 +3,8 @@ MC dropout, deep ensembles) and their training data."""
 
 from petuq_sirf.bayes.denoisers import METHODS, Denoiser, DenoiserConfig, make_denoiser
 from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig
-from petuq_sirf.bayes.predictive import PosteriorSamples
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, DenoisingDataset, load_or_generate
+from petuq_sirf.inference.predictive import PosteriorSamples
 
 __all__ = [
     "METHODS",

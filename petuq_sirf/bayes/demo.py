@@ -15,8 +15,8 @@ from petuq_sirf.bayes.denoisers import DenoiserConfig, make_denoiser
 from petuq_sirf.bayes.evaluation import conformal_from_dataset
 from petuq_sirf.bayes.networks import NetworkConfig
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, geometry_for, load_or_generate
-from petuq_sirf.data.simulate import SimulatedAcquisition
 from petuq_sirf.recon.em import osem
+from petuq_sirf.simulation.simulate import SimulatedAcquisition
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.uq.figures_of_merit import nrmse, psnr
 from petuq_sirf.viz.uq_figures import calibration_curves, method_panels

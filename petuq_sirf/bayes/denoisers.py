@@ -8,7 +8,7 @@ Methods (``DenoiserConfig.method``):
 - ``svi``: a Pyro BNN (``PyroSample`` priors ``N(0, prior_scale^2)`` on every weight) fitted by SVI with
   a mean-field ``AutoNormal`` guide, ``Trace_ELBO`` scaled to the data-set size, minibatches; the guide
   starts at a trained point estimate.
-- ``ais``: PMCnet adaptive importance sampling (:mod:`petuq_sirf.bayes.ais`, light diagonal version,
+- ``ais``: PMCnet adaptive importance sampling (:mod:`petuq_sirf.inference.ais`, light diagonal version,
   minibatch gradients) of the 1x1 output head around a trained point estimate, the body fixed.
 
 ``predict`` returns :class:`PosteriorSamples`: per posterior sample ``s`` a mean image and an aleatoric
@@ -29,11 +29,11 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from petuq_sirf.bayes.ais import PMCConfig, pmc_sample
 from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig, gaussian_nll_loss
-from petuq_sirf.bayes.predictive import PosteriorSamples
-from petuq_sirf.bayes.svi import bayesianize, fit_svi, guide_posterior, make_guide
 from petuq_sirf.bayes.training_data import DenoisingDataset, image_scale
+from petuq_sirf.inference.ais import PMCConfig, pmc_sample
+from petuq_sirf.inference.predictive import PosteriorSamples
+from petuq_sirf.inference.svi import bayesianize, fit_svi, guide_posterior, make_guide
 
 METHODS = ("cnn", "mc_dropout", "ensemble", "svi", "ais")
 

@@ -12,7 +12,7 @@ import torch
 
 from petuq_sirf.bayes.denoisers import Denoiser
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, DenoisingDataset, noisy_realisations
-from petuq_sirf.data.phantoms import Phantom
+from petuq_sirf.simulation.phantoms import Phantom
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.uq.figures_of_merit import nrmse, psnr
 

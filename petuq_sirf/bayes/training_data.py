@@ -23,11 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.data.image_io import read_npz, write_npz
-from petuq_sirf.data.phantoms import Phantom, random_ellipses_phantom
-from petuq_sirf.data.simulate import SimulationConfig, simulate
+from petuq_sirf.io.image_io import read_npz, write_npz
 from petuq_sirf.recon.em import osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.phantoms import Phantom, random_ellipses_phantom
+from petuq_sirf.simulation.simulate import SimulationConfig, simulate
 
 CACHE_VERSION = 1
 

@@ -25,7 +25,7 @@ import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.bootstrap.weights import WEIGHT_KINDS, check_weights, draw_weights, replicate_rng
-from petuq_sirf.data.listmode import ListModeEvents
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon import RelativeDifferencePrior, map_rdp, osem
 from petuq_sirf.scanner.image_geometry import ImageGeometry
@@ -157,7 +157,7 @@ class BootstrapProblem:
 
     @classmethod
     def from_acquisition(cls, acq, backend: str = "embedded") -> BootstrapProblem:
-        """The problem of an :class:`~petuq_sirf.data.acquisition_folder.Acquisition` (needs its list-mode).
+        """The problem of an :class:`~petuq_sirf.io.acquisition_folder.Acquisition` (needs its list-mode).
 
         Call :meth:`prepare` (or let :func:`~petuq_sirf.bootstrap.runner.run_bootstrap` do it) before
         running replicates.

@@ -4,9 +4,9 @@
 with replacement and bins them like ``lm_to_projdata`` (same parameter file, plus a ``seed``). We
 write the parameter file, run the executable with the replicate's integer seed
 (:func:`~petuq_sirf.bootstrap.weights.replicate_int_seed`) and read the Interfile output back with
-:func:`~petuq_sirf.data.interfile.read_projdata`; the sinograms are then reconstructed by our code.
+:func:`~petuq_sirf.io.interfile.read_projdata`; the sinograms are then reconstructed by our code.
 There is no Python or SIRF wrapper for this utility, hence the subprocess. The list-mode input must
-be a format STIR reads (e.g. a Siemens mMR ``.l.hdr``, see :mod:`petuq_sirf.data.mmr_listmode`).
+be a format STIR reads (e.g. a Siemens mMR ``.l.hdr``, see :mod:`petuq_sirf.io.mmr_listmode`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.data.interfile import read_projdata
+from petuq_sirf.io.interfile import read_projdata
 
 EXECUTABLE = "lm_to_projdata_bootstrap"
 

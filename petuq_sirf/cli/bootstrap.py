@@ -17,7 +17,7 @@ import torch
 
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, make_executor, run_bootstrap, summarise_store
 from petuq_sirf.cli.common import add_backend_argument, load_acquisition, resolve_backend, write_metrics
-from petuq_sirf.data.image_io import write_image
+from petuq_sirf.io.image_io import write_image
 from petuq_sirf.uq.calibration import DEFAULT_LEVELS, coverage, evaluate_uq
 from petuq_sirf.viz.bootstrap_figures import bootstrap_figure
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.data.acquisition_folder import Acquisition, load_acquisition, save_acquisition
+from petuq_sirf.io.acquisition_folder import Acquisition, load_acquisition, save_acquisition
 
 __all__ = [
     "Acquisition",

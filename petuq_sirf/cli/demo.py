@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from petuq_sirf.cli.common import add_device_argument, resolve_device, save_acquisition, write_metrics
-from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
-from petuq_sirf.data.image_io import write_image
+from petuq_sirf.io.image_io import write_image
 from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.uq.figures_of_merit import image_metrics
 from petuq_sirf.viz.images import image_panel
 

@@ -10,7 +10,7 @@ import torch
 
 from petuq_sirf.bayes.checkpoint import checkpoint_info, load_denoiser
 from petuq_sirf.cli.common import write_metrics
-from petuq_sirf.data.image_io import read_image, write_image
+from petuq_sirf.io.image_io import read_image, write_image
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.uq.figures_of_merit import nrmse, psnr
 

@@ -15,7 +15,7 @@ from petuq_sirf.bayes.checkpoint import checkpoint_info, load_denoiser
 from petuq_sirf.bayes.evaluation import frequentist_protocol
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, geometry_for
 from petuq_sirf.cli.common import write_metrics
-from petuq_sirf.data.phantoms import make_phantom
+from petuq_sirf.simulation.phantoms import make_phantom
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.viz.uq_figures import calibration_curves, method_panels, z_histograms
 

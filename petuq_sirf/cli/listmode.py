@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.cli.common import save_acquisition, write_metrics
-from petuq_sirf.data.acquisition_folder import Acquisition
-from petuq_sirf.data.attenuation import attenuation_factors
-from petuq_sirf.data.image_io import read_image
-from petuq_sirf.data.interfile import read_projdata
-from petuq_sirf.data.mmr_listmode import DecodeStats, make_layout, read_mmr_header, read_mmr_listmode
-from petuq_sirf.data.petsird_io import PetsirdInfo, read_petsird
-from petuq_sirf.data.randoms import estimate_randoms
+from petuq_sirf.io.acquisition_folder import Acquisition
+from petuq_sirf.io.image_io import read_image
+from petuq_sirf.io.interfile import read_projdata
+from petuq_sirf.io.mmr_listmode import DecodeStats, make_layout, read_mmr_header, read_mmr_listmode
+from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.attenuation import attenuation_factors
+from petuq_sirf.simulation.randoms import estimate_randoms
 
 
 def register(sub) -> None:

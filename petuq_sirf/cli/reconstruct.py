@@ -13,7 +13,7 @@ from petuq_sirf.cli.common import (
     resolve_device,
     write_metrics,
 )
-from petuq_sirf.data.image_io import write_image
+from petuq_sirf.io.image_io import write_image
 from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
 from petuq_sirf.uq.figures_of_merit import image_metrics
 from petuq_sirf.viz.images import image_panel

@@ -145,9 +145,9 @@ def conformal_scales_of(info: dict) -> dict[float, float]:
 
 # ------------------------------------------------------------------------------------------- training
 def run_train_unrolled(args: argparse.Namespace) -> int:
+    from petuq_sirf.inference.weight_posterior import save_posterior
     from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
     from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledTrainingConfig, train_unrolled
-    from petuq_sirf.recon.weight_posterior import save_posterior
 
     if args.phantoms < 1 or args.validation_phantoms < 1:
         raise ValueError("--phantoms and --validation-phantoms must be >= 1")
@@ -227,8 +227,8 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
 
 def run_calibrate_unrolled(args: argparse.Namespace) -> int:
     """Add split-conformal scales to an existing unrolled weights file (weights unchanged)."""
+    from petuq_sirf.inference.weight_posterior import save_posterior
     from petuq_sirf.recon.lowdose import geometric_model
-    from petuq_sirf.recon.weight_posterior import save_posterior
 
     if args.calibration_phantoms < 1:
         raise ValueError("--calibration-phantoms must be >= 1")
@@ -259,6 +259,7 @@ def _argv(args: argparse.Namespace) -> dict:
 
 
 def run_train_denoiser(args: argparse.Namespace) -> int:
+    from petuq_sirf.inference.weight_posterior import SVIConfig, save_posterior
     from petuq_sirf.recon.nonexpansive import (
         DenoiserConfig,
         NonexpansiveTrainingConfig,
@@ -268,7 +269,6 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
         reflected,
         train_nonexpansive_denoiser,
     )
-    from petuq_sirf.recon.weight_posterior import SVIConfig, save_posterior
 
     _, image = _geometry(args.scanner)
     t0 = time.perf_counter()
@@ -309,9 +309,9 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------- loading
 def load_weights(kind: str, path: str | Path | None = None):
     """``(net, posterior, info)`` from a weights file (default: the shipped one for ``kind``)."""
+    from petuq_sirf.inference.weight_posterior import load_posterior
     from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
     from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
-    from petuq_sirf.recon.weight_posterior import load_posterior
 
     path = Path(path) if path else SHIPPED[kind]
     if not path.is_file():
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
     ``--iterations`` is the number of ADMM iterations for pnp-admm (default 100) and is ignored by
     the unrolled network (its depth is fixed by training). ``--samples`` posterior draws.
     """
-    from petuq_sirf.data.image_io import write_image
+    from petuq_sirf.io.image_io import write_image
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled

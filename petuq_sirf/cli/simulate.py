@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from petuq_sirf.cli.common import add_device_argument, resolve_device, save_acquisition, write_metrics
-from petuq_sirf.data.phantoms import make_phantom
-from petuq_sirf.data.simulate import SimulationConfig, simulate
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.phantoms import make_phantom
+from petuq_sirf.simulation.simulate import SimulationConfig, simulate
 
 
 def add_geometry_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.data.phantoms import random_ellipses_phantom
-from petuq_sirf.data.simulate import SimulationConfig, simulate
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
+from petuq_sirf.simulation.phantoms import random_ellipses_phantom
+from petuq_sirf.simulation.simulate import SimulationConfig, simulate
 
 
 class BatchedAcquisition:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from petuq_sirf.recon.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
+from petuq_sirf.inference.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
 
@@ -115,7 +115,7 @@ def jacobian_spectral_norm(
 # ------------------------------------------------------------------------------------------ training data
 def clean_ellipse_images(image: ImageGeometry, n: int, seed: int = 0, lesion_probability: float = 0.0) -> torch.Tensor:
     """``n`` random-ellipse phantoms ``(n, z, y, x)``, each divided by its mean (mean 1)."""
-    from petuq_sirf.data.phantoms import random_ellipses_phantom
+    from petuq_sirf.simulation.phantoms import random_ellipses_phantom
 
     rng = np.random.default_rng(seed)
     imgs = torch.stack(

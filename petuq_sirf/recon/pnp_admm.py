@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from petuq_sirf.inference.weight_posterior import PosteriorImage, WeightPosterior, call_with
 from petuq_sirf.operators.acquisition import AcquisitionModel, check_data
 from petuq_sirf.recon.em import em_update, osem
-from petuq_sirf.recon.weight_posterior import PosteriorImage, WeightPosterior, call_with
 
 _TINY = 1e-12
 

@@ -12,7 +12,7 @@ level) and learned per-iteration strengths ``beta_k = exp(log_beta_k)``. An alea
 ``(x_K / c, x_0 / c)`` to a per-voxel log-variance (normalised units). Training is end-to-end
 through ``model.forward`` / ``model.adjoint``: (1) Adam on the mean (MSE), (2) the head alone by
 Gaussian NLL, (3) SVI with a mean-field Normal posterior over the regulariser weights
-(:mod:`petuq_sirf.recon.weight_posterior`) under the heteroscedastic Gaussian likelihood.
+(:mod:`petuq_sirf.inference.weight_posterior`) under the heteroscedastic Gaussian likelihood.
 
 Prediction draws weight samples (epistemic) and adds the aleatoric noise: per sample
 ``x_s = mean_s + c exp(lv_s / 2) eps``; the summary has mean, total std and its two parts.
@@ -29,10 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.recon.em import em_update
-from petuq_sirf.recon.lowdose import LowDoseSet
-from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, image_scale
-from petuq_sirf.recon.weight_posterior import (
+from petuq_sirf.inference.weight_posterior import (
     ParticlePosterior,
     PosteriorImage,
     SVIConfig,
@@ -40,6 +37,9 @@ from petuq_sirf.recon.weight_posterior import (
     call_with,
     fit_weight_posterior,
 )
+from petuq_sirf.recon.em import em_update
+from petuq_sirf.recon.lowdose import LowDoseSet
+from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, image_scale
 
 _TINY = 1e-12
 

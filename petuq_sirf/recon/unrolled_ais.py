@@ -1,4 +1,4 @@
-"""Adaptive importance sampling (PMC, :mod:`petuq_sirf.bayes.ais`) of a subset of the unrolled network's weights.
+"""Adaptive importance sampling (PMC, :mod:`petuq_sirf.inference.ais`) of a subset of the unrolled network's weights.
 
 The chosen parameters (default: the per-iteration strengths ``log_beta`` and the regulariser's output
 bias, 7 numbers for the shipped network; or e.g. the last convolution of the regulariser CNN) are flattened into ``theta (d,)``; all other weights stay at the
@@ -11,7 +11,7 @@ on a fixed set of training images (the same heteroscedastic likelihood as the SV
 two posteriors are comparable), with the likelihood tempered by ``temperature`` (1 = exact Bayes).
 The proposals start at the trained weights with the SVI posterior's std as initial proposal std
 when given. The pooled weighted particles are resampled into equally weighted draws
-(:class:`~petuq_sirf.recon.weight_posterior.ParticlePosterior`) that
+(:class:`~petuq_sirf.inference.weight_posterior.ParticlePosterior`) that
 :func:`~petuq_sirf.recon.unrolled.predict_unrolled` uses like SVI draws.
 """
 
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.bayes.ais import PMCConfig, PMCResult, pmc_sample
+from petuq_sirf.inference.ais import PMCConfig, PMCResult, pmc_sample
+from petuq_sirf.inference.weight_posterior import ParticlePosterior, WeightPosterior, call_with
 from petuq_sirf.recon.lowdose import LowDoseSet
 from petuq_sirf.recon.pnp_admm import image_scale
 from petuq_sirf.recon.unrolled import UnrolledFBSEM
-from petuq_sirf.recon.weight_posterior import ParticlePosterior, WeightPosterior, call_with
 
 
 def last_layer_names(net: UnrolledFBSEM) -> list[str]:

@@ -21,7 +21,7 @@ import types
 import numpy as np
 import torch
 
-from petuq_sirf.data.interfile import read_image, read_projdata
+from petuq_sirf.io.interfile import read_image, read_projdata
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.operators.psf import GaussianPSF
 

@@ -16,7 +16,7 @@ import types
 import numpy as np
 import torch
 
-from petuq_sirf.data.interfile import read_image, read_projdata
+from petuq_sirf.io.interfile import read_image, read_projdata
 from petuq_sirf.operators.projector import RayTracingProjector
 from tests.backends.fake_sirf import _PROJECTORS, _array_order, stir_to_our_geometry
 

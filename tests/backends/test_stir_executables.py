@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from petuq_sirf.backends.stir_backend import listmode_bootstrap_sinogram
-from petuq_sirf.data import ListModeEvents
-from petuq_sirf.data.interfile import read_projdata, write_projdata
-from petuq_sirf.data.mmr_listmode import bin_mmr_listmode, read_mmr_header, write_mmr_listmode
+from petuq_sirf.io import ListModeEvents
+from petuq_sirf.io.interfile import read_projdata, write_projdata
+from petuq_sirf.io.mmr_listmode import bin_mmr_listmode, read_mmr_header, write_mmr_listmode
 from petuq_sirf.scanner import SinogramLayout, get_scanner
 
 needs_stir = pytest.mark.skipif(

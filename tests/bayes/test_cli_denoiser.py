@@ -8,9 +8,9 @@ import numpy as np
 
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, noisy_realisations
 from petuq_sirf.cli.main import main
-from petuq_sirf.data.image_io import read_image, write_image
-from petuq_sirf.data.phantoms import make_phantom
+from petuq_sirf.io.image_io import read_image, write_image
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.phantoms import make_phantom
 
 
 def test_train_denoise_evaluate(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_train_denoise_evaluate(tmp_path, capsys):
 
 def test_denoiser_demo_hook_returns_coverage_and_maps(tmp_path):
     from petuq_sirf.bayes.demo import run_denoiser_demo
-    from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
+    from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 
     layout = SinogramLayout(get_scanner("test-2d"))
     image = ImageGeometry.for_layout(layout)

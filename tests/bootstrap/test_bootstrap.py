@@ -25,11 +25,12 @@ from petuq_sirf.bootstrap import (
     summarise_store,
     weighted_data,
 )
-from petuq_sirf.data import ListModeEvents, nema_iec_phantom, simulate
-from petuq_sirf.data.acquisition_folder import Acquisition
-from petuq_sirf.data.simulate import SimulationConfig
+from petuq_sirf.io import ListModeEvents
+from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.recon import RelativeDifferencePrior, map_rdp, osem
 from petuq_sirf.scanner import ImageGeometry
+from petuq_sirf.simulation import nema_iec_phantom, simulate
+from petuq_sirf.simulation.simulate import SimulationConfig
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ def test_missing_executable_is_a_clear_error(tmp_path, monkeypatch):
 @pytest.mark.skipif(stir_bootstrap_executable() is None, reason="STIR's lm_to_projdata_bootstrap is not on PATH")
 def test_stir_and_embedded_resampling_agree_in_distribution(tmp_path):
     """Same list-mode data: STIR's resampling and our Poisson(1) weights give the same per-bin mean and variance."""
-    from petuq_sirf.data.interfile import write_projdata
-    from petuq_sirf.data.listmode import ListModeEvents
-    from petuq_sirf.data.mmr_listmode import make_layout, write_mmr_listmode
+    from petuq_sirf.io.interfile import write_projdata
+    from petuq_sirf.io.listmode import ListModeEvents
+    from petuq_sirf.io.mmr_listmode import make_layout, write_mmr_listmode
     from petuq_sirf.scanner import get_scanner
 
     layout = make_layout(get_scanner("mMR"), 11, 60)

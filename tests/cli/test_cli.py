@@ -3,7 +3,7 @@ import json
 import pytest
 
 from petuq_sirf.cli.main import main
-from petuq_sirf.data.acquisition_folder import load_acquisition
+from petuq_sirf.io.acquisition_folder import load_acquisition
 
 
 def test_simulate_then_reconstruct(tmp_path, capsys):

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from petuq_sirf.cli.main import main
-from petuq_sirf.data import events_from_counts
-from petuq_sirf.data.acquisition_folder import load_acquisition
-from petuq_sirf.data.mmr_listmode import write_mmr_listmode
-from petuq_sirf.data.petsird_io import write_petsird
+from petuq_sirf.io.acquisition_folder import load_acquisition
+from petuq_sirf.io.mmr_listmode import write_mmr_listmode
+from petuq_sirf.io.petsird_io import write_petsird
 from petuq_sirf.scanner import SinogramLayout, get_scanner
+from petuq_sirf.simulation import events_from_counts
 
 
 @pytest.fixture(scope="module")

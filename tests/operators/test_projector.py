@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from petuq_sirf.backends import EmbeddedAcquisitionModel
-from petuq_sirf.data.attenuation import attenuation_factors
 from petuq_sirf.operators import GaussianPSF, RayTracingProjector
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.attenuation import attenuation_factors
 
 
 def _dot(a, b):

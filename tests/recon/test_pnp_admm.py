@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from petuq_sirf.cli import reconstruct_uq
-from petuq_sirf.data import SimulationConfig, random_ellipses_phantom, simulate
+from petuq_sirf.inference.weight_posterior import SVIConfig
 from petuq_sirf.recon import gaussian_postfilter, osem
 from petuq_sirf.recon.nonexpansive import (
     NonexpansiveTrainingConfig,
@@ -19,7 +19,7 @@ from petuq_sirf.recon.nonexpansive import (
     train_nonexpansive_denoiser,
 )
 from petuq_sirf.recon.pnp_admm import PnPADMMConfig, em_quadratic_fusion, pnp_admm, pnp_admm_posterior
-from petuq_sirf.recon.weight_posterior import SVIConfig
+from petuq_sirf.simulation import SimulationConfig, random_ellipses_phantom, simulate
 from petuq_sirf.uq import nrmse
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.recon import RelativeDifferencePrior, map_rdp, mlem, osem
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.uq import background_variability, nrmse
 
 
@@ -62,7 +62,7 @@ def test_bad_measured_data_is_rejected(noisy):
 
 
 def test_3d_brain_simulation_and_osem(layout_3d, image_3d):
-    from petuq_sirf.data import brain_phantom
+    from petuq_sirf.simulation import brain_phantom
 
     phantom = brain_phantom(image_3d)
     sim = simulate(phantom, layout_3d, SimulationConfig(true_counts=2e6, seed=3))

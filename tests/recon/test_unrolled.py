@@ -10,6 +10,7 @@ import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.cli import reconstruct_uq
+from petuq_sirf.inference.weight_posterior import call_with, load_posterior, save_posterior
 from petuq_sirf.recon import gaussian_postfilter, osem
 from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
 from petuq_sirf.recon.unrolled import (
@@ -19,7 +20,6 @@ from petuq_sirf.recon.unrolled import (
     predict_unrolled,
     train_unrolled,
 )
-from petuq_sirf.recon.weight_posterior import call_with, load_posterior, save_posterior
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 from petuq_sirf.uq import nrmse
 

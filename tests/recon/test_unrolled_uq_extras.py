@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from petuq_sirf.bayes.ais import PMCConfig
 from petuq_sirf.cli import reconstruct_uq
+from petuq_sirf.inference.ais import PMCConfig
+from petuq_sirf.inference.weight_posterior import ParticlePosterior, load_posterior, save_posterior
 from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
 from petuq_sirf.recon.unrolled import calibrate_unrolled, predict_unrolled
 from petuq_sirf.recon.unrolled_ais import UnrolledAISConfig, default_ais_names, fit_unrolled_ais
-from petuq_sirf.recon.weight_posterior import ParticlePosterior, load_posterior, save_posterior
 from petuq_sirf.uq.calibration import gaussian_quantile
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data.normalisation import bin_efficiencies
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner, make_segments
+from petuq_sirf.simulation.normalisation import bin_efficiencies
 
 
 def test_mmr_span11_matches_stir_template():

@@ -176,7 +176,7 @@ def make_phantom(name: str, image: ImageGeometry, seed: int = 0) -> Phantom:
     if key in ("ellipses", "random_ellipses"):
         return random_ellipses_phantom(image, np.random.default_rng(seed))
     if key in ("sirf-brain", "sirf-thorax"):
-        from petuq_sirf.data.sirf_data import load_sirf_phantom
+        from petuq_sirf.simulation.sirf_data import load_sirf_phantom
 
         return load_sirf_phantom(key.split("-")[1], image)
     raise ValueError(f"unknown phantom {name!r}; choose brain, nema, ellipses, sirf-brain or sirf-thorax")

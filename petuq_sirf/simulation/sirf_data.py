@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from petuq_sirf.data.interfile import read_image
-from petuq_sirf.data.phantoms import Phantom
+from petuq_sirf.io.interfile import read_image
 from petuq_sirf.scanner.image_geometry import ImageGeometry
+from petuq_sirf.simulation.phantoms import Phantom
 
 
 def find_sirf_data() -> Path | None:

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.data.attenuation import attenuation_factors
-from petuq_sirf.data.listmode import ListModeEvents, events_from_counts
-from petuq_sirf.data.normalisation import bin_efficiencies, crystal_efficiencies
-from petuq_sirf.data.phantoms import Phantom
-from petuq_sirf.data.randoms import estimate_randoms, randoms_from_singles
-from petuq_sirf.data.scatter import scatter_sinogram
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
+from petuq_sirf.simulation.attenuation import attenuation_factors
+from petuq_sirf.simulation.listmode_draws import events_from_counts
+from petuq_sirf.simulation.normalisation import bin_efficiencies, crystal_efficiencies
+from petuq_sirf.simulation.phantoms import Phantom
+from petuq_sirf.simulation.randoms import estimate_randoms, randoms_from_singles
+from petuq_sirf.simulation.scatter import scatter_sinogram
 
 
 @dataclass

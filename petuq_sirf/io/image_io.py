@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from petuq_sirf.data.interfile import read_image as read_interfile_image
-from petuq_sirf.data.interfile import write_image as write_interfile_image
+from petuq_sirf.io.interfile import read_image as read_interfile_image
+from petuq_sirf.io.interfile import write_image as write_interfile_image
 from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 

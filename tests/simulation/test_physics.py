@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data import SimulationConfig, nema_iec_phantom, simulate
-from petuq_sirf.data.normalisation import crystal_efficiencies
-from petuq_sirf.data.randoms import estimate_randoms, randoms_from_singles
-from petuq_sirf.data.scatter import scatter_sinogram
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
+from petuq_sirf.simulation.normalisation import crystal_efficiencies
+from petuq_sirf.simulation.randoms import estimate_randoms, randoms_from_singles
+from petuq_sirf.simulation.scatter import scatter_sinogram
 
 
 def test_randoms_estimated_from_delayeds_match_truth(layout_3d):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petuq_sirf.data.image_io import write_image
+from petuq_sirf.io.image_io import write_image
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
 

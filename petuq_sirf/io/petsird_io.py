@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petuq_sirf.data.listmode import ListModeEvents
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 

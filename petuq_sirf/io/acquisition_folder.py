@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.data.image_io import read_npz, write_image, write_npz
-from petuq_sirf.data.interfile import read_image, read_projdata, write_projdata
-from petuq_sirf.data.listmode import ListModeEvents
-from petuq_sirf.data.simulate import SimulatedAcquisition
+from petuq_sirf.io.image_io import read_npz, write_image, write_npz
+from petuq_sirf.io.interfile import read_image, read_projdata, write_projdata
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
+from petuq_sirf.simulation.simulate import SimulatedAcquisition
 
 MANIFEST = "acquisition.json"
 

@@ -9,8 +9,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from petuq_sirf.bayes.ais import PMCConfig, effective_sample_size, pmc_sample
-from petuq_sirf.bayes.svi import bayesianize, fit_svi, guide_posterior, make_guide
+from petuq_sirf.inference.ais import PMCConfig, effective_sample_size, pmc_sample
+from petuq_sirf.inference.svi import bayesianize, fit_svi, guide_posterior, make_guide
 
 N, D, SIGMA, TAU = 60, 3, 0.5, 1.0
 

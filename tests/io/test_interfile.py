@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from petuq_sirf.data.image_io import read_image, write_image
-from petuq_sirf.data.interfile import InterfileError, read_projdata, write_projdata
-from petuq_sirf.data.interfile import read_image as read_hv
-from petuq_sirf.data.sirf_data import load_sirf_phantom
+from petuq_sirf.io.image_io import read_image, write_image
+from petuq_sirf.io.interfile import InterfileError, read_projdata, write_projdata
+from petuq_sirf.io.interfile import read_image as read_hv
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.sirf_data import load_sirf_phantom
 
 
 @pytest.mark.parametrize("suffix", [".hv", ".nii", ".nii.gz", ".npz"])
@@ -94,7 +94,7 @@ def test_reads_shared_brain_and_thorax(shared_data):
 
 
 def test_interfile_images_use_stirs_axial_origin_when_given_a_scanner(tmp_path):
-    from petuq_sirf.data.interfile import parse_header
+    from petuq_sirf.io.interfile import parse_header
 
     scanner = get_scanner("mMR")
     geom = ImageGeometry((127, 5, 5), (2.03125, 2.0, 2.0))  # centred on the scanner

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data.listmode import ListModeEvents, events_from_counts
+from petuq_sirf.io.listmode import ListModeEvents
+from petuq_sirf.simulation.listmode_draws import events_from_counts
 
 
 def _events(seed=0):

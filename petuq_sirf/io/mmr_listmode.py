@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from petuq_sirf.data.interfile import InterfileError, parse_header
-from petuq_sirf.data.listmode import ListModeEvents
+from petuq_sirf.io.interfile import InterfileError, parse_header
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.geometry import ScannerGeometry, get_scanner
 from petuq_sirf.scanner.layout import SinogramLayout
 

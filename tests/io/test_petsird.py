@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data import events_from_counts
-from petuq_sirf.data.petsird_io import (
+from petuq_sirf.io.petsird_io import (
     CrystalPairBinner,
     PetsirdInfo,
     read_petsird,
@@ -13,6 +12,7 @@ from petuq_sirf.data.petsird_io import (
     write_petsird,
 )
 from petuq_sirf.scanner import SinogramLayout, get_scanner
+from petuq_sirf.simulation import events_from_counts
 
 
 def _counts(layout, seed=0, rate=0.3):

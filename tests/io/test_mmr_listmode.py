@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data import ListModeEvents, events_from_counts
-from petuq_sirf.data.mmr_listmode import (
+from petuq_sirf.io import ListModeEvents
+from petuq_sirf.io.mmr_listmode import (
     DecodeStats,
     MMRListmodeError,
     bin_mmr_listmode,
@@ -18,6 +18,7 @@ from petuq_sirf.data.mmr_listmode import (
     write_mmr_listmode,
 )
 from petuq_sirf.scanner import SinogramLayout, get_scanner
+from petuq_sirf.simulation import events_from_counts
 
 
 def _sorted(ev: ListModeEvents):

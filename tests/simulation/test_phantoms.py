@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.data import brain_phantom, make_phantom, nema_iec_phantom, random_ellipses_phantom
 from petuq_sirf.scanner import ImageGeometry
+from petuq_sirf.simulation import brain_phantom, make_phantom, nema_iec_phantom, random_ellipses_phantom
 
 
 @pytest.fixture(scope="module")
