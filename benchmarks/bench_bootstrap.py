@@ -37,7 +37,6 @@ from petuq_sirf.bootstrap import (
     store_quantiles,
     summarise_store,
 )
-from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 from petuq_sirf.simulation import nema_iec_phantom, simulate
 from petuq_sirf.simulation.simulate import SimulationConfig
@@ -54,7 +53,7 @@ def _problem(kind: str, counts: float, seed: int = 0) -> BootstrapProblem:
         )
         image = ImageGeometry((7, 40, 40), (2.0, 4.0, 4.0))
     sim = simulate(nema_iec_phantom(image), layout, SimulationConfig(true_counts=counts, seed=seed, listmode=True))
-    return BootstrapProblem.from_acquisition(Acquisition.from_simulation(sim))
+    return BootstrapProblem.from_acquisition(sim.to_acquisition())
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -150,7 +149,7 @@ def validation(quick: bool) -> list[dict]:
             )
             if model is None:
                 model = sim.acquisition_model()
-            problem = BootstrapProblem.from_acquisition(Acquisition.from_simulation(sim))
+            problem = BootstrapProblem.from_acquisition(sim.to_acquisition())
             problem._model = model.with_terms(problem.multiplicative, problem.additive)  # share the projector
             with tempfile.TemporaryDirectory() as d:
                 store = run_bootstrap(problem, cfg, d, progress=False)

@@ -40,9 +40,9 @@ def worker(case: str, device: str, threads: int, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from petuq_sirf.cli.reconstruct_uq import load_weights
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm
+    from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 
     kind, dim = case.split("-")

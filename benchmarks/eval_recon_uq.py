@@ -49,14 +49,14 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
-    from petuq_sirf.cli.reconstruct_uq import load_weights
-    from petuq_sirf.io.acquisition_folder import Acquisition
     from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
-    from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+    from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation import SimulationConfig, random_ellipses_phantom, simulate
+    from petuq_sirf.simulation.simulate import geometric_model
     from petuq_sirf.uq import contrast_recovery, nrmse, psnr, roi_bias, roi_mean
     from petuq_sirf.uq.calibration import (
         DEFAULT_LEVELS,
@@ -149,7 +149,7 @@ def main() -> None:
             out["Unrolled (Bayesian, conformal)"] = (pred.mean, pred.std)
             seconds["Unrolled (Bayesian)"] += time.perf_counter() - t
             t = time.perf_counter()
-            problem = BootstrapProblem.from_acquisition(Acquisition.from_simulation(sim))
+            problem = BootstrapProblem.from_acquisition(sim.to_acquisition())
             bcfg = BootstrapConfig(num_replicates=args.samples, seed=r, num_iterations=15, full_data_iterations=30)
             problem.prepare(bcfg)
             reps = torch.stack([torch.from_numpy(run_replicate(problem, bcfg, b).image) for b in range(args.samples)])

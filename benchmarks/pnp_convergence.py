@@ -28,7 +28,6 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from petuq_sirf.cli.reconstruct_uq import load_weights
     from petuq_sirf.recon.nonexpansive import (
         NonexpansiveTrainingConfig,
         clean_ellipse_images,
@@ -37,6 +36,7 @@ def main() -> None:
         train_nonexpansive_denoiser,
     )
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm
+    from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation import SimulationConfig, random_ellipses_phantom, simulate
     from petuq_sirf.uq import nrmse

@@ -18,11 +18,13 @@ import time
 
 import torch
 
-from petuq_sirf.cli.reconstruct_uq import conformal_scales_of, load_weights
-from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
 from petuq_sirf.recon.unrolled import predict_unrolled
 from petuq_sirf.recon.unrolled_ais import UnrolledAISConfig, fit_unrolled_ais
+from petuq_sirf.recon.weights import conformal_scales_of
+from petuq_sirf.recon.weights import load_network as load_weights
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.simulate import geometric_model
 from petuq_sirf.uq.calibration import gaussian_quantile
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from petuq_sirf.operators.acquisition import subset_views
+from petuq_sirf.operators.acquisition import AcquisitionModelBase, subset_views
 from petuq_sirf.scanner.image_geometry import ImageGeometry
-from petuq_sirf.scanner.layout import SinogramLayout
+from petuq_sirf.scanner.layout import SinogramLayout, segment_order, sinogram_order
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -43,20 +43,12 @@ def stir_segment_order(num_segments: int) -> np.ndarray:
     disk list segments in ascending ring difference instead (our order). The mMR list-mode
     bin addresses use yet another order, 0, -1, +1, ... (see ``io/mmr_listmode.py``).
     """
-    if num_segments % 2 == 0:
-        raise ValueError(f"the number of segments must be odd, got {num_segments}")
-    c = num_segments // 2
-    order = [c]
-    for s in range(1, c + 1):
-        order += [c + s, c - s]
-    return np.asarray(order, dtype=np.int64)
+    return segment_order(num_segments, positive_first=True)
 
 
 def stir_sinogram_order(layout: SinogramLayout) -> np.ndarray:
     """``order[i]`` = our sinogram index stored at position ``i`` of a STIR/SIRF array (shape ``(sinograms,)``)."""
-    sizes = np.asarray(layout.sinograms_per_segment)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    return np.concatenate([starts[s] + np.arange(sizes[s]) for s in stir_segment_order(len(sizes))]).astype(np.int64)
+    return sinogram_order(layout, positive_first=True)
 
 
 def to_stir_order(array: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -148,7 +140,7 @@ class _NumpyOperator(torch.autograd.Function):
         return ctx.model._apply_np(getattr(ctx.model, bwd), grad, getattr(ctx.model, bwd_shape)), None, None
 
 
-class ExternalAcquisitionModel:
+class ExternalAcquisitionModel(AcquisitionModelBase):
     """Base of the SIRF and STIR models (implements :class:`AcquisitionModel`; see the module docstring).
 
     Args:
@@ -178,19 +170,8 @@ class ExternalAcquisitionModel:
         self.device = torch.device(device)
         self.dtype = torch.float32
         self.psf_fwhm_mm = psf_fwhm_mm
-        self._m = self._term(multiplicative, 1.0, "multiplicative term")
-        self._b = self._term(additive, 0.0, "additive term")
-        self._sensitivity: torch.Tensor | None = None
-
-    def _term(self, t: torch.Tensor | None, default: float, name: str) -> torch.Tensor:
-        if t is None:
-            return torch.full(self.data_shape, default, dtype=self.dtype, device=self.device)
-        t = torch.as_tensor(t, dtype=self.dtype).to(self.device)
-        if tuple(t.shape) != tuple(self.data_shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {self.data_shape}")
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise ValueError(f"{name} must be finite and >= 0")
-        return t
+        self._set_terms(multiplicative, additive)
+        self._unit_terms_model: ExternalAcquisitionModel | None = None
 
     # --- to be provided by the backend -------------------------------------------------
     def _direct_np(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
@@ -216,29 +197,27 @@ class ExternalAcquisitionModel:
         out = out.to(t.device, t.dtype if t.is_floating_point() else torch.float32)
         return out.reshape(*batch, *out.shape[1:])
 
-    @property
-    def multiplicative(self) -> torch.Tensor:
-        return self._m
-
-    @property
-    def additive(self) -> torch.Tensor:
-        return self._b
-
     def direct(self, x: torch.Tensor) -> torch.Tensor:
         return _NumpyOperator.apply(x, self, "direct")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _NumpyOperator.apply(x, self, "forward")
 
-    __call__ = forward
-
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return _NumpyOperator.apply(y, self, "adjoint")
 
-    def sensitivity(self) -> torch.Tensor:
-        if self._sensitivity is None:
-            self._sensitivity = self.adjoint(torch.ones(self.data_shape, dtype=self.dtype, device=self.device))
-        return self._sensitivity
+    def _geometric_model(self) -> ExternalAcquisitionModel:
+        """The same projector with ``m = 1``, ``b = 0`` (built once)."""
+        if self._unit_terms_model is None:
+            ones = torch.ones(self.data_shape, dtype=self.dtype, device=self.device)
+            self._unit_terms_model = self._rebuild(ones, torch.zeros_like(ones))
+        return self._unit_terms_model
+
+    def geometric(self, x: torch.Tensor) -> torch.Tensor:
+        return self._geometric_model().direct(x)
+
+    def geometric_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._geometric_model().adjoint(y)
 
     def subset(self, index: int, num_subsets: int) -> SubsetModel:
         return SubsetModel(self, subset_views(self.data_shape[1], index, num_subsets))
@@ -251,7 +230,7 @@ class ExternalAcquisitionModel:
         )
 
 
-class SubsetModel:
+class SubsetModel(AcquisitionModelBase):
     """The views ``index::num_subsets`` of an external model: full projections sliced / zero-padded.
 
     Exact for any backend (it does not rely on the backend's own subset ordering), at the
@@ -288,15 +267,14 @@ class SubsetModel:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.parent.forward(x)[..., self.views.to(x.device), :]
 
-    __call__ = forward
-
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.parent.adjoint(self._pad(y))
 
-    def sensitivity(self) -> torch.Tensor:
-        if self._sensitivity is None:
-            self._sensitivity = self.adjoint(torch.ones(self.data_shape, dtype=self.dtype, device=self.device))
-        return self._sensitivity
+    def geometric(self, x: torch.Tensor) -> torch.Tensor:
+        return self.parent.geometric(x)[..., self.views.to(x.device), :]
+
+    def geometric_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.parent.geometric_adjoint(self._pad(y))
 
     def subset(self, index: int, num_subsets: int) -> SubsetModel:
         return SubsetModel(self.parent, self.views[subset_views(len(self.views), index, num_subsets)])

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from petuq_sirf.operators.acquisition import subset_views
+from petuq_sirf.operators.acquisition import AcquisitionModelBase, subset_views
+from petuq_sirf.operators.base import LinearOperator, Multiplication
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.operators.psf import GaussianPSF
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
 
-class EmbeddedAcquisitionModel:
+class EmbeddedAcquisitionModel(AcquisitionModelBase):
     """Acquisition model of the embedded backend (implements :class:`AcquisitionModel`).
 
     Args:
@@ -46,49 +47,25 @@ class EmbeddedAcquisitionModel:
         self.voxel_size_mm = image.voxel_size_mm
         self.psf_fwhm_mm = psf_fwhm_mm
         fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3
-        self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
-        self._m = self._term(multiplicative, 1.0, "multiplicative term")
-        self._b = self._term(additive, 0.0, "additive term")
-        self._sensitivity: torch.Tensor | None = None
-
-    def _term(self, t: torch.Tensor | None, default: float, name: str) -> torch.Tensor:
-        if t is None:
-            return torch.full(self.data_shape, default, dtype=self.dtype, device=self.device)
-        t = torch.as_tensor(t, dtype=self.dtype, device=self.device)
-        if tuple(t.shape) != tuple(self.data_shape):
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {self.data_shape}")
-        if not torch.isfinite(t).all() or (t < 0).any():
-            raise ValueError(f"{name} must be finite and >= 0")
-        return t
-
-    @property
-    def multiplicative(self) -> torch.Tensor:
-        return self._m
-
-    @property
-    def additive(self) -> torch.Tensor:
-        return self._b
+        self.psf = GaussianPSF(fwhm, image.voxel_size_mm, image.shape) if any(f > 0 for f in fwhm) else None
+        self._set_terms(multiplicative, additive)
 
     def geometric(self, x: torch.Tensor) -> torch.Tensor:
         """``G x`` (projector after PSF), no multiplicative factors."""
         return self.projector.forward(self.psf(x) if self.psf is not None else x)
 
-    def direct(self, x: torch.Tensor) -> torch.Tensor:
-        return self._m * self.geometric(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.direct(x) + self._b
-
-    __call__ = forward
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        z = self.projector.adjoint(self._m * y)
+    def geometric_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``G^T y`` (back projection, then the PSF's adjoint), no multiplicative factors."""
+        z = self.projector.adjoint(y)
         return self.psf.adjoint(z) if self.psf is not None else z
 
-    def sensitivity(self) -> torch.Tensor:
-        if self._sensitivity is None:
-            self._sensitivity = self.adjoint(torch.ones(self.data_shape, dtype=self.dtype, device=self.device))
-        return self._sensitivity
+    def geometric_operator(self) -> LinearOperator:
+        """``G = P @ PSF`` composed from the projector and the resolution model (both :class:`LinearOperator`)."""
+        return self.projector @ self.psf if self.psf is not None else self.projector
+
+    def linear_operator(self) -> LinearOperator:
+        """``Multiplication(m) @ P @ PSF``, the linear part ``m * G``."""
+        return Multiplication(self._m) @ self.geometric_operator()
 
     def subset(self, index: int, num_subsets: int) -> EmbeddedAcquisitionModel:
         views = subset_views(self.data_shape[1], index, num_subsets)
@@ -117,8 +94,3 @@ class EmbeddedAcquisitionModel:
             self.dtype,
             projector=self.projector,
         )
-
-    def to_sirf_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(S, a)`` for SIRF's ``y = S (G x + a)``: ``S = m``, ``a = b / m`` (0 where ``m = 0``)."""
-        a = torch.where(self._m > 0, self._b / self._m.clamp_min(1e-30), torch.zeros_like(self._b))
-        return self._m, a

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -149,4 +150,14 @@ def model_like(model: AcquisitionModel, backend: str) -> AcquisitionModel:
         model.additive,
         getattr(model, "psf_fwhm_mm", 0.0),
         model.device,
+    )
+
+
+def acquisition_model_for(
+    acquisition: Acquisition, backend: str = DEFAULT_BACKEND, device: str | torch.device = "cpu", **options
+) -> AcquisitionModel:
+    """The model ``m * G x + b`` of an :class:`~petuq_sirf.io.acquisition_folder.Acquisition` on ``backend``."""
+    a = acquisition
+    return make_acquisition_model(
+        backend, a.layout, a.image, a.multiplicative, a.additive, a.psf_fwhm_mm, device, **options
     )

@@ -17,38 +17,24 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from petuq_sirf.bootstrap.replicate import BootstrapConfig, ReplicateResult
+from petuq_sirf.io.atomic import atomic_write
 
 MANIFEST = "bootstrap.json"
 FORMAT = "petuq_sirf posterior bootstrap"
 VERSION = 1
 
 
-def _atomic_write_bytes(path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write_bytes(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def atomic_write_json(path: Path, obj: dict) -> None:
-    _atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 class ReplicateStore:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.io.acquisition_folder import Acquisition, load_acquisition, save_acquisition
+from petuq_sirf.io.atomic import atomic_write_text
 
 __all__ = [
     "Acquisition",
@@ -42,10 +43,7 @@ def write_metrics(out_dir: str | os.PathLike, metrics: dict, name: str = "metric
     """Write ``metrics`` as JSON into ``out_dir`` atomically (NaN -> null, inf -> "inf")."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / (name + ".tmp")
-    tmp.write_text(json.dumps(_json_safe(metrics), indent=2, sort_keys=False))
-    os.replace(tmp, out / name)
-    return out / name
+    return atomic_write_text(out / name, json.dumps(_json_safe(metrics), indent=2, sort_keys=False))
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

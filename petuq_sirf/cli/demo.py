@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         metrics["reconstruction"][name] = image_metrics(images[name], sim.truth, sim.regions, sim.contrast)
     image_panel(images, out / "reconstructions.png", shared_scale=tuple(images), title="petuq demo: NEMA IEC-like")
     if not args.no_denoiser:
-        from petuq_sirf.bayes.demo import run_denoiser_demo
+        from petuq_sirf.pipelines.denoiser_demo import run_denoiser_demo
 
         metrics["bayesian_denoiser"] = run_denoiser_demo(
             sim, out / "bayesian_denoiser", seed=args.seed, quick=args.quick, cache_dir=out / "training_cache"

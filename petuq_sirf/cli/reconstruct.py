@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from petuq_sirf.backends.registry import acquisition_model_for
 from petuq_sirf.cli.common import (
     add_backend_argument,
     add_device_argument,
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     backend = resolve_backend(args.backend)
     acq = load_acquisition(args.input)
     device = resolve_device(args.device)
-    model = acq.acquisition_model(device, backend)
+    model = acquisition_model_for(acq, backend, device)
     y = acq.prompts.to(device)
     if args.method == "mlem":
         rec = osem(model, y, args.iterations, 1, progress=True)

@@ -1,9 +1,9 @@
 """Reconstruction with uncertainty: ``petuq reconstruct --method pnp-admm|unrolled``, and the trainers
 ``petuq train-unrolled`` and ``petuq train-pnp-denoiser``.
 
-Weights are single safetensors files (point weights ``net.*``, posterior ``posterior.loc.*`` /
-``posterior.scale.*``, settings in the metadata). Without ``--weights`` the files shipped in
-``petuq_sirf/weights/`` (trained for the test-2d demo problem) are used.
+Weights are folders (``model.safetensors`` + ``config.json``: point weights ``net.*``, posterior
+``posterior.*``, settings and checksums in the record; see :mod:`petuq_sirf.recon.weights`). Without
+``--weights`` the folders shipped in ``petuq_sirf/weights/`` (trained for the test-2d demo problem) are used.
 """
 
 from __future__ import annotations
@@ -16,12 +16,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.cli.common import add_device_argument, load_acquisition, resolve_device, write_metrics
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {
-    "pnp-admm": WEIGHTS_DIR / "pnp_denoiser_test2d.safetensors",
-    "unrolled": WEIGHTS_DIR / "unrolled_test2d.safetensors",
-}
+from petuq_sirf.recon.weights import conformal_scales_of, load_network
 
 
 def _geometry(scanner: str):
@@ -58,7 +53,7 @@ def register(sub) -> None:
     _add_calibration_arguments(p)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--out", required=True, help="output weights folder (model.safetensors + config.json)")
     add_device_argument(p)
     p.set_defaults(handler=run_train_unrolled)
 
@@ -68,7 +63,7 @@ def register(sub) -> None:
     )
     c.add_argument("--weights", default=None, help="input weights (default: the shipped unrolled network)")
     c.add_argument("--seed", type=int, default=0, help="calibration phantoms use seeds from seed + 2000")
-    c.add_argument("--out", required=True, help="output .safetensors file (may equal --weights)")
+    c.add_argument("--out", required=True, help="output weights folder (may equal --weights)")
     _add_calibration_arguments(c)
     add_device_argument(c)
     c.set_defaults(handler=run_calibrate_unrolled)
@@ -86,7 +81,7 @@ def register(sub) -> None:
     q.add_argument("--spectral-norm", action="store_true", help="spectrally normalise every convolution")
     q.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior (0 = none)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True, help="output .safetensors file")
+    q.add_argument("--out", required=True, help="output weights folder (model.safetensors + config.json)")
     q.set_defaults(handler=run_train_denoiser)
 
 
@@ -138,16 +133,12 @@ def _calibrate(args, net, posterior, layout, image, geometric, counts: float) ->
     }
 
 
-def conformal_scales_of(info: dict) -> dict[float, float]:
-    """The stored split-conformal scales ``{level: factor}`` (empty for files without them)."""
-    return {float(k): float(v) for k, v in (info.get("conformal_scales") or {}).items()}
-
-
 # ------------------------------------------------------------------------------------------- training
 def run_train_unrolled(args: argparse.Namespace) -> int:
     from petuq_sirf.inference.weight_posterior import save_posterior
-    from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+    from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
     from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledTrainingConfig, train_unrolled
+    from petuq_sirf.simulation.simulate import geometric_model
 
     if args.phantoms < 1 or args.validation_phantoms < 1:
         raise ValueError("--phantoms and --validation-phantoms must be >= 1")
@@ -228,11 +219,11 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
 def run_calibrate_unrolled(args: argparse.Namespace) -> int:
     """Add split-conformal scales to an existing unrolled weights file (weights unchanged)."""
     from petuq_sirf.inference.weight_posterior import save_posterior
-    from petuq_sirf.recon.lowdose import geometric_model
+    from petuq_sirf.simulation.simulate import geometric_model
 
     if args.calibration_phantoms < 1:
         raise ValueError("--calibration-phantoms must be >= 1")
-    net, posterior, info = load_weights("unrolled", args.weights)
+    net, posterior, info = load_network("unrolled", args.weights)
     device = resolve_device(args.device)
     layout, image = _geometry(info.get("scanner", "test-2d"))
     geometric = geometric_model(layout, image, info.get("psf_fwhm_mm", 4.0), device=device)
@@ -306,32 +297,6 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------- loading
-def load_weights(kind: str, path: str | Path | None = None):
-    """``(net, posterior, info)`` from a weights file (default: the shipped one for ``kind``)."""
-    from petuq_sirf.inference.weight_posterior import load_posterior
-    from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
-    from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
-
-    path = Path(path) if path else SHIPPED[kind]
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        info = json.loads((f.metadata() or {}).get("info", "{}"))
-    expected = "pnp-denoiser" if kind == "pnp-admm" else "unrolled"
-    if info.get("kind") != expected:
-        raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {kind!r} needs {expected!r} weights")
-    if kind == "pnp-admm":
-        net = ResidualDenoiser(DenoiserConfig(**info["net_config"]))
-    else:
-        net = UnrolledFBSEM(UnrolledConfig(**info["net_config"]))
-    posterior, _ = load_posterior(path, net)
-    net.eval()
-    return net, posterior, info
-
-
 # ------------------------------------------------------------------------------------- reconstruct
 def run(args: argparse.Namespace) -> int:
     """``petuq reconstruct --method pnp-admm|unrolled``: mean/std/interval images and metrics.json.
@@ -339,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
     ``--iterations`` is the number of ADMM iterations for pnp-admm (default 100) and is ignored by
     the unrolled network (its depth is fixed by training). ``--samples`` posterior draws.
     """
+    from petuq_sirf.backends.registry import acquisition_model_for
     from petuq_sirf.io.image_io import write_image
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
@@ -351,12 +317,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--samples must be >= 2 for an uncertainty estimate")
     if args.iterations < 1:
         raise ValueError("--iterations must be >= 1")
-    net, posterior, info = load_weights(args.method, getattr(args, "weights", None))
+    net, posterior, info = load_network(args.method, getattr(args, "weights", None))
     if posterior is None:
         raise ValueError("the weights file has no posterior (trained with --svi-steps 0); cannot sample")
     acq = load_acquisition(args.input)
     device = resolve_device(args.device)
-    model = acq.acquisition_model(device)
+    model = acquisition_model_for(acq, "embedded", device)
     y = acq.prompts.to(device)
     net.to(device)
     posterior = posterior.to(device)

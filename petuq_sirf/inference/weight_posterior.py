@@ -25,6 +25,8 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.func import functional_call
 
+from petuq_sirf.io.weights import WeightsError, load_weights, read_record, save_weights
+
 _SITE = "w:"
 _LOC = "loc:"
 _LOG_SCALE = "log_scale:"
@@ -219,22 +221,56 @@ def fit_weight_posterior(
     return WeightPosterior(loc, scale), losses
 
 
+WEIGHTS_FORMAT = "petuq-network-weights"
+WEIGHTS_VERSION = 1
+
+
 def save_posterior(
     path: str | Path,
     net: nn.Module,
     posterior: WeightPosterior | ParticlePosterior | None,
     metadata: dict[str, str],
 ) -> Path:
-    """Write the point weights (``net.``) and the posterior (``posterior.``) to one safetensors file."""
-    from safetensors.torch import save_file
+    """Write the point weights (``net.``) and the posterior (``posterior.``) as a weights folder.
 
+    The folder (``model.safetensors`` + ``config.json`` with format version and SHA-256, see
+    :mod:`petuq_sirf.io.weights`) keeps ``metadata`` (strings, e.g. ``{"info": json}``) in its record.
+    """
     tensors = {f"net.{k}": v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     if posterior is not None:
         tensors.update({k: v.cpu() for k, v in posterior.tensors().items()})
+    return save_weights(path, tensors, WEIGHTS_FORMAT, WEIGHTS_VERSION, {"metadata": dict(metadata)})
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a weights folder, or of a single ``.safetensors`` file of the first releases."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
-    return path
+    if path.is_dir():
+        tensors, record = load_weights(path, WEIGHTS_FORMAT, WEIGHTS_VERSION)
+        return tensors, dict(record.get("metadata", {}))
+    if not path.is_file():
+        raise FileNotFoundError(f"weights not found: {path}")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {path}: {exc}") from exc
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a weights folder or legacy file without loading its tensors (a folder is still verified)."""
+    path = Path(path)
+    if path.is_dir():
+        return dict(read_record(path, WEIGHTS_FORMAT, WEIGHTS_VERSION).get("metadata", {}))
+    return read_weights(path)[1]
+
+
+def convert_weights_file(path: str | Path, folder: str | Path) -> Path:
+    """Rewrite a single-file ``.safetensors`` of the first releases as a weights folder (same tensors, metadata)."""
+    tensors, metadata = read_weights(path)
+    return save_weights(folder, tensors, WEIGHTS_FORMAT, WEIGHTS_VERSION, {"metadata": metadata})
 
 
 def load_posterior(
@@ -242,18 +278,10 @@ def load_posterior(
 ) -> tuple[WeightPosterior | ParticlePosterior | None, dict[str, str]]:
     """Load the point weights into ``net`` and return the posterior (or None) and the metadata.
 
-    The posterior is a :class:`ParticlePosterior` when the file holds ``posterior.draws.*`` (AIS).
+    ``path`` is a weights folder (or a legacy single file). The posterior is a
+    :class:`ParticlePosterior` when the file holds ``posterior.draws.*`` (AIS).
     """
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    tensors = {}
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+    tensors, metadata = read_weights(path)
     state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
     net.load_state_dict(state)
     if any(k.startswith("posterior.draws.") for k in tensors):

@@ -21,22 +21,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.io.atomic import atomic_write_text
 from petuq_sirf.io.image_io import read_npz, write_image, write_npz
 from petuq_sirf.io.interfile import read_image, read_projdata, write_projdata
 from petuq_sirf.io.listmode import ListModeEvents
-from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.scanner.geometry import ScannerGeometry
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
-from petuq_sirf.simulation.simulate import SimulatedAcquisition
 
 MANIFEST = "acquisition.json"
 
 
 @dataclass
 class Acquisition:
-    """Measured data and the model terms needed to reconstruct it. Sinograms ``layout.shape``."""
+    """Measured data and the model terms needed to reconstruct it. Sinograms ``layout.shape``.
+
+    A plain container: :func:`petuq_sirf.backends.acquisition_model_for` builds its model ``m * G x + b``
+    on a backend, ``SimulatedAcquisition.to_acquisition()`` makes one from a simulation.
+    """
 
     layout: SinogramLayout
     image: ImageGeometry
@@ -53,38 +55,6 @@ class Acquisition:
     contrast: dict[str, float] = field(default_factory=dict)
     listmode: ListModeEvents | None = None
     info: dict = field(default_factory=dict)
-
-    def acquisition_model(self, device: str | torch.device = "cpu", backend: str = "embedded") -> AcquisitionModel:
-        """The model ``m * G x + b`` of this acquisition on ``backend`` (embedded, sirf or stir)."""
-        if backend == "embedded":
-            return EmbeddedAcquisitionModel(
-                self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm, device
-            )
-        from petuq_sirf.backends.registry import make_acquisition_model
-
-        return make_acquisition_model(
-            backend, self.layout, self.image, self.multiplicative, self.additive, self.psf_fwhm_mm, device
-        )
-
-    @classmethod
-    def from_simulation(cls, sim: SimulatedAcquisition) -> Acquisition:
-        return cls(
-            layout=sim.layout,
-            image=sim.image,
-            prompts=sim.prompts.cpu(),
-            multiplicative=sim.multiplicative.cpu(),
-            additive=sim.additive.cpu(),
-            psf_fwhm_mm=sim.config.psf_fwhm_mm,
-            delayeds=sim.delayeds.cpu(),
-            randoms_estimate=sim.randoms_estimate.cpu(),
-            scatter=sim.scatter.cpu(),
-            truth=sim.truth.cpu(),
-            mu_per_cm=sim.mu_per_cm.cpu(),
-            regions=sim.regions,
-            contrast=sim.contrast,
-            listmode=sim.listmode,
-            info=sim.summary(),
-        )
 
 
 def _layout_to_dict(layout: SinogramLayout) -> dict:
@@ -107,10 +77,13 @@ def _layout_from_dict(d: dict) -> SinogramLayout:
     )
 
 
-def save_acquisition(acq: Acquisition | SimulatedAcquisition, folder: str | os.PathLike) -> Path:
-    """Write ``acq`` into ``folder`` (created if needed); every file is written atomically."""
-    if isinstance(acq, SimulatedAcquisition):
-        acq = Acquisition.from_simulation(acq)
+def save_acquisition(acq: Acquisition, folder: str | os.PathLike) -> Path:
+    """Write ``acq`` into ``folder`` (created if needed); every file is written atomically.
+
+    Anything with a ``to_acquisition()`` method (a ``SimulatedAcquisition``) is converted first.
+    """
+    if not isinstance(acq, Acquisition):
+        acq = acq.to_acquisition()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sinos = {"prompts": acq.prompts, "multiplicative": acq.multiplicative, "additive": acq.additive}
@@ -149,9 +122,7 @@ def save_acquisition(acq: Acquisition | SimulatedAcquisition, folder: str | os.P
         "psf_fwhm_mm": acq.psf_fwhm_mm,
         "info": acq.info,
     }
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, folder / MANIFEST)
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2))
     return folder
 
 

@@ -5,12 +5,14 @@ Images are ``(z, y, x)`` arrays; NIfTI stores ``(x, y, z)`` with a diagonal affi
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from petuq_sirf.io.atomic import atomic_write, atomic_write_bytes
 from petuq_sirf.io.interfile import read_image as read_interfile_image
 from petuq_sirf.io.interfile import write_image as write_interfile_image
 from petuq_sirf.scanner.geometry import ScannerGeometry
@@ -34,11 +36,10 @@ def write_nifti(path: str | os.PathLike, array: np.ndarray, geometry: ImageGeome
     path = Path(path)
     img = nib.Nifti1Image(np.ascontiguousarray(array.transpose(2, 1, 0)), _affine(geometry))
     img.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    tmp = path.with_name(path.name[: -len(suffix)] + ".tmp" + suffix)
-    nib.save(img, tmp)
-    os.replace(tmp, path)
-    return path
+    payload = img.to_bytes()
+    if path.name.endswith(".gz"):
+        payload = gzip.compress(payload, compresslevel=6, mtime=0)
+    return atomic_write_bytes(path, payload)
 
 
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
@@ -68,12 +69,9 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, ImageGeometry]:
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], metadata: dict | None = None) -> Path:
     """Write named arrays plus JSON metadata to ``.npz`` atomically."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.npz")
     payload = {k: np.asarray(v) for k, v in arrays.items()}
     payload["__metadata__"] = np.array(json.dumps(metadata or {}))
-    np.savez_compressed(tmp, **payload)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **payload))
 
 
 def read_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:

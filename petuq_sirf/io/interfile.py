@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from petuq_sirf.io.atomic import atomic_write_bytes
 from petuq_sirf.scanner.geometry import ScannerGeometry, get_scanner
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -213,15 +214,9 @@ def write_image(
         "number of time frames := 1",
         "!END OF INTERFILE :=",
     ]
-    _atomic_write(data_path, array.tobytes())
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(data_path, array.tobytes())
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -371,6 +366,6 @@ def write_projdata(path: str | os.PathLike, array: np.ndarray, layout: SinogramL
         "end scanner parameters:=",
         "!END OF INTERFILE :=",
     ]
-    _atomic_write(data_path, array.tobytes())
-    _atomic_write(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(data_path, array.tobytes())
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path

@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from petuq_sirf.io.atomic import atomic_write
 from petuq_sirf.io.interfile import InterfileError, parse_header
 from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.geometry import ScannerGeometry, get_scanner
-from petuq_sirf.scanner.layout import SinogramLayout
+from petuq_sirf.scanner.layout import SinogramLayout, segment_order, sinogram_order
 
 _TYPE_BIT = np.uint32(1 << 31)
 _PROMPT_BIT = np.uint32(1 << 30)
@@ -110,21 +111,12 @@ class MMRListmodeHeader:
 
 def file_segment_order(num_segments: int) -> np.ndarray:
     """Our segment indices (ascending ring difference) in file order 0, -1, +1, -2, +2, ..."""
-    if num_segments % 2 == 0:
-        raise ValueError(f"the number of segments must be odd, got {num_segments}")
-    c = num_segments // 2
-    order = [c]
-    for s in range(1, c + 1):
-        order += [c - s, c + s]
-    return np.asarray(order, dtype=np.int64)
+    return segment_order(num_segments, positive_first=False)
 
 
 def _file_sinogram_to_layout(layout: SinogramLayout) -> np.ndarray:
     """For each sinogram in file order, its index in ``layout`` (segments ascending)."""
-    sizes = np.asarray(layout.sinograms_per_segment)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    order = file_segment_order(len(sizes))
-    return np.concatenate([starts[s] + np.arange(sizes[s]) for s in order]).astype(np.int64)
+    return sinogram_order(layout, positive_first=False)
 
 
 def _int(h: dict[str, str], key: str, path: Path, default: int | None = None) -> int:
@@ -552,9 +544,7 @@ def write_mmr_listmode(
         file_addresses(events.bins, layout, file_layout), events.prompt, events.times_ms, other_tag_every_ms
     )
     data = path.with_name(path.name[: -len(".hdr")])
-    tmp = data.with_name(data.name + ".tmp")
-    words.astype("<u4").tofile(tmp)
-    os.replace(tmp, data)
+    atomic_write(data, lambda f: words.astype("<u4").tofile(f))
     system = originating_system or ("2008" if sc.name == "Siemens mMR" else sc.name)
     table = np.asarray(file_layout.sinograms_per_segment)[file_segment_order(len(file_layout.segments))]
     duration_s = (float(events.times_ms.max()) / 1000.0) if len(events) else 0.0

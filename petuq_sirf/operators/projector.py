@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from petuq_sirf.operators.base import LinearOperator
 from petuq_sirf.operators.joseph_separable import SeparableJoseph
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -77,7 +78,7 @@ def joseph_coefficients(
     return torch.stack(indices, dim=-1), torch.stack(weights, dim=-1)
 
 
-class RayTracingProjector:
+class RayTracingProjector(LinearOperator):
     """Geometric projector ``G`` from images ``(..., z, y, x)`` to sinograms ``(..., sinograms, views, tangential)``.
 
     Args:
@@ -211,6 +212,9 @@ class RayTracingProjector:
         return _BackProject.apply(y, self)
 
     __call__ = forward
+
+    in_shape = property(lambda self: self.image_shape)  # LinearOperator shapes
+    out_shape = property(lambda self: self.data_shape)
 
     def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
         batch = t.shape[:-3]

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from petuq_sirf.operators.base import LinearOperator
+
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
@@ -23,13 +25,20 @@ def gaussian_kernel_1d(fwhm_mm: float, voxel_mm: float, truncate: float = 3.0) -
     return k / k.sum()
 
 
-class GaussianPSF:
+class GaussianPSF(LinearOperator):
     """Gaussian blur of images ``(..., z, y, x)`` with FWHM ``(z, y, x)`` in mm.
 
-    Zero padding and symmetric kernels make the operator exactly self-adjoint.
+    Zero padding and symmetric kernels make the operator exactly self-adjoint. ``image_shape``
+    ``(z, y, x)`` is only needed for :meth:`adjointness_test`, :meth:`norm` and composition checks.
     """
 
-    def __init__(self, fwhm_mm: tuple[float, float, float] | float, voxel_size_mm: tuple[float, float, float]):
+    def __init__(
+        self,
+        fwhm_mm: tuple[float, float, float] | float,
+        voxel_size_mm: tuple[float, float, float],
+        image_shape: tuple[int, int, int] | None = None,
+    ):
+        self._image_shape = None if image_shape is None else tuple(image_shape)
         fwhm = (fwhm_mm,) * 3 if isinstance(fwhm_mm, (int, float)) else tuple(fwhm_mm)
         if len(fwhm) != 3:
             raise ValueError(f"PSF FWHM must be a number or (z, y, x) in mm, got {fwhm_mm}")
@@ -51,4 +60,13 @@ class GaussianPSF:
         return out.reshape(shape)
 
     adjoint = forward
-    __call__ = forward
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        if self._image_shape is None:
+            raise ValueError(
+                "this GaussianPSF was built without image_shape: pass GaussianPSF(..., image_shape=(z, y, x))"
+            )
+        return self._image_shape
+
+    out_shape = in_shape

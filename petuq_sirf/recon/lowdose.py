@@ -11,49 +11,43 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.operators.acquisition import AcquisitionModel, AcquisitionModelBase
+from petuq_sirf.operators.base import FunctionOperator, LinearOperator
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 from petuq_sirf.simulation.phantoms import random_ellipses_phantom
-from petuq_sirf.simulation.simulate import SimulationConfig, simulate
+from petuq_sirf.simulation.simulate import SimulationConfig, geometric_model, simulate
 
 
-class BatchedAcquisition:
+class BatchedAcquisition(AcquisitionModelBase):
     """``ybar = m * G x + b`` with per-item ``m``, ``b`` of shape ``(B, sinograms, views, tangential)``.
 
-    ``geometric`` is a model without terms (``m = 1``, ``b = 0``) whose projector is shared.
+    ``geometric`` is any acquisition model; only its geometric part ``G`` is used (its projector is shared).
     Images are ``(B, z, y, x)``. Implements forward/direct/adjoint/sensitivity like the protocol.
     """
 
-    def __init__(self, geometric: EmbeddedAcquisitionModel, multiplicative: torch.Tensor, additive: torch.Tensor):
-        if multiplicative.shape != additive.shape or tuple(multiplicative.shape[-3:]) != tuple(geometric.data_shape):
-            raise ValueError(
-                f"terms must both have shape (B, *{geometric.data_shape}), got "
-                f"{tuple(multiplicative.shape)} and {tuple(additive.shape)}"
-            )
-        self.geometric = geometric
-        self.m = multiplicative.to(geometric.device, geometric.dtype)
-        self.b = additive.to(geometric.device, geometric.dtype)
+    def __init__(self, geometric: AcquisitionModel, multiplicative: torch.Tensor, additive: torch.Tensor):
+        self.geometric_model = geometric
         self.image_shape = geometric.image_shape
         self.data_shape = geometric.data_shape
         self.voxel_size_mm = geometric.voxel_size_mm
         self.device = geometric.device
-        self._sens: torch.Tensor | None = None
+        self.dtype = getattr(geometric, "dtype", torch.float32)
+        self._set_terms(multiplicative, additive, batched=True)
 
-    def direct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.m * self.geometric.geometric(x)
+    def geometric(self, x: torch.Tensor) -> torch.Tensor:
+        return self.geometric_model.geometric(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.direct(x) + self.b
+    def geometric_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.geometric_model.geometric_adjoint(y)
 
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.geometric.adjoint(self.m * y)
-
-    def sensitivity(self) -> torch.Tensor:
-        if self._sens is None:
-            self._sens = self.adjoint(torch.ones_like(self.m))
-        return self._sens
+    def linear_operator(self) -> LinearOperator:
+        """The linear part on the whole batch: images ``(B, z, y, x)`` to sinograms ``(B, ...)``."""
+        batch = tuple(self._m.shape[:-3])
+        return FunctionOperator(
+            self.direct, self.adjoint, batch + tuple(self.image_shape), tuple(self._m.shape), self.dtype, self.device
+        )
 
 
 @dataclass
@@ -100,15 +94,8 @@ class LowDoseSet:
             [self.regions[i] for i in idx.tolist()] if self.regions else [],
         )
 
-    def model(self, geometric: EmbeddedAcquisitionModel) -> BatchedAcquisition:
+    def model(self, geometric: AcquisitionModel) -> BatchedAcquisition:
         return BatchedAcquisition(geometric, self.multiplicative, self.additive)
-
-
-def geometric_model(
-    layout: SinogramLayout, image: ImageGeometry, psf_fwhm_mm: float = 4.0, **kwargs
-) -> EmbeddedAcquisitionModel:
-    """A model without multiplicative/additive terms (shared projector for batches)."""
-    return EmbeddedAcquisitionModel(layout, image, psf_fwhm_mm=psf_fwhm_mm, **kwargs)
 
 
 def batched_mlem(
@@ -127,7 +114,7 @@ def make_low_dose_set(
     layout: SinogramLayout,
     image: ImageGeometry,
     config: LowDoseConfig | None = None,
-    geometric: EmbeddedAcquisitionModel | None = None,
+    geometric: AcquisitionModel | None = None,
 ) -> LowDoseSet:
     """Simulate ``config.num_phantoms`` random-ellipse acquisitions (seeds ``seed, seed + 1, ...``)."""
     cfg = config or LowDoseConfig()

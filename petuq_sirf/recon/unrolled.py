@@ -28,7 +28,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.inference.weight_posterior import (
     ParticlePosterior,
     PosteriorImage,
@@ -37,6 +36,7 @@ from petuq_sirf.inference.weight_posterior import (
     call_with,
     fit_weight_posterior,
 )
+from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.lowdose import LowDoseSet
 from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, image_scale
@@ -149,7 +149,7 @@ class UnrolledTrainingResult:
     val_losses: list[float] = field(default_factory=list)
 
 
-def _batches(data: LowDoseSet, geometric: EmbeddedAcquisitionModel, size: int, gen: torch.Generator):
+def _batches(data: LowDoseSet, geometric: AcquisitionModel, size: int, gen: torch.Generator):
     dev = geometric.device
     while True:
         idx = torch.randperm(len(data), generator=gen)[: min(size, len(data))]
@@ -162,7 +162,7 @@ def _normalised_mse(mean: torch.Tensor, truth: torch.Tensor, x0: torch.Tensor) -
     return F.mse_loss(mean / c, truth / c)
 
 
-def validation_loss(net: UnrolledFBSEM, data: LowDoseSet, geometric: EmbeddedAcquisitionModel) -> float:
+def validation_loss(net: UnrolledFBSEM, data: LowDoseSet, geometric: AcquisitionModel) -> float:
     """Mean squared error of the mean image in normalised units (divided by the initial image mean)."""
     dev = geometric.device
     with torch.no_grad():
@@ -176,7 +176,7 @@ def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor
 
 def train_unrolled(
     data: LowDoseSet,
-    geometric: EmbeddedAcquisitionModel,
+    geometric: AcquisitionModel,
     config: UnrolledTrainingConfig | None = None,
     net_config: UnrolledConfig | None = None,
     validation: LowDoseSet | None = None,
@@ -284,7 +284,7 @@ def predict_unrolled(
 def calibrate_unrolled(
     net: UnrolledFBSEM,
     data: LowDoseSet,
-    geometric: EmbeddedAcquisitionModel,
+    geometric: AcquisitionModel,
     posterior: WeightPosterior | ParticlePosterior | None = None,
     num_samples: int = 8,
     levels: tuple[float, ...] | None = None,

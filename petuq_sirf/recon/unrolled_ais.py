@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.inference.ais import PMCConfig, PMCResult, pmc_sample
 from petuq_sirf.inference.weight_posterior import ParticlePosterior, WeightPosterior, call_with
+from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon.lowdose import LowDoseSet
 from petuq_sirf.recon.pnp_admm import image_scale
 from petuq_sirf.recon.unrolled import UnrolledFBSEM
@@ -97,7 +97,7 @@ def _unflatten(theta: torch.Tensor, shapes: dict[str, torch.Size], like: torch.T
 def fit_unrolled_ais(
     net: UnrolledFBSEM,
     data: LowDoseSet,
-    geometric: EmbeddedAcquisitionModel,
+    geometric: AcquisitionModel,
     config: UnrolledAISConfig | None = None,
     svi_posterior: WeightPosterior | None = None,
 ) -> UnrolledAISResult:

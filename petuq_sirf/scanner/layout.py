@@ -262,3 +262,26 @@ def iter_crystal_pairs(layout: SinogramLayout, max_elements: int = 1 << 24):
         ca = ring_a[sl, None, None, None] * n_det + det_a[None]
         cb = ring_b[sl, None, None, None] * n_det + det_b[None]
         yield sino[sl], ca, cb
+
+
+def segment_order(num_segments: int, positive_first: bool) -> np.ndarray:
+    """Our segment indices (ascending ring difference) in another program's order, shape ``(num_segments,)``.
+
+    ``positive_first``: 0, +1, -1, +2, -2, ... (STIR's ``standard_segment_sequence``, used by STIR/SIRF
+    arrays); otherwise 0, -1, +1, -2, +2, ... (Siemens mMR list-mode files and their sinogram tables).
+    """
+    if num_segments % 2 == 0:
+        raise ValueError(f"the number of segments must be odd, got {num_segments}")
+    c = num_segments // 2
+    order = [c]
+    for s in range(1, c + 1):
+        order += [c + s, c - s] if positive_first else [c - s, c + s]
+    return np.asarray(order, dtype=np.int64)
+
+
+def sinogram_order(layout: SinogramLayout, positive_first: bool) -> np.ndarray:
+    """``order[i]`` = our sinogram index at position ``i`` when segments follow :func:`segment_order`."""
+    sizes = np.asarray(layout.sinograms_per_segment)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    segs = segment_order(len(sizes), positive_first)
+    return np.concatenate([starts[s] + np.arange(sizes[s]) for s in segs]).astype(np.int64)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -109,6 +110,27 @@ class SimulatedAcquisition:
         fwhm = self.config.psf_fwhm_mm if psf_fwhm_mm is None else psf_fwhm_mm
         return EmbeddedAcquisitionModel(self.layout, self.image, self.multiplicative, self.additive, fwhm, device)
 
+    def to_acquisition(self) -> Acquisition:
+        """This simulation as the :class:`~petuq_sirf.io.acquisition_folder.Acquisition` a user would have."""
+        sim = self
+        return Acquisition(
+            layout=sim.layout,
+            image=sim.image,
+            prompts=sim.prompts.cpu(),
+            multiplicative=sim.multiplicative.cpu(),
+            additive=sim.additive.cpu(),
+            psf_fwhm_mm=sim.config.psf_fwhm_mm,
+            delayeds=sim.delayeds.cpu(),
+            randoms_estimate=sim.randoms_estimate.cpu(),
+            scatter=sim.scatter.cpu(),
+            truth=sim.truth.cpu(),
+            mu_per_cm=sim.mu_per_cm.cpu(),
+            regions=sim.regions,
+            contrast=sim.contrast,
+            listmode=sim.listmode,
+            info=sim.summary(),
+        )
+
     def summary(self) -> dict:
         trues = float((self.expected_prompts - self.randoms - self.scatter).sum())
         return {
@@ -125,6 +147,13 @@ class SimulatedAcquisition:
             "activity_scale": self.activity_scale,
             "config": asdict(self.config),
         }
+
+
+def geometric_model(
+    layout: SinogramLayout, image: ImageGeometry, psf_fwhm_mm: float = 4.0, **kwargs
+) -> EmbeddedAcquisitionModel:
+    """An embedded model without multiplicative/additive terms (a projector shared by many simulations)."""
+    return EmbeddedAcquisitionModel(layout, image, psf_fwhm_mm=psf_fwhm_mm, **kwargs)
 
 
 def simulate(

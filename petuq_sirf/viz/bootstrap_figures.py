@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from petuq_sirf.viz.common import central_slice, plt, save_figure
+from petuq_sirf.viz.common import central_slice, save_figure, subplots
 
 
 def bootstrap_figure(
@@ -23,7 +23,7 @@ def bootstrap_figure(
     central ``level`` interval (and the truth when known)."""
     names = list(images)
     ncols = len(names) + (1 if roi else 0)
-    fig, axes = plt.subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)
+    fig, axes = subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)
     shared = [n for n in names if "std" not in n and "width" not in n]
     vmax = max((float(central_slice(images[n]).max()) for n in shared), default=None)
     for ax, name in zip(axes[0], names, strict=False):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.viz.common import central_slice, plt, save_figure
+from petuq_sirf.viz.common import central_slice, save_figure, subplots
 
 
 def image_panel(
@@ -18,7 +18,7 @@ def image_panel(
 ) -> Path:
     """One row of central slices with a colour bar each; images named in ``shared_scale`` share limits."""
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
+    fig, axes = subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
     vmax_shared = max((float(central_slice(images[k]).max()) for k in shared_scale if k in images), default=None)
     for ax, (name, img) in zip(axes[0], images.items()):
         sl = central_slice(img)

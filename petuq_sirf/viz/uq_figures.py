@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.viz.common import central_slice, plt, save_figure
+from petuq_sirf.viz.common import central_slice, save_figure, subplots
 
 
 def method_panels(
@@ -22,7 +22,7 @@ def method_panels(
     if not rows:
         raise ValueError("no methods to plot")
     names = ["truth", "noisy", "mean", "std", "|error|/std"]
-    fig, axes = plt.subplots(len(rows), 5, figsize=(13, 2.7 * len(rows)), squeeze=False)
+    fig, axes = subplots(len(rows), 5, figsize=(13, 2.7 * len(rows)), squeeze=False)
     for r, (method, maps) in enumerate(rows.items()):
         truth, noisy, mean, std = (torch.from_numpy(central_slice(maps[k])) for k in ("truth", "noisy", "mean", "std"))
         vmax = float(max(truth.max(), mean.max()))
@@ -47,7 +47,7 @@ def method_panels(
 def calibration_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, title: str = "calibration") -> Path:
     """Observed vs nominal coverage, one line per entry (``{name: {nominal: observed}}``; keys may be
     strings such as ``"0.90"``), with the diagonal. ``"<name> (conformal)"`` is drawn dotted in ``name``'s colour."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    fig, ax = subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="ideal")
     colours: dict[str, str] = {}
     for name, curve in curves.items():
@@ -78,7 +78,7 @@ def calibration_curves(curves: Mapping[str, Mapping], path: str | os.PathLike, t
 
 def z_histograms(z: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Histograms of z-scores per method against the N(0, 1) density."""
-    fig, ax = plt.subplots(figsize=(4.6, 3.6))
+    fig, ax = subplots(figsize=(4.6, 3.6))
     grid = torch.linspace(-5, 5, 201)
     ax.plot(grid, torch.exp(-0.5 * grid**2) / (2 * torch.pi) ** 0.5, color="k", lw=1, label="N(0, 1)")
     for name, values in z.items():

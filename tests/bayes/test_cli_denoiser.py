@@ -55,7 +55,7 @@ def test_train_denoise_evaluate(tmp_path, capsys):
 
 
 def test_denoiser_demo_hook_returns_coverage_and_maps(tmp_path):
-    from petuq_sirf.bayes.demo import run_denoiser_demo
+    from petuq_sirf.pipelines.denoiser_demo import run_denoiser_demo
     from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 
     layout = SinogramLayout(get_scanner("test-2d"))

@@ -36,7 +36,7 @@ from petuq_sirf.simulation.simulate import SimulationConfig
 @pytest.fixture(scope="module")
 def acquisition_2d(layout_2d, image_2d) -> Acquisition:
     sim = simulate(nema_iec_phantom(image_2d), layout_2d, SimulationConfig(true_counts=1e5, seed=3, listmode=True))
-    return Acquisition.from_simulation(sim)
+    return sim.to_acquisition()
 
 
 @pytest.fixture
@@ -263,7 +263,7 @@ def _std_ratio(layout, image, realisations: int, replicates: int, counts: float,
         init = osem(m_model, sim.prompts, 2, 8).image
         prior = RelativeDifferencePrior.scaled_for(m_model.sensitivity(), init, strength=cfg.prior_strength)
         maps.append(map_rdp(m_model, sim.prompts, prior, cfg.full_data_iterations, x0=init).image.numpy())
-    prob = BootstrapProblem.from_acquisition(Acquisition.from_simulation(sim0))
+    prob = BootstrapProblem.from_acquisition(sim0.to_acquisition())
     prob._model = model  # share the projector
     prob.prepare(cfg)
     reps = np.stack([run_replicate(prob, cfg, b).image for b in range(replicates)])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.cli import reconstruct_uq
 from petuq_sirf.inference.weight_posterior import SVIConfig
 from petuq_sirf.recon import gaussian_postfilter, osem
+from petuq_sirf.recon import weights as recon_weights
 from petuq_sirf.recon.nonexpansive import (
     NonexpansiveTrainingConfig,
     ResidualDenoiser,
@@ -26,7 +26,7 @@ from petuq_sirf.uq import nrmse
 @pytest.fixture(scope="module")
 def shipped():
     """The shipped denoiser (trained by ``petuq train-pnp-denoiser``, see docs/reconstruction_uq.md)."""
-    net, posterior, info = reconstruct_uq.load_weights("pnp-admm")
+    net, posterior, info = recon_weights.load_network("pnp-admm")
     assert info["kind"] == "pnp-denoiser" and info["training"]["penalty"] > 0
     return net, posterior
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
-from petuq_sirf.cli import reconstruct_uq
 from petuq_sirf.inference.weight_posterior import call_with, load_posterior, save_posterior
 from petuq_sirf.recon import gaussian_postfilter, osem
-from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+from petuq_sirf.recon import weights as recon_weights
+from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
 from petuq_sirf.recon.unrolled import (
     UnrolledConfig,
     UnrolledFBSEM,
@@ -21,6 +21,7 @@ from petuq_sirf.recon.unrolled import (
     train_unrolled,
 )
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.simulate import geometric_model
 from petuq_sirf.uq import nrmse
 
 
@@ -75,7 +76,7 @@ def test_short_training_lowers_validation_loss_and_fits_a_posterior(layout_2d, i
 
 
 def test_shipped_unrolled_network_beats_osem_postfilter(held_out, geometric, image_2d):
-    net, posterior, info = reconstruct_uq.load_weights("unrolled")
+    net, posterior, info = recon_weights.load_network("unrolled")
     assert info["kind"] == "unrolled" and posterior is not None
     pred = predict_unrolled(net, held_out.model(geometric), held_out.prompts, held_out.init, posterior, 4)
     ours, theirs = [], []
@@ -92,7 +93,7 @@ def test_shipped_unrolled_network_beats_osem_postfilter(held_out, geometric, ima
 
 
 def test_posterior_samples_vary_and_are_larger_in_unseen_lesions(held_out, geometric):
-    net, posterior, _ = reconstruct_uq.load_weights("unrolled")
+    net, posterior, _ = recon_weights.load_network("unrolled")
     pred = predict_unrolled(net, held_out.model(geometric), held_out.prompts, held_out.init, posterior, 6, seed=1)
     assert pred.samples.shape[0] == 6
     assert float(pred.epistemic_std.max()) > 0 and float(pred.aleatoric_std.min()) > 0
@@ -113,13 +114,13 @@ def test_posterior_samples_vary_and_are_larger_in_unseen_lesions(held_out, geome
 def test_weights_round_trip(tmp_path):
     torch.manual_seed(0)
     net = UnrolledFBSEM(UnrolledConfig(num_iterations=2, channels=4, depth=2))
-    path = save_posterior(tmp_path / "w.safetensors", net, None, {"info": json.dumps({"kind": "unrolled"})})
+    path = save_posterior(tmp_path / "w", net, None, {"info": json.dumps({"kind": "unrolled"})})
     other = UnrolledFBSEM(UnrolledConfig(num_iterations=2, channels=4, depth=2))
     post, meta = load_posterior(path, other)
     assert post is None and json.loads(meta["info"])["kind"] == "unrolled"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), other.state_dict().values()))
     with pytest.raises(ValueError, match="needs 'unrolled'"):
-        reconstruct_uq.load_weights("unrolled", reconstruct_uq.SHIPPED["pnp-admm"])
+        recon_weights.load_network("unrolled", recon_weights.SHIPPED["pnp-admm"])
 
 
 @pytest.mark.parametrize("method", ["unrolled", "pnp-admm"])

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
-from petuq_sirf.cli import reconstruct_uq
 from petuq_sirf.inference.ais import PMCConfig
 from petuq_sirf.inference.weight_posterior import ParticlePosterior, load_posterior, save_posterior
-from petuq_sirf.recon.lowdose import LowDoseConfig, geometric_model, make_low_dose_set
+from petuq_sirf.recon import weights as recon_weights
+from petuq_sirf.recon.lowdose import LowDoseConfig, make_low_dose_set
 from petuq_sirf.recon.unrolled import calibrate_unrolled, predict_unrolled
 from petuq_sirf.recon.unrolled_ais import UnrolledAISConfig, default_ais_names, fit_unrolled_ais
+from petuq_sirf.simulation.simulate import geometric_model
 from petuq_sirf.uq.calibration import gaussian_quantile
 
 
@@ -23,7 +24,7 @@ def geometric(layout_2d, image_2d):
 
 @pytest.fixture(scope="module")
 def shipped():
-    return reconstruct_uq.load_weights("unrolled")
+    return recon_weights.load_network("unrolled")
 
 
 def _lesion_set(layout, image, geometric, seed):
@@ -52,14 +53,14 @@ def test_conformal_scales_restore_coverage_on_held_out_phantoms(layout_2d, image
 def test_cli_calibrate_then_reconstruct_writes_conformal_intervals(tmp_path):
     from petuq_sirf.cli.main import main
 
-    weights = tmp_path / "cal.safetensors"
+    weights = tmp_path / "cal"
     args = ["calibrate-unrolled", "--calibration-phantoms", "2", "--calibration-samples", "2", "--out", str(weights)]
     assert main(args) == 0
-    _, _, info = reconstruct_uq.load_weights("unrolled", weights)
-    scales = reconstruct_uq.conformal_scales_of(info)
+    _, _, info = recon_weights.load_network("unrolled", weights)
+    scales = recon_weights.conformal_scales_of(info)
     assert set(scales) == {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}
     assert info["calibration"]["phantoms"] == 2 and "calibrate-unrolled" in info["calibration"]["command"]
-    assert reconstruct_uq.conformal_scales_of({}) == {}  # files without scales: raw intervals only
+    assert recon_weights.conformal_scales_of({}) == {}  # files without scales: raw intervals only
     acq = tmp_path / "acq"
     assert main(["simulate", "--phantom", "ellipses", "--counts", "5e4", "--seed", "3", "--out", str(acq)]) == 0
     out = tmp_path / "rec"
@@ -92,7 +93,7 @@ def test_ais_over_a_weight_subset_gives_varying_draws(layout_2d, image_2d, geome
     pred = predict_unrolled(net, data.model(geometric), data.prompts, data.init, res.posterior, 4, seed=1)
     assert float(pred.epistemic_std.max()) > 0 and torch.isfinite(pred.mean).all()
     # stored like SVI posteriors: the draws round-trip through safetensors
-    path = save_posterior(tmp_path / "ais.safetensors", net, res.posterior, {"info": json.dumps(info)})
+    path = save_posterior(tmp_path / "ais", net, res.posterior, {"info": json.dumps(info)})
     loaded, _ = load_posterior(path, type(net)(net.config))
     assert isinstance(loaded, ParticlePosterior)
     assert all(torch.equal(loaded.draws[k], v) for k, v in draws.items())
@@ -101,33 +102,31 @@ def test_ais_over_a_weight_subset_gives_varying_draws(layout_2d, image_2d, geome
 def test_cli_train_unrolled_with_ais_posterior(tmp_path):
     from petuq_sirf.cli.main import main
 
-    out = tmp_path / "ais.safetensors"
+    out = tmp_path / "ais"
     args = "train-unrolled --phantoms 2 --validation-phantoms 1 --unrolled-iterations 2 --channels 4 --steps 2"
     args += " --head-steps 1 --posterior ais --ais-iterations 2 --ais-draws 4 --calibration-phantoms 2"
     args += " --calibration-samples 2 --batch-size 2"
     assert main([*args.split(), "--out", str(out)]) == 0
-    net, posterior, info = reconstruct_uq.load_weights("unrolled", out)
+    net, posterior, info = recon_weights.load_network("unrolled", out)
     assert isinstance(posterior, ParticlePosterior) and posterior.num_draws == 4
     assert info["posterior"] == "ais" and 1 <= info["ais"]["ess"] <= info["ais"]["particles"]
     assert set(info["conformal_scales"]) == {"0.50", "0.60", "0.70", "0.80", "0.90", "0.95"}
     assert "--posterior ais" in info["command"]
     bad = ["train-unrolled", "--phantoms", "1", "--posterior", "ais", "--ais-draws", "1", "--steps", "0"]
-    assert main([*bad, "--head-steps", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert main([*bad, "--head-steps", "0", "--out", str(tmp_path / "x")]) == 2
 
 
 def test_train_unrolled_on_a_3d_acquisition(tmp_path):
     """The 3D option: EM steps through the 3D projector, the CNN regulariser slice by slice."""
     import json as _json
 
-    from safetensors import safe_open
-
     from petuq_sirf.cli.main import main
+    from petuq_sirf.inference.weight_posterior import read_weights_metadata
 
-    out = tmp_path / "u3d.safetensors"
+    out = tmp_path / "u3d"
     argv = ["train-unrolled", "--scanner", "test-3d", "--phantoms", "2", "--validation-phantoms", "1"]
     argv += ["--steps", "2", "--head-steps", "1", "--svi-steps", "1", "--calibration-phantoms", "1"]
     argv += ["--calibration-samples", "2", "--out", str(out)]
     assert main(argv) == 0
-    with safe_open(str(out), "pt") as f:
-        meta = f.metadata()
+    meta = read_weights_metadata(out)
     assert "test-3d" in _json.dumps(meta)

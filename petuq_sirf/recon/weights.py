@@ -1,0 +1,64 @@
+"""Trained reconstruction networks on disk: the PnP denoiser and the unrolled FBSEM network.
+
+Each is a weights folder (``model.safetensors`` + ``config.json``, :mod:`petuq_sirf.io.weights`) with the
+point weights ``net.*``, the weight posterior ``posterior.*`` (SVI ``loc``/``scale`` or AIS ``draws``)
+and, in the record's metadata, ``info``: what was trained, how, and the split-conformal scales.
+Without a path the folders shipped in ``petuq_sirf/weights/`` (trained for the test-2d demo problem) are used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from petuq_sirf.inference.weight_posterior import (
+    ParticlePosterior,
+    WeightPosterior,
+    load_posterior,
+    read_weights_metadata,
+)
+from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
+from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+SHIPPED: dict[str, Path] = {
+    "pnp-admm": WEIGHTS_DIR / "pnp_denoiser_test2d",
+    "unrolled": WEIGHTS_DIR / "unrolled_test2d",
+}
+KINDS = {"pnp-admm": "pnp-denoiser", "unrolled": "unrolled"}
+
+
+def load_network(
+    method: str, path: str | Path | None = None
+) -> tuple[nn.Module, WeightPosterior | ParticlePosterior | None, dict]:
+    """``(net, posterior, info)`` for ``method`` (``pnp-admm`` or ``unrolled``) from ``path`` (default: shipped).
+
+    The network is rebuilt from ``info["net_config"]`` and put in eval mode; a file trained for the other
+    method is refused naming both.
+    """
+    if method not in KINDS:
+        raise ValueError(f"unknown network method {method!r}: choose one of {', '.join(KINDS)}")
+    path = Path(path) if path else SHIPPED[method]
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    info = json.loads(read_weights_metadata(path).get("info", "{}"))
+    expected = KINDS[method]
+    if info.get("kind") != expected:
+        raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {method!r} needs {expected!r} weights")
+    if method == "pnp-admm":
+        net: nn.Module = ResidualDenoiser(DenoiserConfig(**info["net_config"]))
+    else:
+        net = UnrolledFBSEM(UnrolledConfig(**info["net_config"]))
+    posterior, _ = load_posterior(path, net)
+    net.eval()
+    return net, posterior, info
+
+
+def conformal_scales_of(info: dict) -> dict[float, float]:
+    """The stored split-conformal scales ``{level: factor}`` (empty for files without them)."""
+    return {float(k): float(v) for k, v in (info.get("conformal_scales") or {}).items()}
+
+
+__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network"]
