@@ -23,6 +23,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from petuq_sirf.inference.network_limits import (
+    MAX_CHANNELS,
+    MAX_LAYERS,
+    check_parameter_count,
+    check_range,
+    conv_stack_parameters,
+)
 from petuq_sirf.recon.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
@@ -38,6 +45,9 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         if self.channels < 1 or self.depth < 2:
             raise ValueError(f"need channels >= 1 and depth >= 2, got {self.channels}, {self.depth}")
+        check_range("denoiser channels", self.channels, 1, MAX_CHANNELS)
+        check_range("denoiser depth", self.depth, 2, MAX_LAYERS)
+        check_parameter_count("the PnP denoiser", conv_stack_parameters(1, self.channels, self.depth, 1))
 
 
 class ResidualDenoiser(nn.Module):

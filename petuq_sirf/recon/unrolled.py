@@ -29,6 +29,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.inference.network_limits import (
+    MAX_CHANNELS,
+    MAX_LAYERS,
+    MAX_UNROLLED_ITERATIONS,
+    check_parameter_count,
+    check_range,
+    conv_stack_parameters,
+)
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.lowdose import LowDoseSet
 from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, image_scale
@@ -57,6 +65,12 @@ class UnrolledConfig:
     def __post_init__(self) -> None:
         if self.num_iterations < 1 or self.channels < 1 or self.depth < 2:
             raise ValueError(f"invalid unrolled network {self}")
+        check_range("unrolled iterations", self.num_iterations, 1, MAX_UNROLLED_ITERATIONS)
+        check_range("unrolled CNN channels", self.channels, 1, MAX_CHANNELS)
+        check_range("unrolled CNN depth", self.depth, 2, MAX_LAYERS)
+        regulariser = conv_stack_parameters(1, self.channels, self.depth, 1)
+        head = conv_stack_parameters(2, self.channels, 3, 1)
+        check_parameter_count("the unrolled network", regulariser + head + self.num_iterations)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,1 @@
+"""Inference machinery shared by the Bayesian denoisers and the reconstruction networks."""
