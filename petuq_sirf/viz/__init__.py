@@ -1,1 +1,1 @@
-"""Matplotlib figures (written as PNG; the Agg backend is used, no display needed)."""
+"""Matplotlib figures written as PNG (Figure objects: no display needed, no global backend switched)."""

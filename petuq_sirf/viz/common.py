@@ -1,16 +1,23 @@
-"""Pieces every figure uses: the Agg backend, the central slice of an image, saving a figure."""
+"""Pieces every figure uses: a figure not tied to pyplot, the central slice of an image, saving a figure.
+
+Figures are :class:`matplotlib.figure.Figure` objects rendered by ``savefig`` alone: no global backend
+is switched and pyplot's figure manager is not touched, so a notebook's backend stays as the user set it.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, **kwargs) -> tuple[Figure, object]:
+    """A new :class:`~matplotlib.figure.Figure` and its axes, like ``pyplot.subplots`` (``figsize`` in inches)."""
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def central_slice(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -21,10 +28,9 @@ def central_slice(image: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr
 
 
-def save_figure(fig: plt.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    """Lay out, write as PNG and close ``fig``; returns the path."""
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Lay out and write ``fig`` as PNG; returns the path."""
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=dpi)
-    plt.close(fig)
     return path
