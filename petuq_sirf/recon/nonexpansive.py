@@ -22,6 +22,7 @@ import pyro
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from petuq_sirf.inference.network_limits import (
     MAX_CHANNELS,
@@ -185,6 +186,7 @@ def train_nonexpansive_denoiser(
     config: NonexpansiveTrainingConfig | None = None,
     denoiser_config: DenoiserConfig | None = None,
     clean: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> NonexpansiveTrainingResult:
     """Train :class:`ResidualDenoiser` by MSE denoising plus the firm-nonexpansiveness penalty.
 
@@ -199,7 +201,7 @@ def train_nonexpansive_denoiser(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.num_steps)
     losses, norms = [], []
-    for step in range(cfg.num_steps):
+    for step in tqdm(range(cfg.num_steps), desc="PnP denoiser training", disable=not progress or None):
         target = _patches(clean, cfg.patch, cfg.batch_size, gen).unsqueeze(1)
         sigma = torch.rand(cfg.batch_size, 1, 1, 1, generator=gen) * cfg.noise_std
         noisy = target + sigma * torch.randn(target.shape, generator=gen)

@@ -27,6 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.inference.network_limits import (
@@ -195,11 +196,12 @@ def train_unrolled(
     net_config: UnrolledConfig | None = None,
     validation: LowDoseSet | None = None,
     net: UnrolledFBSEM | None = None,
+    progress: bool = False,
 ) -> UnrolledTrainingResult:
     """Train end to end on ``data`` (from :func:`~petuq_sirf.recon.lowdose.make_low_dose_set`).
 
     ``validation``: the validation loss is recorded before training and after each stage.
-    ``net``: continue training an existing network.
+    ``net``: continue training an existing network. ``progress``: bars over the steps (on a terminal).
     """
     cfg = config or UnrolledTrainingConfig()
     torch.manual_seed(cfg.seed)
@@ -213,7 +215,7 @@ def train_unrolled(
     if cfg.num_steps:
         opt = torch.optim.Adam(mean_params, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.num_steps)
-        for _ in range(cfg.num_steps):
+        for _ in tqdm(range(cfg.num_steps), desc="unrolled training (mean, MSE)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, _ = net(model, y, x0)
             loss = _normalised_mse(mean, truth, x0)
@@ -226,7 +228,7 @@ def train_unrolled(
             result.val_losses.append(validation_loss(net, validation, geometric))
     if cfg.head_steps:
         opt = torch.optim.Adam(net.head.parameters(), lr=cfg.lr)
-        for _ in range(cfg.head_steps):
+        for _ in tqdm(range(cfg.head_steps), desc="unrolled training (variance head)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, log_var = net(model, y, x0)
             c = image_scale(x0)
@@ -250,7 +252,7 @@ def train_unrolled(
 
         svi_cfg = SVIConfig(num_steps=cfg.svi_steps, lr=cfg.svi_lr, prior_scale=cfg.prior_scale, seed=cfg.seed)
         result.posterior, result.svi_losses = fit_weight_posterior(
-            net, bayesian_parameter_names(net), likelihood, batches, svi_cfg
+            net, bayesian_parameter_names(net), likelihood, batches, svi_cfg, progress=progress
         )
     net.eval()
     return result
