@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
@@ -30,6 +31,7 @@ from torch.func import functional_call
 from tqdm.auto import tqdm
 
 from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig, gaussian_nll_loss
+from petuq_sirf.bayes.resume import EpochCheckpoint, tensor_digest
 from petuq_sirf.bayes.training_data import DenoisingDataset, image_scale
 from petuq_sirf.inference.ais import PMCConfig, pmc_sample
 from petuq_sirf.inference.predictive import PosteriorSamples
@@ -84,8 +86,8 @@ class DenoiserConfig:
             raise ValueError(f"unknown denoiser method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.epochs < 0 or self.batch_size < 1:
             raise ValueError(f"invalid training: epochs {self.epochs}, batch_size {self.batch_size}")
-        if self.ensemble_size < 1:
-            raise ValueError(f"ensemble_size must be >= 1, got {self.ensemble_size}")
+        if not 1 <= self.ensemble_size <= 256:
+            raise ValueError(f"ensemble_size must be in [1, 256], got {self.ensemble_size}")
 
     def net_config(self) -> NetworkConfig:
         drop = self.dropout if self.method == "mc_dropout" else 0.0
@@ -127,10 +129,19 @@ def _normalised(data: DenoisingDataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_point_network(
-    net: HeteroscedasticCNN, data: DenoisingDataset, config: DenoiserConfig, seed: int, progress: bool = False
+    net: HeteroscedasticCNN,
+    data: DenoisingDataset,
+    config: DenoiserConfig,
+    seed: int,
+    progress: bool = False,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> list[float]:
     """Adam: the mean by MSE, the log-variance by the Gaussian NLL around the detached mean (the MSE-only
-    warm-up lasts the first third of the epochs). Returns the loss per epoch."""
+    warm-up lasts the first third of the epochs). Returns the loss per epoch.
+
+    ``checkpoint``: the state is saved atomically after every epoch, and a run finding a checkpoint of the
+    same settings and data resumes after its last epoch, reaching the weights of an uninterrupted run.
+    """
     if len(data) == 0:
         raise ValueError("empty training set")
     gen = torch.Generator().manual_seed(seed)
@@ -138,11 +149,28 @@ def train_point_network(
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     steps_per_epoch = max(1, len(data) // config.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, config.epochs * steps_per_epoch))
+    history: list[float] = []
+    start = 0
+    fingerprint = {"config": config.to_dict(), "seed": seed, "data": tensor_digest(x, t)} if checkpoint else {}
+    state = checkpoint.load(fingerprint) if checkpoint else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start = list(state["history"]), int(state["epoch"])
+    # one permutation per epoch: a fresh iterator after restoring the generator continues the same sequence
     batches = _minibatches(len(data), min(config.batch_size, len(data)), gen)
-    history = []
     net.train()
     warmup = config.epochs // 3
-    bar = tqdm(range(config.epochs), desc=f"training ({config.method})", disable=not progress)
+    bar = tqdm(
+        range(start, config.epochs),
+        desc=f"training ({config.method})",
+        initial=start,
+        total=config.epochs,
+        disable=not progress or None,
+    )
     for epoch in bar:
         total = 0.0
         for _ in range(steps_per_epoch):
@@ -160,6 +188,19 @@ def train_point_network(
             sched.step()
             total += float(loss.detach())
         history.append(total / steps_per_epoch)
+        if checkpoint is not None:
+            checkpoint.save(
+                fingerprint,
+                {
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "net": net.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+            )
         if progress:
             bar.set_postfix(loss=f"{history[-1]:.4g}")
     net.eval()
@@ -172,6 +213,10 @@ class Denoiser:
     def __init__(self, config: DenoiserConfig) -> None:
         self.config = config
         self.info: dict = {}
+        self.checkpoint_dir: Path | None = None
+
+    def _checkpoint(self, name: str) -> EpochCheckpoint | None:
+        return EpochCheckpoint(self.checkpoint_dir / f"{name}.pt") if self.checkpoint_dir is not None else None
 
     # -- to implement -----------------------------------------------------------------------
     def _fit(self, data: DenoisingDataset, progress: bool) -> None:
@@ -190,8 +235,13 @@ class Denoiser:
         raise NotImplementedError
 
     # -- public -----------------------------------------------------------------------------
-    def fit(self, data: DenoisingDataset, progress: bool = False) -> dict:
-        """Train on ``data``; returns ``info`` (training time in s and method-specific diagnostics)."""
+    def fit(self, data: DenoisingDataset, progress: bool = False, checkpoint_dir: str | Path | None = None) -> dict:
+        """Train on ``data``; returns ``info`` (training time in s and method-specific diagnostics).
+
+        ``checkpoint_dir``: point-network training saves an atomic checkpoint there after every epoch and
+        resumes from it when re-run with the same settings and data (see :mod:`petuq_sirf.bayes.resume`).
+        """
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         torch.manual_seed(self.config.seed)
         start = time.perf_counter()
         self._fit(data, progress)
@@ -231,7 +281,9 @@ class PointDenoiser(Denoiser):
         self.net = HeteroscedasticCNN(config.net_config())
 
     def _fit(self, data: DenoisingDataset, progress: bool) -> None:
-        self.info["loss"] = train_point_network(self.net, data, self.config, self.config.seed, progress)
+        self.info["loss"] = train_point_network(
+            self.net, data, self.config, self.config.seed, progress, self._checkpoint("net")
+        )
 
     def _sample_outputs(self, x, num_samples, gen):
         dropout = self.config.method == "mc_dropout"
@@ -263,7 +315,9 @@ class EnsembleDenoiser(Denoiser):
 
     def _fit(self, data, progress):
         self.info["loss"] = [
-            train_point_network(net, data, self.config, self.config.seed + 1000 * m, progress)[-1]
+            train_point_network(
+                net, data, self.config, self.config.seed + 1000 * m, progress, self._checkpoint(f"member{m}")
+            )[-1]
             for m, net in enumerate(self.members)
         ]
 
@@ -293,7 +347,9 @@ class SVIDenoiser(Denoiser):
 
     def _fit(self, data, progress):
         cfg = self.config
-        self.info["pretrain_loss"] = train_point_network(self.net, data, cfg, cfg.seed, progress)
+        self.info["pretrain_loss"] = train_point_network(
+            self.net, data, cfg, cfg.seed, progress, self._checkpoint("net")
+        )
         init = {k: v.detach().clone() for k, v in self.net.named_parameters()}
         bnn = bayesianize(copy.deepcopy(self.net), cfg.prior_scale)
         n_total = len(data)
@@ -356,7 +412,9 @@ class AISDenoiser(Denoiser):
 
     def _fit(self, data, progress):
         cfg = self.config
-        self.info["pretrain_loss"] = train_point_network(self.net, data, cfg, cfg.seed, progress)
+        self.info["pretrain_loss"] = train_point_network(
+            self.net, data, cfg, cfg.seed, progress, self._checkpoint("net")
+        )
         gen = torch.Generator().manual_seed(cfg.seed + 2)
         n_total = len(data)
         pick = torch.randperm(n_total, generator=gen)[: min(cfg.ais_images, n_total)]

@@ -14,6 +14,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from petuq_sirf.inference.network_limits import (
+    MAX_CHANNELS,
+    MAX_DILATION,
+    MAX_LAYERS,
+    check_parameter_count,
+    check_range,
+    conv_stack_parameters,
+)
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
@@ -27,6 +36,15 @@ class NetworkConfig:
     def __post_init__(self) -> None:
         if self.width < 1 or not self.dilations:
             raise ValueError(f"invalid network: width {self.width}, dilations {self.dilations}")
+        check_range("network width", self.width, 1, MAX_CHANNELS)
+        check_range("number of network layers (dilations)", len(self.dilations), 1, MAX_LAYERS)
+        for d in self.dilations:
+            check_range("network dilation", d, 1, MAX_DILATION)
+        body = (
+            conv_stack_parameters(1, self.width, len(self.dilations) + 1, self.width)
+            - (self.width * 9 + 1) * self.width
+        )
+        check_parameter_count("the denoiser network", body + (self.width + 1) * 2)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

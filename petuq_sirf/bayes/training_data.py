@@ -146,7 +146,7 @@ def generate_pairs(config: DenoisingDataConfig, progress: bool = False) -> Denoi
     geometric = EmbeddedAcquisitionModel(layout, image, psf_fwhm_mm=config.psf_fwhm_mm)
     rng = np.random.default_rng(config.seed)
     noisy, target, mask, dose, index = [], [], [], [], []
-    for p in tqdm(range(config.num_phantoms), desc="simulating pairs", disable=not progress):
+    for p in tqdm(range(config.num_phantoms), desc="simulating pairs", disable=not progress or None):
         phantom = random_ellipses_phantom(image, rng)
         body = phantom.regions["background"] | (phantom.activity > 0)
         for fraction in config.dose_fractions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from petuq_sirf.bootstrap.executors import Executor, InProcessExecutor
 from petuq_sirf.bootstrap.replicate import BootstrapConfig, BootstrapProblem, ReplicateResult
-from petuq_sirf.bootstrap.store import ReplicateStore
+from petuq_sirf.bootstrap.store import ReplicateStore, StoreLock
 from petuq_sirf.recon import RelativeDifferencePrior
 
 
@@ -53,15 +54,26 @@ def run_bootstrap(
 
     Re-running with the same inputs resumes; an interrupted run (including ``KeyboardInterrupt``)
     keeps every replicate completed so far. ``on_replicate`` is called after each one is saved.
+    The folder is locked for the run (:class:`~petuq_sirf.bootstrap.store.StoreLock`: a second run on it
+    is refused, naming the holder); replicate files altered or truncated on disk are named in a warning
+    and recomputed.
     """
+    with StoreLock(folder):
+        return _run_locked(problem, config, folder, executor, progress, on_replicate, manifest_extra)
+
+
+def _run_locked(problem, config, folder, executor, progress, on_replicate, manifest_extra) -> ReplicateStore:
     store = ReplicateStore.open(folder, config, problem.fingerprint(), tuple(problem.image.shape), manifest_extra)
     store.clean_temporaries()
+    for index, reason in store.damaged():
+        warnings.warn(f"{reason}: recomputing replicate {index}", stacklevel=3)
+        store.discard(index)
     prepare_problem(problem, config, store)
     missing = store.missing(config.num_replicates)
     executor = executor or InProcessExecutor()
     done = config.num_replicates - len(missing)
     with tqdm(
-        total=config.num_replicates, initial=done, desc="bootstrap replicates", unit="rep", disable=not progress
+        total=config.num_replicates, initial=done, desc="bootstrap replicates", unit="rep", disable=not progress or None
     ) as bar:
         for result in executor.map(problem, config, missing):
             store.save(result)

@@ -16,10 +16,22 @@ import numpy as np
 import torch
 
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, make_executor, run_bootstrap, summarise_store
-from petuq_sirf.cli.common import add_backend_argument, load_acquisition, resolve_backend, write_metrics
+from petuq_sirf.bootstrap.store import StoreLock
+from petuq_sirf.cli.common import (
+    LEVEL,
+    SEED,
+    add_backend_argument,
+    check_out_dir,
+    float_in,
+    int_in,
+    load_acquisition,
+    resolve_backend,
+    write_metrics,
+)
 from petuq_sirf.io.image_io import write_image
 from petuq_sirf.uq.calibration import DEFAULT_LEVELS, coverage, evaluate_uq
 from petuq_sirf.viz.bootstrap_figures import bootstrap_figure
+from petuq_sirf.viz.labels import activity_units
 
 
 def register(sub) -> None:
@@ -27,26 +39,53 @@ def register(sub) -> None:
         "bootstrap",
         help="posterior bootstrap of a list-mode acquisition (mean/std/interval images, ROI posteriors)",
     )
-    p.add_argument("input", help="acquisition folder written by 'petuq simulate --listmode'")
-    p.add_argument("--replicates", type=int, default=100, help="number of bootstrap replicates B")
     p.add_argument(
-        "--weights", default="exp", choices=("exp", "poisson"), help="Exp(1) Bayesian or Poisson(1) classical"
+        "input", help="Acquisition folder with list-mode events ('petuq simulate --listmode', 'petuq listmode')."
+    )
+    p.add_argument("--replicates", type=int_in(1, 1_000_000), default=100, help="Number of bootstrap replicates B.")
+    p.add_argument(
+        "--weights",
+        default="exp",
+        choices=("exp", "poisson"),
+        help="Event weights: Exp(1) (Bayesian bootstrap) or Poisson(1) (classical).",
     )
     p.add_argument(
         "--scheduler",
         default="none",
-        help="none (in-process), processes (local pool), local-dask (Dask LocalCluster) or tcp://HOST:PORT",
+        help="Where replicates run: none (in-process), processes (local pool), local-dask (Dask LocalCluster) "
+        "or tcp://HOST:PORT (a Dask scheduler).",
     )
-    p.add_argument("--workers", type=int, default=2, help="workers of a local pool / LocalCluster")
-    p.add_argument("--threads-per-worker", type=int, default=1)
-    p.add_argument("--iterations", type=int, default=30, help="MAP-RDP iterations per replicate (warm-started)")
-    p.add_argument("--full-data-iterations", type=int, default=60, help="MAP-RDP iterations of the full-data estimate")
-    p.add_argument("--beta-strength", type=float, default=0.01, help="RDP strength relative to the mean sensitivity")
-    p.add_argument("--prior-cv", type=float, default=0.1, help="coefficient of variation of the random penalty factor")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--level", type=float, default=0.9, help="credible level of the interval images")
-    p.add_argument("--out", required=True, help="output folder (re-run to resume)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--workers", type=int_in(1, 4096), default=2, help="Workers of a local pool / LocalCluster.")
+    p.add_argument("--threads-per-worker", type=int_in(1, 1024), default=1, help="Torch threads in each worker.")
+    p.add_argument(
+        "--iterations", type=int_in(1, 100_000), default=30, help="MAP-RDP iterations per replicate (warm-started)."
+    )
+    p.add_argument(
+        "--full-data-iterations",
+        type=int_in(1, 100_000),
+        default=60,
+        help="MAP-RDP iterations of the full-data estimate.",
+    )
+    p.add_argument(
+        "--beta-strength", type=float_in(0, 1e6), default=0.01, help="RDP strength relative to the mean sensitivity."
+    )
+    p.add_argument(
+        "--prior-cv",
+        type=float_in(0, 10),
+        default=0.1,
+        help="Coefficient of variation of the random penalty factor.",
+    )
+    p.add_argument(
+        "--seed",
+        type=SEED,
+        default=0,
+        help="Base seed of the event weights and penalty factors (replicate b draws from seed and b).",
+    )
+    p.add_argument("--level", type=LEVEL, default=0.9, help="Credible level of the interval images.")
+    p.add_argument(
+        "--out", required=True, help="Output folder (re-run to resume; one run at a time: a lock file guards it)."
+    )
+    p.add_argument("--quiet", action="store_true", help="No progress bar.")
     add_backend_argument(p)
     p.set_defaults(handler=run)
 
@@ -61,6 +100,11 @@ def _body_mask(acq) -> torch.Tensor | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    with StoreLock(check_out_dir(args.out, protect=(args.input,))):  # one run per folder, outputs included
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if not 0 < args.level < 1:
         raise ValueError(f"--level must be in (0, 1), got {args.level}")
     if args.workers < 1 or args.threads_per_worker < 1:
@@ -75,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
         full_data_iterations=args.full_data_iterations,
     )
     backend = resolve_backend(args.backend)
+    out = Path(args.out)
     acq = load_acquisition(args.input)
     problem = BootstrapProblem.from_acquisition(acq, backend)
-    out = Path(args.out)
     t0 = time.perf_counter()
     new = []
     executor = make_executor(args.scheduler, args.workers, args.threads_per_worker)
@@ -136,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         }
         metrics["gaussian"] = evaluate_uq(t, mean=mean_t, std=std_t, mask=mask, levels=DEFAULT_LEVELS)
     fig_images = {
-        "full-data MAP": images["full_data_map"],
+        f"full-data MAP ({args.full_data_iterations} it)": images["full_data_map"],
         "posterior mean": summary.mean,
         "posterior std": summary.std,
     }
@@ -148,7 +192,12 @@ def run(args: argparse.Namespace) -> int:
         summary.roi,
         out / "bootstrap.png",
         level=args.level,
-        title=f"posterior bootstrap, B = {summary.count}",
+        title=(
+            f"posterior bootstrap, B = {summary.count}, {'Exp(1)' if args.weights == 'exp' else 'Poisson(1)'} "
+            f"weights; MAP-RDP {args.iterations} it per replicate ({args.full_data_iterations} full data), "
+            f"\u03b2 strength {args.beta_strength:g}, penalty CV {args.prior_cv:g}"
+        ),
+        units=activity_units(acq.info),
     )
     write_metrics(out, metrics)
     print(f"{summary.count} replicates ({len(new)} new) in {out}")

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,12 +18,146 @@ __all__ = [
     "Acquisition",
     "add_backend_argument",
     "add_device_argument",
+    "check_out_dir",
+    "check_out_file",
+    "float_in",
+    "int_in",
     "load_acquisition",
     "resolve_backend",
     "resolve_device",
     "save_acquisition",
     "write_metrics",
 ]
+
+# Largest expected true counts accepted anywhere (a long whole-body scan records about 1e9).
+MAX_COUNTS = 1e10
+
+
+# ------------------------------------------------------------------------------ numeric arguments
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False, why=""):
+    """An argparse ``type``: a finite float in ``[lo, hi]`` (``lo_open``/``hi_open`` exclude the ends).
+
+    argparse names the option in the error: ``argument --counts: 1e+30 is above the maximum 1e+10``.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise argparse.ArgumentTypeError(f"{_fmt(v)} must be {'>' if lo_open else '>='} {_fmt(lo)}")
+        if hi is not None and (v > hi or (hi_open and v == hi)):
+            bound = f"must be < {_fmt(hi)}" if hi_open else f"is above the maximum {_fmt(hi)}"
+            raise argparse.ArgumentTypeError(f"{_fmt(v)} {bound}{why}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def int_in(lo: int | None = None, hi: int | None = None, why: str = ""):
+    """An argparse ``type``: an integer in ``[lo, hi]`` (``1e3`` is accepted when it is whole)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            try:
+                f = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            if not math.isfinite(f) or f != int(f):
+                raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            v = int(f)
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {lo}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{v} is above the maximum {hi}{why}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+COUNTS = float_in(0, MAX_COUNTS, lo_open=True, why=" expected counts (a long whole-body PET scan records about 1e9)")
+SEED = int_in(0, 2**63 - 1)
+ITERATIONS = int_in(0, 100_000)
+SAMPLES = int_in(2, 100_000)
+FRACTION = float_in(0, 1, hi_open=True)
+LEVEL = float_in(0, 1, lo_open=True, hi_open=True)
+FWHM_MM = float_in(0, 200)
+LEARNING_RATE = float_in(0, 10, lo_open=True)
+
+
+# ----------------------------------------------------------------------------------- output guards
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out_dir(
+    out: str | os.PathLike,
+    protect: tuple[str | os.PathLike | None, ...] = (),
+    what: str = "--out",
+    writes_acquisition: bool = False,
+) -> Path:
+    """Create the output folder ``out`` and make sure it can be written; refuse one that would lose data.
+
+    Refused with a one-line ``ValueError``: ``out`` names an existing file; ``out`` is, or lies inside,
+    one of the ``protect`` folders (the input acquisition or model: writing there would overwrite its
+    ``metrics.json`` and images); ``out`` is another acquisition folder; ``out`` cannot be created or written
+    (read-only file system, permissions). ``writes_acquisition``: the command writes an acquisition
+    folder (``simulate``, ``listmode``), so an existing one may be replaced.
+    """
+    path = Path(out)
+    resolved = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path} is an existing file, not a folder: give a folder name")
+    for p in protect:
+        if p is None:
+            continue
+        folder = Path(p).resolve()
+        if folder.is_dir() and _inside(resolved, folder):
+            raise ValueError(
+                f"{what} {path} is {'the' if resolved == folder else 'inside the'} input folder {p}: "
+                "it would overwrite the input's files; choose another output folder"
+            )
+    if not writes_acquisition and (path / "acquisition.json").is_file():
+        raise ValueError(f"{what} {path} is an acquisition folder: writing results there would overwrite its files")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create {what} {path}: {exc.strerror or exc}") from None
+    _check_writable(path, what)
+    return path
+
+
+def check_out_file(out: str | os.PathLike, what: str = "--out") -> Path:
+    """An output file: refuse a folder, create the parent folder, check that it can be written."""
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is an existing folder, but a file name is expected")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create the folder of {what} {path}: {exc.strerror or exc}") from None
+    _check_writable(path.parent, what)
+    return path
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".petuq-write-test.")
+    except OSError as exc:
+        raise ValueError(f"cannot write into {what} {folder}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _json_safe(value):

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from petuq_sirf.bayes.checkpoint import checkpoint_info, load_denoiser
-from petuq_sirf.cli.common import write_metrics
+from petuq_sirf.bayes.grid import check_denoiser_grid
+from petuq_sirf.cli.common import LEVEL, SAMPLES, SEED, check_out_dir, write_metrics
 from petuq_sirf.io.image_io import read_image, write_image
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.uq.figures_of_merit import nrmse, psnr
@@ -17,15 +18,22 @@ from petuq_sirf.uq.figures_of_merit import nrmse, psnr
 
 def register(sub) -> None:
     p = sub.add_parser("denoise", help="denoise an image with a trained Bayesian denoiser (mean, std, intervals)")
-    p.add_argument("--model", required=True, help="folder written by petuq train-denoiser")
+    p.add_argument("--model", required=True, help="Model folder written by petuq train-denoiser.")
     p.add_argument(
-        "--input", required=True, help="noisy image (.nii, .nii.gz, .hv, .npz), reconstructed like the training data"
+        "--input",
+        required=True,
+        help="Noisy image (.nii, .nii.gz, .hv, .npz), reconstructed like the training data, on the model's grid.",
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--truth", default=None, help="true image: adds metrics.json with coverage and errors")
-    p.add_argument("--samples", type=int, default=32, help="posterior samples (default 32)")
-    p.add_argument("--level", type=float, default=0.9, help="credible level of the intervals (default 0.9)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--truth", default=None, help="True image: adds metrics.json with coverage and errors.")
+    p.add_argument("--samples", type=SAMPLES, default=32, help="Posterior samples.")
+    p.add_argument("--level", type=LEVEL, default=0.9, help="Credible level of the intervals.")
+    p.add_argument("--seed", type=SEED, default=0, help="Seed of the posterior samples.")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Denoise an image whose grid or voxel size differs from the training data's (not recommended).",
+    )
     p.set_defaults(handler=run)
 
 
@@ -33,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"input image {args.input} not found")
     model = load_denoiser(args.model)
-    scales = {float(k): v for k, v in checkpoint_info(args.model).get("extra", {}).get("conformal_scales", {}).items()}
+    record = checkpoint_info(args.model)
+    scales = {float(k): v for k, v in record.get("extra", {}).get("conformal_scales", {}).items()}
     array, geometry = read_image(args.input)
+    check_denoiser_grid(record, geometry, force=args.force, what=f"--input {args.input}")
+    out = check_out_dir(args.out, protect=(args.model,))
     noisy = torch.from_numpy(np.ascontiguousarray(array)).float()
     post = model.predict(noisy, args.samples, args.seed)  # z slices as a batch
-    out = Path(args.out)
     paths = post.write(out, geometry, level=args.level)
     mean, std = post.predictive_mean, post.total_std
     level_key = min(scales, key=lambda k: abs(k - args.level)) if scales else None

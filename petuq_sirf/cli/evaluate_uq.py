@@ -9,12 +9,11 @@ z-score histograms to PNG.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from petuq_sirf.bayes.checkpoint import checkpoint_info, load_denoiser
 from petuq_sirf.bayes.evaluation import frequentist_protocol
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, geometry_for
-from petuq_sirf.cli.common import write_metrics
+from petuq_sirf.cli.common import SAMPLES, SEED, check_out_dir, float_in, int_in, write_metrics
 from petuq_sirf.simulation.phantoms import make_phantom
 from petuq_sirf.uq import calibration as cal
 from petuq_sirf.viz.uq_figures import calibration_curves, method_panels, z_histograms
@@ -22,13 +21,20 @@ from petuq_sirf.viz.uq_figures import calibration_curves, method_panels, z_histo
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate-uq", help="coverage of trained denoisers over noise realisations of a phantom")
-    p.add_argument("--model", action="append", required=True, help="model folder (repeat for several)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--phantom", default="nema", help="held-out phantom: nema, brain, ellipses (default nema)")
-    p.add_argument("--dose", type=float, default=0.05, help="dose fraction of the model's standard counts")
-    p.add_argument("--realisations", type=int, default=20, help="noise realisations M (default 20)")
-    p.add_argument("--samples", type=int, default=32, help="posterior samples per image")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument(
+        "--model", action="append", required=True, help="Model folder from petuq train-denoiser (repeat for several)."
+    )
+    p.add_argument("--out", required=True, help="Output folder.")
+    p.add_argument("--phantom", default="nema", help="Held-out phantom: nema, brain or ellipses.")
+    p.add_argument(
+        "--dose",
+        type=float_in(0, 1000, lo_open=True),
+        default=0.05,
+        help="Dose fraction of the model's standard counts.",
+    )
+    p.add_argument("--realisations", type=int_in(2, 100_000), default=20, help="Noise realisations M.")
+    p.add_argument("--samples", type=SAMPLES, default=32, help="Posterior samples per image.")
+    p.add_argument("--seed", type=SEED, default=1234, help="Seed of the phantom and the noise realisations.")
     p.set_defaults(handler=run)
 
 
@@ -44,8 +50,7 @@ def _data_config(folder: str) -> DenoisingDataConfig:
 def run(args: argparse.Namespace) -> int:
     if args.realisations < 2:
         raise ValueError(f"--realisations must be >= 2, got {args.realisations}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out, protect=tuple(args.model))
     results, panels, curves, zs = {}, {}, {}, {}
     for folder in args.model:
         model = load_denoiser(folder)
@@ -73,8 +78,17 @@ def run(args: argparse.Namespace) -> int:
             + f", calibration error {result['calibration_error']:.3f}, NRMSE {result['nrmse']:.3f}"
         )
     figures = {
-        "z_scores": str(z_histograms(zs, out / "z_scores.png")),
-        "panels": str(method_panels(panels, out / "uq_panels.png", title=f"{args.phantom}, dose {args.dose}")),
+        "z_scores": str(
+            z_histograms(zs, out / "z_scores.png", title=f"{args.phantom}, dose {args.dose}, M={args.realisations}")
+        ),
+        "panels": str(
+            method_panels(
+                panels,
+                out / "uq_panels.png",
+                title=f"{args.phantom}, dose {args.dose}, {args.samples} posterior samples",
+                input_label="input: OSEM (as in training)",
+            )
+        ),
         "calibration": str(
             calibration_curves(curves, out / "calibration_curves.png", title=f"{args.phantom}, M={args.realisations}")
         ),

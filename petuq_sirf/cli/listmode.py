@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.cli.common import save_acquisition, write_metrics
+from petuq_sirf.cli.common import check_out_dir, float_in, int_in, save_acquisition, write_metrics
 from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.image_io import read_image
 from petuq_sirf.io.interfile import read_projdata
@@ -27,20 +27,33 @@ from petuq_sirf.simulation.randoms import estimate_randoms
 
 def register(sub) -> None:
     p = sub.add_parser("listmode", help="bin mMR (.l.hdr) or PETSIRD list-mode into an acquisition folder")
-    p.add_argument("input", help="Siemens mMR list-mode header (.l.hdr) or a PETSIRD file")
-    p.add_argument("--scanner", default=None, help="scanner name when the file does not identify it (e.g. test-3d)")
-    p.add_argument("--span", type=int, default=None, help="axial compression of the sinograms (mMR default 11)")
-    p.add_argument("--max-ring-difference", type=int, default=None, help="(mMR default 60)")
-    p.add_argument("--view-mashing", type=int, default=1)
-    p.add_argument("--start-s", type=float, default=None, help="keep events from this time (s)")
-    p.add_argument("--stop-s", type=float, default=None, help="keep events before this time (s)")
-    p.add_argument("--mu-map", default=None, help="mu-map in 1/cm (.hv, .nii, .nii.gz); sets the image grid")
-    p.add_argument("--norm", default=None, help="detector efficiencies per bin (.hs in the output layout)")
-    p.add_argument("--scatter", default=None, help="scatter estimate in counts (.hs in the output layout)")
-    p.add_argument("--image-size", type=int, default=128, help="voxels in x and y when there is no mu-map")
-    p.add_argument("--voxel-size-mm", type=float, default=4.0, help="in-plane voxel size when there is no mu-map")
-    p.add_argument("--no-events", action="store_true", help="do not store the events (large files)")
-    p.add_argument("--out", required=True, help="output acquisition folder")
+    p.add_argument("input", help="Siemens mMR list-mode header (.l.hdr) or a PETSIRD file.")
+    p.add_argument("--scanner", default=None, help="Scanner name when the file does not identify it (e.g. test-3d).")
+    p.add_argument(
+        "--span", type=int_in(1, 1000), default=None, help="Axial compression of the sinograms (mMR default 11)."
+    )
+    p.add_argument(
+        "--max-ring-difference",
+        type=int_in(0, 1000),
+        default=None,
+        help="Largest ring difference kept (mMR default 60, otherwise the file's).",
+    )
+    p.add_argument("--view-mashing", type=int_in(1, 64), default=1, help="Views combined into one (1 = none).")
+    p.add_argument("--start-s", type=float_in(0), default=None, help="Keep events from this time (s).")
+    p.add_argument("--stop-s", type=float_in(0), default=None, help="Keep events before this time (s).")
+    p.add_argument("--mu-map", default=None, help="Mu-map in 1/cm (.hv, .nii, .nii.gz); sets the image grid.")
+    p.add_argument("--norm", default=None, help="Detector efficiencies per bin (.hs in the output layout).")
+    p.add_argument("--scatter", default=None, help="Scatter estimate in counts (.hs in the output layout).")
+    p.add_argument("--image-size", type=int_in(1, 2048), default=128, help="Voxels in x and y when there is no mu-map.")
+    p.add_argument(
+        "--voxel-size-mm",
+        type=float_in(0.01, 100),
+        default=4.0,
+        help="In-plane voxel size in mm when there is no mu-map.",
+    )
+    p.add_argument("--no-events", action="store_true", help="Do not store the events (large files).")
+    p.add_argument("--out", required=True, help="Output acquisition folder.")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
     p.set_defaults(handler=run)
 
 
@@ -56,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"list-mode file {path} does not exist")
     scanner = get_scanner(args.scanner) if args.scanner else None
+    check_out_dir(args.out, writes_acquisition=True)
     start = None if args.start_s is None else 1000.0 * args.start_s
     stop = None if args.stop_s is None else 1000.0 * args.stop_s
     info: dict = {"source": str(path)}
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             max_rd = min(60, header.max_ring_difference) if is_mmr else header.max_ring_difference
         layout = make_layout(header.scanner, span, max_rd, args.view_mashing, header.num_projections)
         stats = DecodeStats()
-        events = read_mmr_listmode(header, layout, start, stop, progress=True, stats=stats)
+        events = read_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
         info.update(format="Siemens PETLINK 32-bit", time_tags=stats.time_tags, dropped_events=stats.dropped)
     else:
         if scanner is None and (args.span or args.max_ring_difference or args.view_mashing != 1):
@@ -86,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{path}: no events in the selected time interval")
     prompts = events.histogram(prompts=True)
     delayeds = events.histogram(prompts=False)
-    randoms = estimate_randoms(layout, delayeds) if delayeds.sum() > 0 else torch.zeros(layout.shape)
+    randoms = (
+        estimate_randoms(layout, delayeds, progress=not args.quiet) if delayeds.sum() > 0 else torch.zeros(layout.shape)
+    )
     if args.mu_map:
         mu_array, image = read_image(args.mu_map, layout.scanner)  # Interfile: STIR axial origin
         mu = torch.as_tensor(mu_array, dtype=torch.float32)

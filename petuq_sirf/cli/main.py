@@ -1,6 +1,10 @@
 """The ``petuq`` command: parse arguments, call the library, write outputs.
 
 Each subcommand is a module of this package with ``register(subparsers)`` and ``run(args)``.
+
+Errors never end in a traceback: a bad argument, bad input or any unexpected exception prints one
+line ``petuq: error: ...`` on stderr and exits with status 2 (``--traceback`` shows the full trace);
+Ctrl-C prints one line and exits with 130. Library warnings are printed as ``petuq: warning: ...``.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 COMMAND_MODULES = [
     "listmode",
@@ -21,36 +26,91 @@ COMMAND_MODULES = [
     "evaluate_uq",
 ]
 
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: ...)`` after every option's sentence, unless the sentence already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+class PetuqArgumentParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line: ``petuq: error: argument --counts: ...``."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        text = " ".join(message.split())
+        prog = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(EXIT_ERROR, f"petuq: error: {prog}{text} (see '{self.prog} --help')\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"petuq: warning: {_one_line(message)}", file=sys.stderr)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = PetuqArgumentParser(
         prog="petuq",
         description="Uncertainty quantification for AI-based PET reconstruction (petuq_sirf).",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--traceback", action="store_true", help="Show the full Python traceback on errors.")
+    parser.add_argument(
+        "--quiet",
+        dest="global_quiet",
+        action="store_true",
+        help="No progress bars (they are also off when stderr is not a terminal).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=PetuqArgumentParser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"petuq_sirf.cli.{name}").register(sub)
+    for p in sub.choices.values():
+        p.formatter_class = _HelpFormatter
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("petuq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help (0) and usage errors (2), already printed
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
     if not getattr(args, "handler", None):
         parser.print_help()
         return 1
+    args.quiet = bool(getattr(args, "quiet", False) or args.global_quiet)
+    show = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError, RuntimeError) as exc:
+    except KeyboardInterrupt:
         if args.traceback:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"petuq: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("petuq: interrupted", file=sys.stderr)
-        return 130
+        print("petuq: interrupted (outputs written so far are complete; re-run the command to resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the CLI never ends in a traceback
+        if args.traceback:
+            raise
+        known = isinstance(exc, (ValueError, OSError, ImportError, RuntimeError))
+        prefix = "" if known else f"unexpected {type(exc).__name__}: "
+        hint = "" if known else " (re-run with --traceback for the full trace)"
+        print(f"petuq: error: {prefix}{_one_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -7,8 +7,14 @@ from pathlib import Path
 
 from petuq_sirf.backends.registry import acquisition_model_for
 from petuq_sirf.cli.common import (
+    FWHM_MM,
+    ITERATIONS,
+    SAMPLES,
     add_backend_argument,
     add_device_argument,
+    check_out_dir,
+    float_in,
+    int_in,
     load_acquisition,
     resolve_backend,
     resolve_device,
@@ -18,6 +24,7 @@ from petuq_sirf.io.image_io import write_image
 from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
 from petuq_sirf.uq.figures_of_merit import image_metrics
 from petuq_sirf.viz.images import image_panel
+from petuq_sirf.viz.labels import activity_units, reconstruction_title
 
 CLASSICAL_METHODS = ("osem", "mlem", "map-rdp")
 UQ_METHODS = ("pnp-admm", "unrolled")
@@ -25,26 +32,36 @@ UQ_METHODS = ("pnp-admm", "unrolled")
 
 def register(sub) -> None:
     p = sub.add_parser("reconstruct", help="reconstruct an acquisition folder (writes image and metrics.json)")
-    p.add_argument("input", help="acquisition folder written by 'petuq simulate'")
-    p.add_argument("--method", default="osem", choices=CLASSICAL_METHODS + UQ_METHODS)
+    p.add_argument("input", help="Acquisition folder written by 'petuq simulate' or 'petuq listmode'.")
+    p.add_argument("--method", default="osem", choices=CLASSICAL_METHODS + UQ_METHODS, help="Reconstruction method.")
     p.add_argument(
         "--iterations",
-        type=int,
+        type=ITERATIONS,
         default=None,
-        help="iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations)",
+        help="Iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations).",
     )
-    p.add_argument("--subsets", type=int, default=8, help="OSEM subsets (views are interleaved)")
+    p.add_argument("--subsets", type=int_in(1, 1000), default=8, help="OSEM subsets (views are interleaved).")
     p.add_argument(
         "--beta-strength",
-        type=float,
+        type=float_in(0, 1e6),
         default=0.01,
-        help="MAP-RDP strength relative to the mean sensitivity (count-level independent)",
+        help="MAP-RDP strength relative to the mean sensitivity (count-level independent).",
     )
-    p.add_argument("--beta", type=float, default=None, help="absolute RDP beta (overrides --beta-strength)")
-    p.add_argument("--postfilter-fwhm-mm", type=float, default=0.0, help="Gaussian post-filter FWHM in mm")
-    p.add_argument("--samples", type=int, default=16, help="posterior samples (pnp-admm, unrolled)")
-    p.add_argument("--weights", default=None, help="safetensors weights (pnp-admm, unrolled; default: shipped)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--beta", type=float_in(0, 1e12), default=None, help="Absolute RDP beta (overrides --beta-strength)."
+    )
+    p.add_argument("--postfilter-fwhm-mm", type=FWHM_MM, default=0.0, help="Gaussian post-filter FWHM in mm.")
+    p.add_argument("--samples", type=SAMPLES, default=16, help="Posterior samples (pnp-admm, unrolled).")
+    p.add_argument(
+        "--weights", default=None, help="Safetensors weights (pnp-admm, unrolled; default: the shipped ones)."
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="Apply network weights to data of another voxel size than they were trained on.",
+    )
+    p.add_argument("--out", required=True, help="Output folder (not the input acquisition folder).")
+    p.add_argument("--quiet", action="store_true", help="No progress bars.")
     add_device_argument(p)
     add_backend_argument(p)
     p.set_defaults(handler=run)
@@ -66,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--iterations must be >= 0")
     backend = resolve_backend(args.backend)
     acq = load_acquisition(args.input)
+    check_out_dir(args.out, protect=(args.input,))
     device = resolve_device(args.device)
     model = acquisition_model_for(acq, backend, device)
     y = acq.prompts.to(device)
     if args.method == "mlem":
-        rec = osem(model, y, args.iterations, 1, progress=True)
+        rec = osem(model, y, args.iterations, 1, progress=not args.quiet)
     elif args.method == "osem":
-        rec = osem(model, y, args.iterations, args.subsets, progress=True)
+        rec = osem(model, y, args.iterations, args.subsets, progress=not args.quiet)
     else:
         init = osem(model, y, 2, args.subsets).image
         if args.beta is not None:
@@ -80,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             prior.beta = args.beta
         else:
             prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=args.beta_strength)
-        rec = map_rdp(model, y, prior, args.iterations, x0=init, progress=True)
+        rec = map_rdp(model, y, prior, args.iterations, x0=init, progress=not args.quiet)
     image = rec.image
     if args.postfilter_fwhm_mm > 0:
         image = gaussian_postfilter(image, args.postfilter_fwhm_mm, acq.image.voxel_size_mm)
@@ -97,11 +115,19 @@ def run(args: argparse.Namespace) -> int:
         "subsets": args.subsets if args.method == "osem" else 1,
         "objective": rec.objective[-1] if rec.objective else None,
     }
-    panels = {args.method: image.cpu()}
+    label = reconstruction_title(
+        args.method,
+        args.iterations,
+        args.subsets if args.method != "mlem" else None,
+        beta=args.beta if args.method == "map-rdp" else None,
+        beta_strength=args.beta_strength if args.method == "map-rdp" else None,
+        postfilter_fwhm_mm=args.postfilter_fwhm_mm,
+    )
+    panels = {label: image.cpu()}
     if acq.truth is not None:
         metrics["metrics"] = image_metrics(image.cpu(), acq.truth, acq.regions, acq.contrast)
         panels = {"truth": acq.truth, **panels}
-    image_panel(panels, out / "image.png", shared_scale=tuple(panels))
+    image_panel(panels, out / "image.png", shared_scale=tuple(panels), units=activity_units(acq.info))
     write_metrics(out, metrics)
     print(f"{args.method}: image written to {out}")
     return 0

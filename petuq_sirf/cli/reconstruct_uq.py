@@ -11,11 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from petuq_sirf.cli.common import add_device_argument, load_acquisition, resolve_device, write_metrics
+from petuq_sirf.cli.common import (
+    COUNTS,
+    SEED,
+    add_device_argument,
+    check_out_dir,
+    float_in,
+    int_in,
+    load_acquisition,
+    resolve_device,
+    write_metrics,
+)
 from petuq_sirf.recon.weights import conformal_scales_of, load_network
 
 
@@ -31,29 +42,48 @@ def register(sub) -> None:
         "train-unrolled",
         help="train the unrolled FBSEM network with Bayesian CNN blocks on simulated low-dose data",
     )
-    p.add_argument("--scanner", default="test-2d", help="scanner of the simulated training data")
-    p.add_argument("--phantoms", type=int, default=32, help="training phantoms (random ellipses)")
-    p.add_argument("--validation-phantoms", type=int, default=8)
-    p.add_argument("--counts", type=float, default=5e4, help="expected true counts per acquisition")
-    p.add_argument("--unrolled-iterations", type=int, default=6, help="unrolled iterations K")
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--steps", type=int, default=300, help="Adam steps on the mean image (MSE)")
-    p.add_argument("--head-steps", type=int, default=100, help="Adam steps on the aleatoric head (NLL)")
-    p.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior")
+    p.add_argument("--scanner", default="test-2d", help="Scanner of the simulated training data.")
+    p.add_argument("--phantoms", type=int_in(1, 100_000), default=32, help="Training phantoms (random ellipses).")
+    p.add_argument(
+        "--validation-phantoms",
+        type=int_in(1, 100_000),
+        default=8,
+        help="Validation phantoms (seeds from seed + 1000).",
+    )
+    p.add_argument("--counts", type=COUNTS, default=5e4, help="Expected true counts per acquisition.")
+    p.add_argument("--unrolled-iterations", type=int_in(1, 100), default=6, help="Unrolled iterations K.")
+    p.add_argument(
+        "--channels", type=int_in(1, 512), default=16, help="Channels of the regulariser CNN in each iteration."
+    )
+    p.add_argument("--steps", type=int_in(0, 1_000_000), default=300, help="Adam steps on the mean image (MSE).")
+    p.add_argument(
+        "--head-steps", type=int_in(0, 1_000_000), default=100, help="Adam steps on the aleatoric head (NLL)."
+    )
+    p.add_argument("--svi-steps", type=int_in(0, 1_000_000), default=100, help="SVI steps for the weight posterior.")
     p.add_argument(
         "--posterior",
         choices=("svi", "ais"),
         default="svi",
-        help="weight posterior: svi (mean-field over the regulariser CNN) or ais (PMC adaptive importance "
-        "sampling of log_beta and the regulariser's output bias, around the trained weights)",
+        help="Weight posterior: svi (mean-field over the regulariser CNN) or ais (PMC adaptive importance "
+        "sampling of log_beta and the regulariser's output bias, around the trained weights).",
     )
-    p.add_argument("--ais-iterations", type=int, default=6, help="PMC iterations (--posterior ais)")
-    p.add_argument("--ais-draws", type=int, default=16, help="weight draws kept after resampling (--posterior ais)")
-    p.add_argument("--ais-sigma", type=float, default=2e-4, help="initial PMC proposal std (--posterior ais)")
+    p.add_argument("--ais-iterations", type=int_in(1, 10_000), default=6, help="PMC iterations (--posterior ais).")
+    p.add_argument(
+        "--ais-draws",
+        type=int_in(2, 100_000),
+        default=16,
+        help="Weight draws kept after resampling (--posterior ais).",
+    )
+    p.add_argument(
+        "--ais-sigma",
+        type=float_in(0, 10, lo_open=True),
+        default=2e-4,
+        help="Initial PMC proposal std (--posterior ais).",
+    )
     _add_calibration_arguments(p)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output weights folder (model.safetensors + config.json)")
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=4, help="Acquisitions per training step.")
+    p.add_argument("--seed", type=SEED, default=0, help="Seed of the training data, initialisation and batches.")
+    p.add_argument("--out", required=True, help="Output weights folder (model.safetensors + config.json).")
     add_device_argument(p)
     p.set_defaults(handler=run_train_unrolled)
 
@@ -61,9 +91,9 @@ def register(sub) -> None:
         "calibrate-unrolled",
         help="add split-conformal interval scales to an unrolled weights file (no retraining)",
     )
-    c.add_argument("--weights", default=None, help="input weights (default: the shipped unrolled network)")
-    c.add_argument("--seed", type=int, default=0, help="calibration phantoms use seeds from seed + 2000")
-    c.add_argument("--out", required=True, help="output weights folder (may equal --weights)")
+    c.add_argument("--weights", default=None, help="Input weights (default: the shipped unrolled network).")
+    c.add_argument("--seed", type=SEED, default=0, help="Calibration phantoms use seeds from seed + 2000.")
+    c.add_argument("--out", required=True, help="Output weights folder (may equal --weights).")
     _add_calibration_arguments(c)
     add_device_argument(c)
     c.set_defaults(handler=run_calibrate_unrolled)
@@ -72,16 +102,30 @@ def register(sub) -> None:
         "train-pnp-denoiser",
         help="train the firmly nonexpansive CNN denoiser for PnP-ADMM and its weight posterior",
     )
-    q.add_argument("--scanner", default="test-2d", help="image grid of the training phantoms")
-    q.add_argument("--images", type=int, default=64, help="training phantoms (random ellipses)")
-    q.add_argument("--steps", type=int, default=400)
-    q.add_argument("--noise-std", type=float, default=0.3, help="largest Gaussian noise level (normalised units)")
-    q.add_argument("--penalty", type=float, default=1.0, help="weight of the Jacobian penalty (0 = unconstrained)")
-    q.add_argument("--epsilon", type=float, default=0.1, help="target ||J_(2D-I)||^2 <= 1 - epsilon")
-    q.add_argument("--spectral-norm", action="store_true", help="spectrally normalise every convolution")
-    q.add_argument("--svi-steps", type=int, default=100, help="SVI steps for the weight posterior (0 = none)")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", required=True, help="output weights folder (model.safetensors + config.json)")
+    q.add_argument("--scanner", default="test-2d", help="Image grid of the training phantoms.")
+    q.add_argument("--images", type=int_in(1, 100_000), default=64, help="Training phantoms (random ellipses).")
+    q.add_argument("--steps", type=int_in(0, 1_000_000), default=400, help="Adam steps of the denoiser training.")
+    q.add_argument(
+        "--noise-std",
+        type=float_in(0, 100, lo_open=True),
+        default=0.3,
+        help="Largest Gaussian noise level (normalised units).",
+    )
+    q.add_argument(
+        "--penalty", type=float_in(0, 1e6), default=1.0, help="Weight of the Jacobian penalty (0 = unconstrained)."
+    )
+    q.add_argument(
+        "--epsilon", type=float_in(0, 1, hi_open=True), default=0.1, help="Target ||J_(2D-I)||^2 <= 1 - epsilon."
+    )
+    q.add_argument("--spectral-norm", action="store_true", help="Spectrally normalise every convolution.")
+    q.add_argument(
+        "--svi-steps",
+        type=int_in(0, 1_000_000),
+        default=100,
+        help="SVI steps for the weight posterior (0 = none).",
+    )
+    q.add_argument("--seed", type=SEED, default=0, help="Seed of the training images, noise and initialisation.")
+    q.add_argument("--out", required=True, help="Output weights folder (model.safetensors + config.json).")
     q.set_defaults(handler=run_train_denoiser)
 
 
@@ -90,15 +134,17 @@ def _add_calibration_arguments(p) -> None:
         "--calibration-phantoms",
         type=int,
         default=16,
-        help="held-out phantoms (simulated like the validation set) for the split-conformal scales (0 = none)",
+        help="Held-out phantoms (simulated like the validation set) for the split-conformal scales (0 = none).",
     )
     p.add_argument(
         "--calibration-lesion-probability",
         type=float,
         default=0.0,
-        help="probability of a hot lesion in each calibration phantom (0 = like the training/validation set)",
+        help="Probability of a hot lesion in each calibration phantom (0 = like the training/validation set).",
     )
-    p.add_argument("--calibration-samples", type=int, default=8, help="posterior draws per calibration phantom")
+    p.add_argument(
+        "--calibration-samples", type=int_in(2, 100_000), default=8, help="Posterior draws per calibration phantom."
+    )
 
 
 def _calibrate(args, net, posterior, layout, image, geometric, counts: float) -> dict:
@@ -142,6 +188,7 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
 
     if args.phantoms < 1 or args.validation_phantoms < 1:
         raise ValueError("--phantoms and --validation-phantoms must be >= 1")
+    check_out_dir(args.out)
     device = resolve_device(args.device)
     layout, image = _geometry(args.scanner)
     geometric = geometric_model(layout, image, 4.0, device=device)
@@ -158,7 +205,7 @@ def run_train_unrolled(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    res = train_unrolled(train, geometric, cfg, net_cfg, validation=val)
+    res = train_unrolled(train, geometric, cfg, net_cfg, validation=val, progress=not args.quiet)
     posterior = res.posterior
     ais_info: dict = {}
     if args.posterior == "ais":
@@ -223,6 +270,7 @@ def run_calibrate_unrolled(args: argparse.Namespace) -> int:
 
     if args.calibration_phantoms < 1:
         raise ValueError("--calibration-phantoms must be >= 1")
+    check_out_dir(args.out)
     net, posterior, info = load_network("unrolled", args.weights)
     device = resolve_device(args.device)
     layout, image = _geometry(info.get("scanner", "test-2d"))
@@ -261,6 +309,7 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
         train_nonexpansive_denoiser,
     )
 
+    check_out_dir(args.out)
     _, image = _geometry(args.scanner)
     t0 = time.perf_counter()
     cfg = NonexpansiveTrainingConfig(
@@ -272,7 +321,7 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     den_cfg = DenoiserConfig(spectral_norm=args.spectral_norm)
-    res = train_nonexpansive_denoiser(image, cfg, den_cfg)
+    res = train_nonexpansive_denoiser(image, cfg, den_cfg, progress=not args.quiet)
     posterior = None
     if args.svi_steps > 0:
         posterior, _ = fit_denoiser_posterior(
@@ -321,6 +370,7 @@ def run(args: argparse.Namespace) -> int:
     if posterior is None:
         raise ValueError("the weights file has no posterior (trained with --svi-steps 0); cannot sample")
     acq = load_acquisition(args.input)
+    check_out_dir(args.out, protect=(args.input,))
     device = resolve_device(args.device)
     model = acquisition_model_for(acq, "embedded", device)
     y = acq.prompts.to(device)
@@ -328,14 +378,17 @@ def run(args: argparse.Namespace) -> int:
     posterior = posterior.to(device)
     trained_voxel = info.get("voxel_size_mm")
     if trained_voxel and [round(v, 3) for v in trained_voxel[1:]] != [round(v, 3) for v in acq.image.voxel_size_mm[1:]]:
-        print(
-            f"warning: weights were trained on {trained_voxel} mm voxels, data has {list(acq.image.voxel_size_mm)} mm"
-        )
+        msg = f"the weights were trained on {trained_voxel} mm voxels, the data has {list(acq.image.voxel_size_mm)} mm"
+        if not getattr(args, "force", False):
+            raise ValueError(msg + " (--force applies them anyway)")
+        warnings.warn(msg + " (applied anyway: --force)", stacklevel=1)
     t0 = time.perf_counter()
     extra: dict = {}
     if args.method == "pnp-admm":
         cfg = PnPADMMConfig(num_iterations=args.iterations)
-        post = pnp_admm_posterior(model, y, net, posterior, args.samples, cfg, progress=False)
+        post = pnp_admm_posterior(
+            model, y, net, posterior, args.samples, cfg, progress=not getattr(args, "quiet", False)
+        )
         summary = post.summary
         extra = {
             "admm_iterations": cfg.num_iterations,
@@ -379,7 +432,11 @@ def run(args: argparse.Namespace) -> int:
     }
     if scales:
         metrics["conformal_scales"] = {f"{k:.2f}": v for k, v in scales.items()}
-    panels = {"mean": summary.mean.cpu(), "std": summary.std.cpu()}
+    from petuq_sirf.viz.labels import activity_units, reconstruction_title
+
+    setting = reconstruction_title(args.method, args.iterations if args.method == "pnp-admm" else None)
+    setting += f", {args.samples} samples"
+    panels = {f"{setting}: posterior mean": summary.mean.cpu(), "posterior std": summary.std.cpu()}
     if acq.truth is not None:
         truth = acq.truth.cpu()
         mean = summary.mean.cpu()
@@ -400,7 +457,12 @@ def run(args: argparse.Namespace) -> int:
                 for v in levels
             }
         panels = {"truth": truth, **panels}
-    image_panel(panels, out / "image.png", shared_scale=tuple(k for k in panels if k != "std"))
+    image_panel(
+        panels,
+        out / "image.png",
+        shared_scale=tuple(k for k in panels if "std" not in k),
+        units=activity_units(acq.info),
+    )
     write_metrics(out, metrics)
     print(f"{args.method}: mean/std/interval images ({args.samples} samples) written to {out}")
     return 0

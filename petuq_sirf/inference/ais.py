@@ -153,7 +153,7 @@ def pmc_sample(
     means = theta0[None] + cfg.init_spread * torch.randn((n, d), generator=gen, dtype=torch.float64)
     covs = std0[None].repeat(n, 1) ** 2 if cfg.diagonal else torch.diag_embed(std0**2)[None].repeat(n, 1, 1)
     all_samples, all_logw, ess_hist = [], [], []
-    for t in tqdm(range(1, cfg.iterations + 1), desc="PMC", disable=not progress):
+    for t in tqdm(range(1, cfg.iterations + 1), desc="PMC", disable=not progress or None):
         eps = torch.randn((n, k, d), generator=gen, dtype=torch.float64)
         if cfg.diagonal:
             samples = means[:, None] + eps * covs.sqrt()[:, None]

@@ -79,7 +79,7 @@ def fit_svi(
     opt = pyro.optim.ClippedAdam(per_param)
     svi = SVI(model, guide, opt, loss=Trace_ELBO())
     losses = []
-    bar = tqdm(range(num_steps), desc="SVI", disable=not progress)
+    bar = tqdm(range(num_steps), desc="SVI", disable=not progress or None)
     for _ in bar:
         loss = svi.step(*next(batches))
         losses.append(float(loss))

@@ -24,6 +24,7 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
 from petuq_sirf.io.weights import WeightsError, load_weights, read_record, save_weights
 
@@ -173,6 +174,7 @@ def fit_weight_posterior(
     likelihood: Callable[..., None],
     batches: Iterator[tuple],
     config: SVIConfig | None = None,
+    progress: bool = False,
 ) -> tuple[WeightPosterior, list[float]]:
     """Fit a mean-field posterior over the parameters ``names`` of ``net`` by SVI (``Trace_ELBO``).
 
@@ -209,7 +211,8 @@ def fit_weight_posterior(
     pyro.clear_param_store()
     pyro.set_rng_seed(cfg.seed)
     svi = SVI(model, guide, pyro.optim.ClippedAdam(optim_args), loss=Trace_ELBO())
-    losses = [float(svi.step(*next(batches))) for _ in range(cfg.num_steps)]
+    steps = tqdm(range(cfg.num_steps), desc="SVI (weight posterior)", disable=not progress or None)
+    losses = [float(svi.step(*next(batches))) for _ in steps]
     store = pyro.get_param_store()
     loc, scale = {}, {}
     for n, p in point.items():

@@ -117,9 +117,12 @@ def _read_raw(header: dict[str, str], path: Path, count: int) -> np.ndarray:
     offset = _number(header, "data offset in bytes", path, int, default=offset)
     need = offset + count * dtype.itemsize
     size = data_path.stat().st_size
-    if size < need:
+    if size != need:
+        # a longer file is as wrong as a shorter one: the header describes other data (another span,
+        # TOF bins, more frames), and reading its first part would silently give a wrong array
         raise InterfileError(
-            f"{path}: data file {data_path.name} is too short: {size} bytes, header needs {need} "
+            f"{path}: data file {data_path.name} is too {'short' if size < need else 'long'} for "
+            f"its header: {size} bytes on disk, the header needs {need} "
             f"({count} values of {dtype.itemsize} bytes + {offset} offset)"
         )
     data = np.fromfile(data_path, dtype=dtype, count=count, offset=offset)

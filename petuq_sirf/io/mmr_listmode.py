@@ -26,6 +26,7 @@ needs memory for one chunk plus the sinograms.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,10 @@ def make_layout(
 
 class MMRListmodeError(InterfileError):
     """A list-mode header or data file that cannot be read; the message names the problem."""
+
+
+class ListmodeSizeWarning(UserWarning):
+    """The list-mode data file's size does not fit its header (a partial word, another word count)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,7 @@ def read_mmr_header(path: str | os.PathLike, scanner: ScannerGeometry | None = N
     if not data_file.is_file():
         raise FileNotFoundError(f"list-mode data file {data_file} (named in {path}) does not exist")
     total = h.get("total listmode word counts")
-    return MMRListmodeHeader(
+    header = MMRListmodeHeader(
         path=path,
         data_file=data_file,
         scanner=scanner,
@@ -223,6 +228,38 @@ def read_mmr_header(path: str | os.PathLike, scanner: ScannerGeometry | None = N
         big_endian=byte_order == "BIGENDIAN",
         total_words=int(float(total)) if total and total.strip() else None,
     )
+    check_data_size(header)
+    return header
+
+
+def check_data_size(header: MMRListmodeHeader) -> list[str]:
+    """Warn (:class:`ListmodeSizeWarning`) when the data file is not a whole number of 4-byte words after
+    the data offset, or holds another number of words than ``%total listmode word counts``; returns the
+    warnings' texts. The reader still decodes every whole word (a truncated copy keeps its events)."""
+    size = header.data_file.stat().st_size
+    payload = size - header.data_offset
+    problems = []
+    if payload < 0:
+        raise MMRListmodeError(
+            f"{header.path}: data file {header.data_file.name} has {size} bytes, fewer than the "
+            f"{header.data_offset}-byte data offset"
+        )
+    if payload % 4:
+        problems.append(
+            f"{header.data_file}: {payload} bytes after the {header.data_offset}-byte offset are not a whole "
+            f"number of 4-byte words ({payload // 4} words and {payload % 4} bytes): the last "
+            f"{payload % 4} bytes are ignored (truncated or not a 32-bit list-mode file?)"
+        )
+    words = payload // 4
+    if header.total_words is not None and header.total_words != words:
+        why = "a truncated copy?" if words < header.total_words else "the header of another file?"
+        problems.append(
+            f"{header.data_file}: the header's '%total listmode word counts' is {header.total_words}, but the "
+            f"data file holds {words} words ({why})"
+        )
+    for text in problems:
+        warnings.warn(text, ListmodeSizeWarning, stacklevel=3)
+    return problems
 
 
 def default_target_layout(header: MMRListmodeHeader) -> SinogramLayout:
@@ -359,7 +396,7 @@ def iter_mmr_events(
     total = h.num_words
     with (
         open(h.data_file, "rb") as f,
-        tqdm(total=total, unit="word", unit_scale=True, disable=not progress, desc=h.data_file.name) as bar,
+        tqdm(total=total, unit="word", unit_scale=True, disable=not progress or None, desc=h.data_file.name) as bar,
     ):
         f.seek(h.data_offset)
         while True:

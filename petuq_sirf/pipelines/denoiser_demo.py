@@ -87,7 +87,12 @@ def run_denoiser_demo(
         {"data_config": {**data_config.__dict__}, "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()}},
     )
     files["panel"] = str(
-        method_panels({"svi": {"truth": truth, "noisy": noisy, "mean": mean, "std": std}}, out / "denoiser_panel.png")
+        method_panels(
+            {"svi": {"truth": truth, "noisy": noisy, "mean": mean, "std": std}},
+            out / "denoiser_panel.png",
+            title=f"SVI Bayesian denoiser ({num_samples} posterior samples) on the demo acquisition",
+            input_label=f"input: OSEM {data_config.osem_iterations} it \u00d7 {data_config.osem_subsets} subsets",
+        )
     )
     files["calibration"] = str(
         calibration_curves(

@@ -69,7 +69,7 @@ def osem(
     sens = [m.sensitivity() for m, _ in subsets]
     result = Reconstruction(x)
     with torch.no_grad():
-        for it in tqdm(range(num_iterations), desc=f"OSEM ({num_subsets} subsets)", disable=not progress):
+        for it in tqdm(range(num_iterations), desc=f"OSEM ({num_subsets} subsets)", disable=not progress or None):
             for (m, ys), s in zip(subsets, sens):
                 x = em_update(m, ys, x, s)
             if track_objective:

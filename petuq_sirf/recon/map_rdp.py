@@ -58,7 +58,7 @@ def map_rdp(
     with torch.no_grad():
         ybar = model.forward(x)
         phi = float(poisson_log_likelihood(y, ybar, expected_scale) - prior.value(x))
-        for it in tqdm(range(num_iterations), desc="MAP-RDP", disable=not progress):
+        for it in tqdm(range(num_iterations), desc="MAP-RDP", disable=not progress or None):
             grad = model.adjoint(poisson_gradient_ratio(y, ybar)) - sens - prior.gradient(x)
             precond = x / (sens + prior.hessian_diagonal(x) * x + 1e-12)
             direction = torch.where(support, precond * grad, torch.zeros_like(x))

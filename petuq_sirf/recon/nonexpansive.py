@@ -22,7 +22,15 @@ import pyro
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from petuq_sirf.inference.network_limits import (
+    MAX_CHANNELS,
+    MAX_LAYERS,
+    check_parameter_count,
+    check_range,
+    conv_stack_parameters,
+)
 from petuq_sirf.inference.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
@@ -38,6 +46,9 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         if self.channels < 1 or self.depth < 2:
             raise ValueError(f"need channels >= 1 and depth >= 2, got {self.channels}, {self.depth}")
+        check_range("denoiser channels", self.channels, 1, MAX_CHANNELS)
+        check_range("denoiser depth", self.depth, 2, MAX_LAYERS)
+        check_parameter_count("the PnP denoiser", conv_stack_parameters(1, self.channels, self.depth, 1))
 
 
 class ResidualDenoiser(nn.Module):
@@ -175,6 +186,7 @@ def train_nonexpansive_denoiser(
     config: NonexpansiveTrainingConfig | None = None,
     denoiser_config: DenoiserConfig | None = None,
     clean: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> NonexpansiveTrainingResult:
     """Train :class:`ResidualDenoiser` by MSE denoising plus the firm-nonexpansiveness penalty.
 
@@ -189,7 +201,7 @@ def train_nonexpansive_denoiser(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.num_steps)
     losses, norms = [], []
-    for step in range(cfg.num_steps):
+    for step in tqdm(range(cfg.num_steps), desc="PnP denoiser training", disable=not progress or None):
         target = _patches(clean, cfg.patch, cfg.batch_size, gen).unsqueeze(1)
         sigma = torch.rand(cfg.batch_size, 1, 1, 1, generator=gen) * cfg.noise_std
         noisy = target + sigma * torch.randn(target.shape, generator=gen)

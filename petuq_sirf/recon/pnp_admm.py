@@ -132,7 +132,9 @@ def pnp_admm(
         z = x.clone()
         u = torch.zeros_like(x)
         result = PnPResult(x, z, rho=rho, scale=float(c))
-        for it in tqdm(range(cfg.num_iterations), desc="PnP-ADMM", disable=not progress):
+        for it in tqdm(
+            range(cfg.num_iterations), desc="PnP-ADMM iterations", leave=False, disable=not progress or None
+        ):
             x_prev = x
             v = z - u
             for _ in range(cfg.inner_iterations):
@@ -195,6 +197,7 @@ def pnp_admm_posterior(
         x0 = initial_image(model, y, cfg.init_iterations, cfg.init_subsets)
     probe = (x0 / image_scale(x0)).unsqueeze(0)
     fixed_points, residuals, norms, rejected = [], [], [], 0
+    bar = tqdm(total=num_samples, desc="PnP-ADMM posterior samples", unit="sample", disable=not progress or None)
     for _ in range(4 * num_samples):
         if len(fixed_points) == num_samples:
             break
@@ -214,6 +217,8 @@ def pnp_admm_posterior(
         fixed_points.append(res.image)
         residuals.append(res.residuals)
         norms.append(norm)
+        bar.update(1)
+    bar.close()
     if len(fixed_points) < 2:
         raise RuntimeError(
             f"only {len(fixed_points)} of {4 * num_samples} posterior draws had ||J_(2D-I)|| <= {max_jacobian_norm}"

@@ -27,7 +27,16 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from petuq_sirf.inference.network_limits import (
+    MAX_CHANNELS,
+    MAX_LAYERS,
+    MAX_UNROLLED_ITERATIONS,
+    check_parameter_count,
+    check_range,
+    conv_stack_parameters,
+)
 from petuq_sirf.inference.weight_posterior import (
     ParticlePosterior,
     PosteriorImage,
@@ -57,6 +66,12 @@ class UnrolledConfig:
     def __post_init__(self) -> None:
         if self.num_iterations < 1 or self.channels < 1 or self.depth < 2:
             raise ValueError(f"invalid unrolled network {self}")
+        check_range("unrolled iterations", self.num_iterations, 1, MAX_UNROLLED_ITERATIONS)
+        check_range("unrolled CNN channels", self.channels, 1, MAX_CHANNELS)
+        check_range("unrolled CNN depth", self.depth, 2, MAX_LAYERS)
+        regulariser = conv_stack_parameters(1, self.channels, self.depth, 1)
+        head = conv_stack_parameters(2, self.channels, 3, 1)
+        check_parameter_count("the unrolled network", regulariser + head + self.num_iterations)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -181,11 +196,12 @@ def train_unrolled(
     net_config: UnrolledConfig | None = None,
     validation: LowDoseSet | None = None,
     net: UnrolledFBSEM | None = None,
+    progress: bool = False,
 ) -> UnrolledTrainingResult:
     """Train end to end on ``data`` (from :func:`~petuq_sirf.recon.lowdose.make_low_dose_set`).
 
     ``validation``: the validation loss is recorded before training and after each stage.
-    ``net``: continue training an existing network.
+    ``net``: continue training an existing network. ``progress``: bars over the steps (on a terminal).
     """
     cfg = config or UnrolledTrainingConfig()
     torch.manual_seed(cfg.seed)
@@ -199,7 +215,7 @@ def train_unrolled(
     if cfg.num_steps:
         opt = torch.optim.Adam(mean_params, lr=cfg.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.num_steps)
-        for _ in range(cfg.num_steps):
+        for _ in tqdm(range(cfg.num_steps), desc="unrolled training (mean, MSE)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, _ = net(model, y, x0)
             loss = _normalised_mse(mean, truth, x0)
@@ -212,7 +228,7 @@ def train_unrolled(
             result.val_losses.append(validation_loss(net, validation, geometric))
     if cfg.head_steps:
         opt = torch.optim.Adam(net.head.parameters(), lr=cfg.lr)
-        for _ in range(cfg.head_steps):
+        for _ in tqdm(range(cfg.head_steps), desc="unrolled training (variance head)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, log_var = net(model, y, x0)
             c = image_scale(x0)
@@ -236,7 +252,7 @@ def train_unrolled(
 
         svi_cfg = SVIConfig(num_steps=cfg.svi_steps, lr=cfg.svi_lr, prior_scale=cfg.prior_scale, seed=cfg.seed)
         result.posterior, result.svi_losses = fit_weight_posterior(
-            net, bayesian_parameter_names(net), likelihood, batches, svi_cfg
+            net, bayesian_parameter_names(net), likelihood, batches, svi_cfg, progress=progress
         )
     net.eval()
     return result

@@ -9,6 +9,7 @@ applies the same singles-product formula, as STIR's randoms estimation does.
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
 from petuq_sirf.scanner.layout import SinogramLayout, iter_crystal_pairs
 
@@ -26,8 +27,12 @@ def randoms_from_singles(layout: SinogramLayout, singles: torch.Tensor) -> torch
     return out.float()
 
 
-def estimate_singles_ml(layout: SinogramLayout, delayeds: torch.Tensor, num_iterations: int = 30) -> torch.Tensor:
+def estimate_singles_ml(
+    layout: SinogramLayout, delayeds: torch.Tensor, num_iterations: int = 30, progress: bool = False
+) -> torch.Tensor:
     """Maximum-likelihood singles ``(rings, detectors)`` whose products best explain ``delayeds`` (Poisson).
+
+    ``progress``: a bar over the iterations (on a terminal only).
 
     Update ``s_a <- s_a * sum_b (D/E) s_b / sum_b s_b`` over the fan of crystal ``a``.
     """
@@ -41,7 +46,7 @@ def estimate_singles_ml(layout: SinogramLayout, delayeds: torch.Tensor, num_iter
     pairs = [(torch.from_numpy(s), torch.from_numpy(a), torch.from_numpy(b)) for s, a, b in iter_crystal_pairs(layout)]
     num_pairs = sum(a.numel() for _, a, _ in pairs)
     s = torch.full((n,), float((d.sum() / max(num_pairs, 1)).clamp_min(1e-12).sqrt()), dtype=torch.float64)
-    for _ in range(num_iterations):
+    for _ in tqdm(range(num_iterations), desc="randoms estimation (ML singles)", disable=not progress or None):
         expected = torch.zeros(layout.shape, dtype=torch.float64)
         for sino, a, b in pairs:
             expected.index_add_(0, sino, (s[a] * s[b]).sum(1))
@@ -58,6 +63,8 @@ def estimate_singles_ml(layout: SinogramLayout, delayeds: torch.Tensor, num_iter
     return s.reshape(sc.num_rings, sc.detectors_per_ring).float()
 
 
-def estimate_randoms(layout: SinogramLayout, delayeds: torch.Tensor, num_iterations: int = 30) -> torch.Tensor:
+def estimate_randoms(
+    layout: SinogramLayout, delayeds: torch.Tensor, num_iterations: int = 30, progress: bool = False
+) -> torch.Tensor:
     """Smooth randoms estimate per bin from a (noisy) delayed sinogram."""
-    return randoms_from_singles(layout, estimate_singles_ml(layout, delayeds, num_iterations))
+    return randoms_from_singles(layout, estimate_singles_ml(layout, delayeds, num_iterations, progress))

@@ -23,6 +23,9 @@ from petuq_sirf.simulation.phantoms import Phantom
 from petuq_sirf.simulation.randoms import estimate_randoms, randoms_from_singles
 from petuq_sirf.simulation.scatter import scatter_sinogram
 
+MAX_TRUE_COUNTS = 1e10  # expected true counts; a long whole-body scan records about 1e9
+MAX_LISTMODE_COUNTS = 5e8  # list-mode events are held in memory (17 bytes each)
+
 
 @dataclass
 class SimulationConfig:
@@ -55,6 +58,16 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if not self.true_counts > 0 or not np.isfinite(self.true_counts):
             raise ValueError(f"true_counts must be a positive number, got {self.true_counts}")
+        if self.true_counts > MAX_TRUE_COUNTS:
+            raise ValueError(
+                f"true_counts {self.true_counts:g} is above the maximum {MAX_TRUE_COUNTS:g} "
+                "(a long whole-body PET scan records about 1e9 counts)"
+            )
+        if self.listmode and self.true_counts > MAX_LISTMODE_COUNTS:
+            raise ValueError(
+                f"true_counts {self.true_counts:g} is too many list-mode events to hold in memory "
+                f"(at most {MAX_LISTMODE_COUNTS:g}, 17 bytes each): simulate without list-mode"
+            )
         if not 0 <= self.randoms_fraction < 1:
             raise ValueError(f"randoms_fraction must be in [0, 1), got {self.randoms_fraction}")
         if not 0 <= self.scatter_fraction < 1:

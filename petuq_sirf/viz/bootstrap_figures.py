@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from petuq_sirf.viz.common import central_slice, save_figure, subplots
+from petuq_sirf.viz.labels import ACTIVITY_UNITS, add_colourbar, colourbar_label
 
 
 def bootstrap_figure(
@@ -17,10 +18,12 @@ def bootstrap_figure(
     path: str | os.PathLike,
     level: float = 0.9,
     title: str | None = None,
+    units: str = ACTIVITY_UNITS,
 ) -> Path:
     """Central slices of ``images`` (name -> ``(z, y, x)``; names with "std" or "width" get their own
     scale, the others share one) and, when ``roi`` is given, each ROI's posterior mean uptake with its
-    central ``level`` interval (and the truth when known)."""
+    central ``level`` interval (and the truth when known, marked inside the axes). Colour bars and the
+    ROI axis are labelled in ``units``; put the run's settings (B, weights, iterations, beta) in ``title``."""
     names = list(images)
     ncols = len(names) + (1 if roi else 0)
     fig, axes = subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)
@@ -32,7 +35,7 @@ def bootstrap_figure(
         im = ax.imshow(sl, cmap="magma" if own else "gray_r", vmin=0, vmax=None if own else vmax)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        add_colourbar(fig, im, ax, colourbar_label(name, units))
     if roi:
         ax = axes[0][-1]
         key = f"interval_{level:.2f}"
@@ -43,11 +46,18 @@ def bootstrap_figure(
         hi = np.array([roi[k][key][1] for k in labels])
         ax.errorbar(means, y, xerr=[means - lo, hi - means], fmt="o", capsize=3, label=f"bootstrap {level:.0%}")
         truths = [roi[k].get("truth") for k in labels]
+        shown = [lo, hi, means]
         if all(t is not None for t in truths):
-            ax.plot(truths, y, "kx", label="truth")
+            ax.plot(truths, y, "kx", ms=7, mew=1.5, label="truth", zorder=3)
+            shown.append(np.asarray(truths, dtype=float))
+        # every marker and interval inside the axes, with a margin (none sits on the frame)
+        left, right = float(np.min(np.concatenate(shown))), float(np.max(np.concatenate(shown)))
+        pad = 0.08 * (right - left) if right > left else 0.1 * max(abs(right), 1e-12)
+        ax.set_xlim(left - pad, right + pad)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
         ax.set_yticks(y, labels, fontsize=7)
-        ax.set_xlabel("ROI mean uptake")
-        ax.legend(fontsize=7)
+        ax.set_xlabel(f"ROI mean ({units})", fontsize=8)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
         ax.set_title("ROI posteriors", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
