@@ -47,10 +47,11 @@ def load_network(
     expected = KINDS[method]
     if info.get("kind") != expected:
         raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {method!r} needs {expected!r} weights")
-    if method == "pnp-admm":
-        net: nn.Module = ResidualDenoiser(DenoiserConfig(**info["net_config"]))
-    else:
-        net = UnrolledFBSEM(UnrolledConfig(**info["net_config"]))
+    try:  # the configuration is checked (and bounded) before any weight is allocated
+        config = (DenoiserConfig if method == "pnp-admm" else UnrolledConfig)(**info["net_config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid network configuration in its metadata: {exc}") from exc
+    net: nn.Module = ResidualDenoiser(config) if method == "pnp-admm" else UnrolledFBSEM(config)
     posterior, _ = load_posterior(path, net)
     net.eval()
     return net, posterior, info
