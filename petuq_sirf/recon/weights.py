@@ -19,7 +19,7 @@ from petuq_sirf.inference.weight_posterior import (
     load_posterior,
     read_weights_metadata,
 )
-from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
+from petuq_sirf.recon.nonexpansive import NonexpansiveDenoiserConfig, ResidualDenoiser
 from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -48,7 +48,7 @@ def load_network(
     if info.get("kind") != expected:
         raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {method!r} needs {expected!r} weights")
     if method == "pnp-admm":
-        net: nn.Module = ResidualDenoiser(DenoiserConfig(**info["net_config"]))
+        net: nn.Module = ResidualDenoiser(NonexpansiveDenoiserConfig(**info["net_config"]))
     else:
         net = UnrolledFBSEM(UnrolledConfig(**info["net_config"]))
     posterior, _ = load_posterior(path, net)
