@@ -37,12 +37,12 @@ from petuq_sirf.io.image_io import read_image, write_image
 from petuq_sirf.io.interfile import read_projdata, write_projdata
 from petuq_sirf.io.mmr_listmode import bin_mmr_listmode, make_layout, read_mmr_header, read_mmr_listmode
 from petuq_sirf.operators.projector import RayTracingProjector
+from petuq_sirf.pipelines.listmode import tail_fitted_scatter
 from petuq_sirf.recon import RelativeDifferencePrior, osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
 from petuq_sirf.simulation.attenuation import attenuation_factors
 from petuq_sirf.simulation.randoms import estimate_randoms
-from petuq_sirf.simulation.scatter import scatter_sinogram
 
 
 def simulated_scan(args, out: Path) -> tuple[Path, Path, SinogramLayout, ImageGeometry, dict]:
@@ -66,25 +66,6 @@ def simulated_scan(args, out: Path) -> tuple[Path, Path, SinogramLayout, ImageGe
     write_projdata(out / "norm.hs", sim.efficiency.cpu().numpy(), layout)
     truth = {"truth": sim.truth, "regions": sim.regions, "scatter_total": float(sim.scatter.sum())}
     return hdr, mu, layout, image, truth
-
-
-def tail_fitted_scatter(layout, model, y, randoms, att, eff, iterations, fallback_fraction):
-    """Scatter = blurred attenuated emission of an initial OSEM, scaled on the tails (LORs missing the object).
-
-    When fewer than 1% of the bins are tails (the object fills the field of view), the shape
-    is scaled to ``fallback_fraction`` of the net trues instead. Returns ``(scatter, method)``.
-    """
-    x0 = osem(model, y, iterations, 4).image
-    geometric = model.with_terms(torch.ones_like(att), torch.zeros_like(att)).direct(x0)
-    shape = scatter_sinogram(layout, att * geometric, 0.3, eff)
-    tails = att > 0.999
-    if tails.float().mean() < 0.01:
-        net = float((y - randoms).clamp_min(0).sum())
-        return shape * (fallback_fraction * net / max(float(shape.sum()), 1e-12)), "assumed fraction"
-    excess = float((y - randoms)[tails].sum())
-    denom = float(shape[tails].sum())
-    scale = max(excess, 0.0) / denom if denom > 0 else 0.0
-    return shape * scale, "tail fit"
 
 
 def main() -> None:
@@ -148,7 +129,7 @@ def main() -> None:
     # 4. scatter (tail fitted), on the embedded projector
     t = time.perf_counter()
     base = make_acquisition_model("embedded", layout, image, eff * att, randoms)
-    scatter, scatter_method = tail_fitted_scatter(layout, base, prompts, randoms, att, eff, 2, args.scatter_fraction)
+    scatter, scatter_method = tail_fitted_scatter(base, layout, prompts, randoms, att, eff, 2, args.scatter_fraction)
     timings["scatter_s"] = time.perf_counter() - t
 
     # 5. OSEM on the chosen backend

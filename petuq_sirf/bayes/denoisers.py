@@ -30,12 +30,13 @@ import torch
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig, gaussian_nll_loss
+from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig
 from petuq_sirf.bayes.resume import EpochCheckpoint, tensor_digest
-from petuq_sirf.bayes.training_data import DenoisingDataset, image_scale
+from petuq_sirf.bayes.training_data import DenoisingDataset, slice_mean_scale
 from petuq_sirf.inference.ais import PMCConfig, pmc_sample
 from petuq_sirf.inference.predictive import PosteriorSamples
 from petuq_sirf.inference.svi import bayesianize, fit_svi, guide_posterior, make_guide
+from petuq_sirf.networks.blocks import heteroscedastic_nll_loss
 
 METHODS = ("cnn", "mc_dropout", "ensemble", "svi", "ais")
 
@@ -124,7 +125,7 @@ def _minibatches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torc
 
 
 def _normalised(data: DenoisingDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    s = image_scale(data.noisy)
+    s = slice_mean_scale(data.noisy)
     return data.noisy / s, data.target / s
 
 
@@ -180,7 +181,7 @@ def train_point_network(
             if epoch < warmup:
                 loss = mse
             else:  # mean by MSE, variance by the NLL around the detached mean (stable; same optimum)
-                loss = mse + gaussian_nll_loss(mean.detach(), log_var, t[idx])
+                loss = mse + heteroscedastic_nll_loss(mean.detach(), log_var, t[idx])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -259,7 +260,7 @@ class Denoiser:
         x, shape = _as_batch(noisy)
         if not torch.isfinite(x).all():
             raise ValueError("input image contains NaN or inf")
-        s = image_scale(x)
+        s = slice_mean_scale(x)
         gen = torch.Generator().manual_seed(seed)
         means, variances = [], []
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """A compact heteroscedastic CNN denoiser: residual mean and per-voxel log-variance.
 
-Works on normalised 2D images ``(B, y, x)`` (the caller divides by :func:`image_scale`). The body is a
+Works on normalised 2D images ``(B, y, x)`` (the caller divides by :func:`slice_mean_scale`). The body is a
 stack of dilated 3x3 convolutions (receptive field 19 voxels with the default dilations); the head is a
 1x1 convolution to two channels: ``mean = input + head[0]`` and
 ``log_var = min_log_var + softplus(head[1] - min_log_var)`` (smoothly bounded below).
@@ -22,6 +22,7 @@ from petuq_sirf.inference.network_limits import (
     check_range,
     conv_stack_parameters,
 )
+from petuq_sirf.networks.blocks import conv_stack, heteroscedastic_nll_loss
 
 
 @dataclass(frozen=True)
@@ -63,15 +64,16 @@ class HeteroscedasticCNN(nn.Module):
         super().__init__()
         self.config = config or NetworkConfig()
         c = self.config
-        layers: list[nn.Module] = []
-        channels = 1
-        for d in c.dilations:
-            layers.append(nn.Conv2d(channels, c.width, 3, padding=d, dilation=d))
-            layers.append(nn.ReLU())
-            if c.dropout > 0:
-                layers.append(nn.Dropout(c.dropout))
-            channels = c.width
-        self.body = nn.Sequential(*layers)
+        self.body = conv_stack(
+            1,
+            c.width,
+            c.width,
+            len(c.dilations),
+            nn.ReLU,
+            dilations=c.dilations,
+            dropout=c.dropout,
+            final_activation=True,
+        )
         self.head = nn.Conv2d(c.width, 2, 1)
         with torch.no_grad():  # start close to the identity with unit variance
             self.head.weight.mul_(0.1)
@@ -105,6 +107,4 @@ class HeteroscedasticCNN(nn.Module):
         return self.head_output(x, self.features(x))
 
 
-def gaussian_nll_loss(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean per-voxel heteroscedastic Gaussian NLL (without the constant)."""
-    return 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var)).mean()
+gaussian_nll_loss = heteroscedastic_nll_loss  # the name this module exported

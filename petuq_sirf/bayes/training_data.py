@@ -8,7 +8,7 @@ Deterministic for a seed; cached as ``.npz`` keyed by the configuration.
 Arrays: ``noisy``, ``target`` and ``mask`` have shape ``(N, y, x)``; ``dose`` ``(N,)`` the dose
 fraction; ``phantom`` ``(N,)`` the phantom index (split train/validation by phantom, never by slice).
 Images are in reconstruction units: they scale with the dose. Denoisers normalise each input image by
-its mean (see :func:`image_scale`), so one network serves all dose levels.
+its mean (see :func:`slice_mean_scale`), so one network serves all dose levels.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class DenoisingDataset:
         }
 
 
-def image_scale(noisy: torch.Tensor) -> torch.Tensor:
+def slice_mean_scale(noisy: torch.Tensor) -> torch.Tensor:
     """Per-image normalisation ``mean over (y, x)`` of ``noisy (..., y, x)``, shape ``(..., 1, 1)``."""
     return noisy.mean(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
 

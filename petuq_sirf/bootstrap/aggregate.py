@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from petuq_sirf.bootstrap.store import ReplicateStore
+from petuq_sirf.uq.calibration import check_levels
 
 
 class RunningMoments:
@@ -50,14 +51,6 @@ class RunningMoments:
 
     def std(self, ddof: int = 1) -> np.ndarray:
         return np.sqrt(self.variance(ddof))
-
-
-def _check_levels(levels: Iterable[float]) -> tuple[float, ...]:
-    levels = tuple(float(v) for v in levels)
-    for v in levels:
-        if not 0 < v < 1:
-            raise ValueError(f"credible level {v} is not in (0, 1)")
-    return levels
 
 
 def store_quantiles(
@@ -110,7 +103,7 @@ def roi_posterior(values: np.ndarray, levels: Iterable[float], truth: float | No
     """Summary of the replicates' mean uptake in one ROI (``values`` shape ``(B,)``)."""
     values = np.asarray(values, dtype=np.float64)
     out = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-    for lv in _check_levels(levels):
+    for lv in check_levels(levels, "credible level", allow_empty=True):
         lo, hi = np.quantile(values, [0.5 - lv / 2, 0.5 + lv / 2])
         out[f"interval_{lv:.2f}"] = [float(lo), float(hi)]
         if truth is not None:
@@ -132,7 +125,7 @@ def summarise_store(
     """Stream over the stored replicates: mean, std (ddof 1), ROI posteriors, and (``quantiles``)
     median and central intervals at ``levels``. Memory does not grow with ``B`` except the ROI
     scalars."""
-    levels = _check_levels(levels)
+    levels = check_levels(levels, "credible level", allow_empty=True)
     indices = store.completed() if indices is None else list(indices)
     if len(indices) < 2:
         raise ValueError(f"{store.folder} holds {len(indices)} replicate(s): at least 2 are needed for a posterior")

@@ -300,7 +300,7 @@ def _argv(args: argparse.Namespace) -> dict:
 def run_train_denoiser(args: argparse.Namespace) -> int:
     from petuq_sirf.inference.weight_posterior import SVIConfig, save_posterior
     from petuq_sirf.recon.nonexpansive import (
-        DenoiserConfig,
+        NonexpansiveDenoiserConfig,
         NonexpansiveTrainingConfig,
         clean_ellipse_images,
         fit_denoiser_posterior,
@@ -320,7 +320,7 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
         epsilon=args.epsilon,
         seed=args.seed,
     )
-    den_cfg = DenoiserConfig(spectral_norm=args.spectral_norm)
+    den_cfg = NonexpansiveDenoiserConfig(spectral_norm=args.spectral_norm)
     res = train_nonexpansive_denoiser(image, cfg, den_cfg, progress=not args.quiet)
     posterior = None
     if args.svi_steps > 0:

@@ -10,6 +10,7 @@ guide; the model must scale the likelihood by ``dataset_size / batch_size`` (a s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from operator import attrgetter
 
 import pyro
 import pyro.distributions as dist
@@ -92,7 +93,8 @@ def guide_posterior(guide: AutoNormal) -> tuple[dict[str, torch.Tensor], dict[st
     """Per-site posterior location and scale of a fitted ``AutoNormal`` (detached copies)."""
     locs, scales = {}, {}
     for name, _site in guide.prototype_trace.iter_stochastic_nodes():
-        loc, scale = guide._get_loc_and_scale(name)  # noqa: SLF001
+        # AutoNormal keeps one PyroParam per site under ``guide.locs`` / ``guide.scales`` (dotted names nest)
+        loc, scale = attrgetter(name)(guide.locs), attrgetter(name)(guide.scales)
         locs[name] = loc.detach().clone()
         scales[name] = scale.detach().clone()
     return locs, scales

@@ -32,11 +32,12 @@ from petuq_sirf.inference.network_limits import (
     conv_stack_parameters,
 )
 from petuq_sirf.inference.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
+from petuq_sirf.networks.blocks import conv_stack
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
 
 @dataclass(frozen=True)
-class DenoiserConfig:
+class NonexpansiveDenoiserConfig:
     """Architecture of :class:`ResidualDenoiser`: ``depth`` 3x3 convolutions, ``channels`` wide."""
 
     channels: int = 16
@@ -54,27 +55,13 @@ class DenoiserConfig:
 class ResidualDenoiser(nn.Module):
     """``D(x) = x - R(x)`` with ``R`` a ReLU CNN applied to each z slice. Input/output ``(..., z, y, x)``."""
 
-    def __init__(self, config: DenoiserConfig | None = None) -> None:
+    def __init__(self, config: NonexpansiveDenoiserConfig | None = None) -> None:
         super().__init__()
-        self.config = config or DenoiserConfig()
+        self.config = config or NonexpansiveDenoiserConfig()
         c = self.config
-        layers: list[nn.Module] = []
-        ch = 1
-        for i in range(c.depth):
-            out = 1 if i == c.depth - 1 else c.channels
-            conv = nn.Conv2d(ch, out, 3, padding=1)
-            if c.spectral_norm:
-                conv = nn.utils.parametrizations.spectral_norm(conv)
-            layers.append(conv)
-            if i < c.depth - 1:
-                layers.append(nn.ReLU())
-            ch = out
-        self.residual = nn.Sequential(*layers)
-        with torch.no_grad():  # start near the identity
-            last = self.residual[-1]
-            w = last.parametrizations.weight.original if c.spectral_norm else last.weight
-            w.mul_(0.1)
-            last.bias.zero_()
+        self.residual = conv_stack(
+            1, c.channels, 1, c.depth, nn.ReLU, spectral_norm=c.spectral_norm, last_weight_scale=0.1
+        )  # starts near the identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 3:
@@ -184,7 +171,7 @@ def _patches(images: torch.Tensor, size: int, count: int, gen: torch.Generator) 
 def train_nonexpansive_denoiser(
     image: ImageGeometry,
     config: NonexpansiveTrainingConfig | None = None,
-    denoiser_config: DenoiserConfig | None = None,
+    denoiser_config: NonexpansiveDenoiserConfig | None = None,
     clean: torch.Tensor | None = None,
     progress: bool = False,
 ) -> NonexpansiveTrainingResult:

@@ -98,7 +98,7 @@ def initial_image(model: AcquisitionModel, y: torch.Tensor, iterations: int = 2,
     return osem(model, y, iterations, subsets).image
 
 
-def image_scale(x: torch.Tensor) -> torch.Tensor:
+def volume_mean_scale(x: torch.Tensor) -> torch.Tensor:
     """Scalar scale ``c``: the mean over the trailing ``(z, y, x)`` axes (keepdim), floored."""
     return x.mean(dim=(-3, -2, -1), keepdim=True).clamp_min(_TINY)
 
@@ -126,7 +126,7 @@ def pnp_admm(
         if tuple(x.shape) != tuple(model.image_shape):
             raise ValueError(f"initial image has shape {tuple(x.shape)}, expected {model.image_shape}")
         sens = model.sensitivity()
-        c = image_scale(x)
+        c = volume_mean_scale(x)
         rho = cfg.rho_rel * float(sens.mean()) / float(c)
         weight = torch.where(sens > 0, rho / sens.clamp_min(_TINY), torch.full_like(sens, float("inf")))
         z = x.clone()
@@ -195,7 +195,7 @@ def pnp_admm_posterior(
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         x0 = initial_image(model, y, cfg.init_iterations, cfg.init_subsets)
-    probe = (x0 / image_scale(x0)).unsqueeze(0)
+    probe = (x0 / volume_mean_scale(x0)).unsqueeze(0)
     fixed_points, residuals, norms, rejected = [], [], [], 0
     bar = tqdm(total=num_samples, desc="PnP-ADMM posterior samples", unit="sample", disable=not progress or None)
     for _ in range(4 * num_samples):

@@ -45,10 +45,11 @@ from petuq_sirf.inference.weight_posterior import (
     call_with,
     fit_weight_posterior,
 )
+from petuq_sirf.networks.blocks import conv_stack, heteroscedastic_nll_loss
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.lowdose import LowDoseSet
-from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, image_scale
+from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, volume_mean_scale
 
 _TINY = 1e-12
 
@@ -77,21 +78,6 @@ class UnrolledConfig:
         return asdict(self)
 
 
-def _cnn(in_ch: int, channels: int, depth: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    ch = in_ch
-    for i in range(depth):
-        out = 1 if i == depth - 1 else channels
-        layers.append(nn.Conv2d(ch, out, 3, padding=1))
-        if i < depth - 1:
-            layers.append(nn.SiLU())  # smooth, so finite-difference gradient checks are meaningful
-        ch = out
-    with torch.no_grad():
-        layers[-1].weight.mul_(0.1)
-        layers[-1].bias.zero_()
-    return nn.Sequential(*layers)
-
-
 class UnrolledFBSEM(nn.Module):
     """``forward(model, y, x0) -> (mean, log_var)``; images ``(..., z, y, x)``, ``log_var`` normalised units.
 
@@ -104,16 +90,16 @@ class UnrolledFBSEM(nn.Module):
         super().__init__()
         self.config = config or UnrolledConfig()
         c = self.config
-        self.regulariser = _cnn(1, c.channels, c.depth)
+        self.regulariser = conv_stack(1, c.channels, 1, c.depth, nn.SiLU, last_weight_scale=0.1)  # smooth: FD checks
         self.log_beta = nn.Parameter(torch.full((c.num_iterations,), c.init_log_beta))
-        self.head = _cnn(2, c.channels, 3)
+        self.head = conv_stack(2, c.channels, 1, 3, nn.SiLU, last_weight_scale=0.1)
 
     def _slices(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1, *x.shape[-2:])
 
     def forward(self, model, y: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sens = model.sensitivity()
-        c = image_scale(x0)
+        c = volume_mean_scale(x0)
         s_mean = sens.mean(dim=(-3, -2, -1), keepdim=True)
         seen = sens > 0  # voxels outside the field of view take the regulariser's value
         inv = torch.where(seen, s_mean / (c * sens.clamp_min(_TINY)), torch.zeros_like(sens))
@@ -173,7 +159,7 @@ def _batches(data: LowDoseSet, geometric: AcquisitionModel, size: int, gen: torc
 
 
 def _normalised_mse(mean: torch.Tensor, truth: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    c = image_scale(x0)
+    c = volume_mean_scale(x0)
     return F.mse_loss(mean / c, truth / c)
 
 
@@ -183,10 +169,6 @@ def validation_loss(net: UnrolledFBSEM, data: LowDoseSet, geometric: Acquisition
     with torch.no_grad():
         mean, _ = net(data.model(geometric), data.prompts.to(dev), data.init.to(dev))
         return float(_normalised_mse(mean, data.truth.to(dev), data.init.to(dev)))
-
-
-def gaussian_nll(mean: torch.Tensor, log_var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (log_var + (target - mean) ** 2 * torch.exp(-log_var)).mean()
 
 
 def train_unrolled(
@@ -231,8 +213,8 @@ def train_unrolled(
         for _ in tqdm(range(cfg.head_steps), desc="unrolled training (variance head)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, log_var = net(model, y, x0)
-            c = image_scale(x0)
-            loss = gaussian_nll(mean.detach() / c, log_var, truth / c)
+            c = volume_mean_scale(x0)
+            loss = heteroscedastic_nll_loss(mean.detach() / c, log_var, truth / c)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -242,7 +224,7 @@ def train_unrolled(
 
         def likelihood(call, model, y, x0, truth):
             mean, log_var = call(model, y, x0)
-            c = image_scale(x0)
+            c = volume_mean_scale(x0)
             with pyro.poutine.scale(scale=n_data / y.shape[0]):
                 pyro.sample(
                     "obs",
@@ -278,7 +260,7 @@ def predict_unrolled(
     gen = torch.Generator().manual_seed(seed)
     means, variances = [], []
     with torch.no_grad():
-        c = image_scale(x0)
+        c = volume_mean_scale(x0)
         for _ in range(num_samples if posterior is not None else 1):
             weights = posterior.sample(gen) if posterior is not None else {}
             mean, log_var = call_with(net, weights, model, y, x0)
@@ -320,7 +302,7 @@ def calibrate_unrolled(
         net, data.model(geometric), data.prompts.to(dev), data.init.to(dev), posterior, num_samples, seed=seed
     )
     truth = data.truth.to(pred.mean)
-    scores = (truth - pred.mean).abs() / pred.std.clamp_min(1e-6 * float(image_scale(data.init).mean()))
+    scores = (truth - pred.mean).abs() / pred.std.clamp_min(1e-6 * float(volume_mean_scale(data.init).mean()))
     if data.regions and all("background" in r for r in data.regions):
         mask = torch.stack([torch.as_tensor(r["background"]).bool() for r in data.regions]).to(scores.device)
         scores = scores[mask]

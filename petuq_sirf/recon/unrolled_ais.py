@@ -25,7 +25,7 @@ from petuq_sirf.inference.ais import PMCConfig, PMCResult, pmc_sample
 from petuq_sirf.inference.weight_posterior import ParticlePosterior, WeightPosterior, call_with
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon.lowdose import LowDoseSet
-from petuq_sirf.recon.pnp_admm import image_scale
+from petuq_sirf.recon.pnp_admm import volume_mean_scale
 from petuq_sirf.recon.unrolled import UnrolledFBSEM
 
 
@@ -122,7 +122,7 @@ def fit_unrolled_ais(
     dev = geometric.device
     sub = data.select(list(range(min(cfg.num_images, len(data)))))
     model, y, x0, truth = sub.model(geometric), sub.prompts.to(dev), sub.init.to(dev), sub.truth.to(dev)
-    c = image_scale(x0)
+    c = volume_mean_scale(x0)
     target = truth / c
     var_prior = cfg.prior_scale**2
 

@@ -19,7 +19,7 @@ from petuq_sirf.inference.weight_posterior import (
     load_posterior,
     read_weights_metadata,
 )
-from petuq_sirf.recon.nonexpansive import DenoiserConfig, ResidualDenoiser
+from petuq_sirf.recon.nonexpansive import NonexpansiveDenoiserConfig, ResidualDenoiser
 from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -48,7 +48,7 @@ def load_network(
     if info.get("kind") != expected:
         raise ValueError(f"{path} holds {info.get('kind')!r} weights, but method {method!r} needs {expected!r} weights")
     try:  # the configuration is checked (and bounded) before any weight is allocated
-        config = (DenoiserConfig if method == "pnp-admm" else UnrolledConfig)(**info["net_config"])
+        config = (NonexpansiveDenoiserConfig if method == "pnp-admm" else UnrolledConfig)(**info["net_config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: invalid network configuration in its metadata: {exc}") from exc
     net: nn.Module = ResidualDenoiser(config) if method == "pnp-admm" else UnrolledFBSEM(config)

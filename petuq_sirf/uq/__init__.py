@@ -1,5 +1,20 @@
-"""Uncertainty-quality metrics and PET figures of merit."""
+"""Uncertainty-quality metrics (coverage, calibration, CRPS, conformal scales) and PET figures of merit."""
 
+from petuq_sirf.uq.calibration import (
+    DEFAULT_LEVELS,
+    calibration_error,
+    conformal_quantile,
+    conformal_scales,
+    coverage,
+    coverage_curve,
+    crps,
+    evaluate_uq,
+    frequentist_coverage,
+    gaussian_interval,
+    gaussian_nll,
+    sample_interval,
+    sharpness,
+)
 from petuq_sirf.uq.figures_of_merit import (
     background_variability,
     contrast_recovery,
@@ -11,11 +26,24 @@ from petuq_sirf.uq.figures_of_merit import (
 )
 
 __all__ = [
+    "DEFAULT_LEVELS",
     "background_variability",
+    "calibration_error",
+    "conformal_quantile",
+    "conformal_scales",
     "contrast_recovery",
+    "coverage",
+    "coverage_curve",
+    "crps",
+    "evaluate_uq",
+    "frequentist_coverage",
+    "gaussian_interval",
+    "gaussian_nll",
     "image_metrics",
     "nrmse",
     "psnr",
     "roi_bias",
     "roi_mean",
+    "sample_interval",
+    "sharpness",
 ]

@@ -30,13 +30,16 @@ _NORMAL = torch.distributions.Normal(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _check_levels(levels: Iterable[float]) -> tuple[float, ...]:
+def check_levels(
+    levels: Iterable[float], what: str = "nominal coverage level", allow_empty: bool = False
+) -> tuple[float, ...]:
+    """``levels`` as floats, each in (0, 1) (one-line ``ValueError`` naming ``what`` otherwise)."""
     levels = tuple(float(v) for v in levels)
-    if not levels:
-        raise ValueError("at least one nominal level is needed")
+    if not levels and not allow_empty:
+        raise ValueError(f"at least one {what} is needed")
     for v in levels:
         if not 0.0 < v < 1.0:
-            raise ValueError(f"nominal coverage level {v} is not in (0, 1)")
+            raise ValueError(f"{what} {v} is not in (0, 1)")
     return levels
 
 
@@ -85,7 +88,7 @@ def _check_samples(samples: torch.Tensor) -> None:
 
 def gaussian_quantile(level: float) -> float:
     """Half-width in standard deviations of the central Gaussian interval of probability ``level``."""
-    (level,) = _check_levels([level])
+    (level,) = check_levels([level])
     return float(_NORMAL.icdf(torch.tensor(0.5 + level / 2, dtype=torch.float64)))
 
 
@@ -113,7 +116,7 @@ def gaussian_interval(
 def sample_interval(samples: torch.Tensor, level: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Central credible interval from the empirical quantiles ``(1 -/+ level) / 2`` of ``samples (S, ...)``."""
     _check_samples(samples)
-    (level,) = _check_levels([level])
+    (level,) = check_levels([level])
     q = torch.tensor([0.5 - level / 2, 0.5 + level / 2], dtype=samples.dtype, device=samples.device)
     lo, hi = torch.quantile(samples, q, dim=0)
     return lo, hi
@@ -185,7 +188,7 @@ def coverage_curve(
     Intervals come from sample quantiles when ``samples`` is given, else from the Gaussian
     ``mean -/+ scale z std`` (``scale`` a float or a per-level dict from :func:`conformal_scales`).
     """
-    inside = _inside(truth, _check_levels(levels), samples, mean, std, scale)
+    inside = _inside(truth, check_levels(levels), samples, mean, std, scale)
     m = _mask_for(mask, next(iter(inside.values())))
     return {v: float(b[..., m].double().mean()) for v, b in inside.items()}
 
@@ -277,7 +280,7 @@ def z_score_summary(z: torch.Tensor) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------- conformal
 def conformal_quantile(scores: torch.Tensor, level: float) -> float:
     """Split-conformal quantile: the ``ceil((n + 1) level)``-th smallest score (``inf`` if that exceeds ``n``)."""
-    (level,) = _check_levels([level])
+    (level,) = check_levels([level])
     scores = scores.reshape(-1).double()
     n = scores.numel()
     if n == 0:
@@ -303,7 +306,7 @@ def conformal_scales(
     ``mean -/+ q std`` and has marginal coverage >= level on exchangeable data.
     """
     scores = z_scores(truth, mean, std, mask, min_std).abs()
-    return {level: conformal_quantile(scores, level) / gaussian_quantile(level) for level in _check_levels(levels)}
+    return {level: conformal_quantile(scores, level) / gaussian_quantile(level) for level in check_levels(levels)}
 
 
 # --------------------------------------------------------------------------------------------- summaries
@@ -350,7 +353,7 @@ def evaluate_uq(
     ``samples`` only, mean and std are taken from the samples for NLL and z. ``regions`` adds the same
     under ``"regions": {name: {...}}`` (empty regions are skipped).
     """
-    levels = _check_levels(levels)
+    levels = check_levels(levels)
     if samples is not None:
         _check_samples(samples)
         if mean is None:
@@ -390,7 +393,7 @@ def frequentist_coverage(
     mask: the mean over voxels of the bias of the posterior mean, of its SD across realisations, and of
     the predicted std (a well calibrated total std is close to ``sqrt(bias^2 + sd^2)``).
     """
-    levels = _check_levels(levels)
+    levels = check_levels(levels)
     if samples is not None:
         _check_samples(samples)
         if samples.dim() < 5:
