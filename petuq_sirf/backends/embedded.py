@@ -61,6 +61,15 @@ class EmbeddedAcquisitionModel:
             raise ValueError(f"{name} must be finite and >= 0")
         return t
 
+    def projector_settings(self) -> dict:
+        """The projector's settings as recorded in ``metrics.json``."""
+        return {
+            "backend": "embedded",
+            "matrix": "Joseph (bilinear interpolation per plane), exact matched adjoint",
+            "values_in": "mm",
+            "psf_fwhm_mm": self.psf_fwhm_mm,
+        }
+
     @property
     def multiplicative(self) -> torch.Tensor:
         return self._m

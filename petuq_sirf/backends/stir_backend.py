@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.bridge import (
+    DEFAULT_RAYS_PER_BIN,
     ExternalAcquisitionModel,
+    RayTracingSettings,
     from_stir_order,
-    stir_image_geometry,
-    stir_pixel_units,
     stir_sinogram_order,
     to_stir_order,
 )
@@ -72,10 +72,13 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
     """``m * G x + b`` with ``G`` = STIR's ray-tracing projector (implements :class:`AcquisitionModel`).
 
     Args:
-        layout, image, multiplicative, additive, psf_fwhm_mm, device: as for the embedded model.
-        num_tangential_lors: rays per bin of ``ProjMatrixByBinUsingRayTracing`` (STIR default 1).
+        layout, image, multiplicative, additive, psf_fwhm_mm, device: as for the embedded model
+            (any in-plane size: even ones are exchanged through :class:`~petuq_sirf.backends.bridge.StirImageGrid`).
+        num_tangential_lors: rays per bin of ``ProjMatrixByBinUsingRayTracing``, always set explicitly
+            (default :data:`~petuq_sirf.backends.bridge.DEFAULT_RAYS_PER_BIN`, the same on the SIRF backend;
+            STIR's own default is 1, SIRF's 2).
         restrict_to_cylindrical_fov: STIR's option to ignore voxels outside the inscribed cylinder.
-        workdir: folder for the Interfile templates (default: a new temporary folder).
+        workdir: folder for the Interfile templates, created if missing (default: a new temporary folder).
     """
 
     backend_name = "stir"
@@ -88,56 +91,70 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
         additive: torch.Tensor | None = None,
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
-        num_tangential_lors: int = 1,
+        num_tangential_lors: int = DEFAULT_RAYS_PER_BIN,
         restrict_to_cylindrical_fov: bool = True,
         workdir: str | os.PathLike | None = None,
         _shared=None,
     ) -> None:
         super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device)
-        self.num_tangential_lors = int(num_tangential_lors)
-        self.restrict_to_cylindrical_fov = bool(restrict_to_cylindrical_fov)
+        self.settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
+        self.num_tangential_lors = self.settings.num_tangential_lors
+        self.restrict_to_cylindrical_fov = self.settings.restrict_to_cylindrical_fov
         fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3
         self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
         self._order = stir_sinogram_order(layout)
-        self._stir_image = stir_image_geometry(layout, image)  # also checks the grid is usable by STIR
-        self._scale = stir_pixel_units(image)
         self._stir = _shared if _shared is not None else self._set_up_stir(workdir)
+
+    def projector_settings(self) -> dict:
+        return {**super().projector_settings(), **self.settings.as_dict(), "psf_fwhm_mm": self.psf_fwhm_mm}
 
     def _set_up_stir(self, workdir) -> dict:
         stir = import_stir()
-        folder = Path(workdir or tempfile.mkdtemp(prefix="petuq_stir_"))
+        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="petuq_stir_"))
+        folder.mkdir(parents=True, exist_ok=True)
         hs = write_projdata(folder / "template.hs", np.zeros(self.layout.shape, np.float32), self.layout)
-        hv = write_image(folder / "template.hv", np.zeros(self.image.shape, np.float32), self._stir_image)
+        hv = write_image(folder / "template.hv", np.zeros(self.grid.shape, np.float32), self.grid.geometry)
         template = stir.ProjData.read_from_file(str(hs))
         pdi = template.get_proj_data_info()
         img = stir.FloatVoxelsOnCartesianGrid.read_from_file(str(hv))
         pm = stir.ProjMatrixByBinUsingRayTracing()
-        if self.num_tangential_lors > 1:
-            pm.set_num_tangential_LORs(self.num_tangential_lors)
-        if hasattr(pm, "set_restrict_to_cylindrical_FOV"):
-            pm.set_restrict_to_cylindrical_FOV(self.restrict_to_cylindrical_fov)
+        pm.set_num_tangential_LORs(self.settings.num_tangential_lors)
+        pm.set_restrict_to_cylindrical_FOV(self.settings.restrict_to_cylindrical_fov)
         fwd = stir.ForwardProjectorByBinUsingProjMatrixByBin(pm)
         bwd = stir.BackProjectorByBinUsingProjMatrixByBin(pm)
         fwd.set_up(pdi, img)
         bwd.set_up(pdi, img)
+        # SWIG hands out the template's ExamInfo (and ProjDataInfo) as non-owning pointers: the
+        # in-memory data would dangle (segfault) once ``template`` is collected, so it is kept here
+        # for as long as any model shares this dict.
         out = stir.ProjDataInMemory(template.get_exam_info(), pdi)
-        return {"module": stir, "pdi": pdi, "image": img, "fwd": fwd, "bwd": bwd, "proj": out, "folder": folder}
+        return {
+            "module": stir,
+            "template": template,
+            "matrix": pm,
+            "pdi": pdi,
+            "image": img,
+            "fwd": fwd,
+            "bwd": bwd,
+            "proj": out,
+            "folder": folder,
+        }
 
     # --- G and G^T on numpy arrays ----------------------------------------------------------
     def _geometric_np(self, x: np.ndarray) -> np.ndarray:
         s = self._stir
-        s["image"].fill(np.ascontiguousarray(x, dtype=np.float32).flat)
+        s["image"].fill(self.grid.to_stir(x).flat)
         s["proj"].fill(0.0)
         s["fwd"].forward_project(s["proj"], s["image"])
-        arr = _projdata_to_numpy(s["module"], s["proj"], self.data_shape) * self._scale  # STIR pixel units -> mm
+        arr = _projdata_to_numpy(s["module"], s["proj"], self.data_shape) * self.grid.unit_mm
         return from_stir_order(arr, self._order)
 
     def _geometric_adjoint_np(self, y: np.ndarray) -> np.ndarray:
         s = self._stir
-        s["proj"].fill(np.ascontiguousarray(to_stir_order(y, self._order)).flat)
+        s["proj"].fill(np.ascontiguousarray(to_stir_order(y, self._order), dtype=np.float32).flat)
         s["image"].fill(0.0)
         s["bwd"].back_project(s["image"], s["proj"])
-        return _image_to_numpy(s["image"], self.image_shape) * self._scale
+        return self.grid.from_stir(_image_to_numpy(s["image"], self.grid.shape) * self.grid.unit_mm)
 
     def _psf(self, x: np.ndarray, adjoint: bool = False) -> np.ndarray:
         if self.psf is None:
@@ -159,8 +176,8 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
             additive,
             self.psf_fwhm_mm,
             self.device,
-            self.num_tangential_lors,
-            self.restrict_to_cylindrical_fov,
+            self.settings.num_tangential_lors,
+            self.settings.restrict_to_cylindrical_fov,
             _shared=self._stir,
         )
 

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "iterations": args.iterations,
         "subsets": args.subsets if args.method == "osem" else 1,
         "objective": rec.objective[-1] if rec.objective else None,
+        "projector": model.projector_settings() if hasattr(model, "projector_settings") else None,
     }
     panels = {args.method: image.cpu()}
     if acq.truth is not None:
