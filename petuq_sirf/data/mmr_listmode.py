@@ -528,14 +528,14 @@ def write_mmr_listmode(
     path: str | os.PathLike,
     events: ListModeEvents,
     layout: SinogramLayout,
-    file_span: int | None = None,
+    file_span: int | None = 1,
     originating_system: str | None = None,
     other_tag_every_ms: int = 0,
 ) -> Path:
     """Write ``events`` (binned in ``layout``) as a PETLINK 32-bit list-mode file pair ``path`` (``.l.hdr``) + ``.l``.
 
-    ``file_span`` is the axial compression of the bin addresses (default ``layout.span``; 1
-    like a real mMR file); each event is written on the first ring pair and raw view of its
+    ``file_span`` is the axial compression of the bin addresses (default 1, like a real mMR file
+    and as STIR's ECAT8 reader requires; ``None`` = ``layout.span``); each event is written on the first ring pair and raw view of its
     bin, so decoding into ``layout`` gives back exactly the same bins. Times are floored to
     ms. ``originating_system`` defaults to 2008 for the mMR, else the scanner name.
     """
