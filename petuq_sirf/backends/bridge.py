@@ -11,6 +11,8 @@ operators, so unrolled networks and plug-and-play code run unchanged on SIRF or 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -65,31 +67,100 @@ def from_stir_order(array: np.ndarray, order: np.ndarray) -> np.ndarray:
     return out
 
 
-def stir_image_geometry(layout: SinogramLayout, image: ImageGeometry) -> ImageGeometry:
-    """The grid to write in Interfile templates for STIR/SIRF so that STIR places it where we do.
+#: rays per sinogram bin of STIR's ``ProjMatrixByBinUsingRayTracing`` on both external backends. SIRF's
+#: ``RayTracingMatrix`` defaults to 2, STIR's to 1: we always set it explicitly so the two backends
+#: trace the same projector (measured against the embedded Joseph projector in docs/sirf_stir.md).
+DEFAULT_RAYS_PER_BIN = 2
 
-    Measured against STIR 6's ``forward_project`` (docs/sirf_stir.md): STIR's axial origin is
-    the centre of the first ring (ours is the scanner centre), so ``z`` is shifted by
-    ``(rings - 1) / 2 * ring spacing``; its x/y voxel indices run ``-n//2 .. n - n//2 - 1``
-    about the axis, so only odd in-plane sizes are centred like ours (STIR's ray tracer refuses
-    shifted x/y origins, so even sizes are an error here).
+
+@dataclass(frozen=True)
+class RayTracingSettings:
+    """Every setting of STIR's ray-tracing matrix that changes projected values, set explicitly on both backends.
+
+    ``num_tangential_lors``: rays per bin (``set_num_tangential_LORs``); ``restrict_to_cylindrical_fov``:
+    ignore voxels outside the inscribed cylinder (STIR's default True). The symmetries STIR uses
+    to store the matrix change memory and speed only, not values, and keep STIR's defaults.
     """
-    _, ny, nx = image.shape
-    if ny % 2 == 0 or nx % 2 == 0:
-        raise ValueError(
-            f"SIRF/STIR backends need odd in-plane image sizes to centre the grid like ours, got {ny} x {nx} "
-            f"(use e.g. {ny + 1 - ny % 2} x {nx + 1 - nx % 2}; STIR's own default images are odd too)"
+
+    num_tangential_lors: int = DEFAULT_RAYS_PER_BIN
+    restrict_to_cylindrical_fov: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.num_tangential_lors) < 1:
+            raise ValueError(f"num_tangential_lors must be >= 1, got {self.num_tangential_lors}")
+
+    def as_dict(self) -> dict:
+        return {
+            "matrix": "STIR ProjMatrixByBinUsingRayTracing",
+            "num_tangential_lors": int(self.num_tangential_lors),
+            "restrict_to_cylindrical_fov": bool(self.restrict_to_cylindrical_fov),
+            "values_in": "mm (STIR's x-voxel units converted by StirImageGrid.unit_mm)",
+        }
+
+
+class StirImageGrid:
+    """Our image grid as STIR places it, and the one conversion of STIR's ray-tracing units.
+
+    * **Axial origin.** STIR measures image ``z`` from the centre of the first ring (ours from
+      the scanner centre): the template's ``z`` is shifted by ``(rings - 1) / 2 * ring spacing``.
+    * **In-plane centring.** STIR's x/y voxel indices run ``-n//2 .. n - n//2 - 1`` about the
+      axis and its ray tracer refuses shifted x/y origins, so only odd sizes are centred like
+      ours. An even size ``n`` along y or x is exchanged through STIR's odd grid of ``n + 1``
+      voxels whose centres fall on our voxel boundaries: ``to_stir`` interpolates our image
+      linearly there (each STIR voxel the mean of its two neighbours, mass preserved),
+      ``from_stir`` is its exact adjoint. That adds a 2-tap (half-voxel) blur per even axis;
+      odd grids are exchanged unchanged.
+    * **Units.** STIR's ray-tracing matrix returns path lengths in units of the x voxel size;
+      ``unit_mm`` (the x voxel size of the STIR grid) turns them into our mm.
+
+    Args:
+        layout: the sinogram layout (for the scanner's rings).
+        image: our grid; its x/y offsets must be 0 (STIR's ray tracer needs a centred image).
+    """
+
+    def __init__(self, layout: SinogramLayout, image: ImageGeometry) -> None:
+        if image.offset_mm[1] != 0 or image.offset_mm[2] != 0:
+            raise ValueError("SIRF/STIR ray tracing needs an image centred on the scanner axis (x/y offset 0)")
+        nz, ny, nx = image.shape
+        self.image = image
+        self.pad_y, self.pad_x = ny % 2 == 0, nx % 2 == 0
+        sc = layout.scanner
+        shift = (sc.num_rings - 1) / 2 * sc.ring_spacing_mm
+        self.geometry = ImageGeometry(
+            (nz, ny + self.pad_y, nx + self.pad_x), image.voxel_size_mm, (image.offset_mm[0] + shift, 0.0, 0.0)
         )
-    if image.offset_mm[1] != 0 or image.offset_mm[2] != 0:
-        raise ValueError("SIRF/STIR ray tracing needs an image centred on the scanner axis (x/y offset 0)")
-    sc = layout.scanner
-    shift = (sc.num_rings - 1) / 2 * sc.ring_spacing_mm
-    return ImageGeometry(image.shape, image.voxel_size_mm, (image.offset_mm[0] + shift, 0.0, 0.0))
+        self.shape = self.geometry.shape
+        self.unit_mm = float(self.geometry.voxel_size_mm[2])
+
+    @property
+    def exact(self) -> bool:
+        """Whether the grid is exchanged unchanged (odd in-plane sizes)."""
+        return not (self.pad_y or self.pad_x)
+
+    def to_stir(self, x: np.ndarray) -> np.ndarray:
+        """Our ``(z, y, x)`` image on STIR's grid (float32, C-contiguous)."""
+        x = np.asarray(x, dtype=np.float32)
+        for axis, pad in ((1, self.pad_y), (2, self.pad_x)):
+            if pad:
+                widths = [(0, 0)] * 3
+                lo, hi = list(widths), list(widths)
+                lo[axis], hi[axis] = (1, 0), (0, 1)
+                x = 0.5 * (np.pad(x, lo) + np.pad(x, hi))
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def from_stir(self, z: np.ndarray) -> np.ndarray:
+        """The adjoint of :meth:`to_stir`: an image on STIR's grid back on ours."""
+        z = np.asarray(z, dtype=np.float32)
+        for axis, pad in ((2, self.pad_x), (1, self.pad_y)):
+            if pad:
+                n = z.shape[axis]
+                z = 0.5 * (np.take(z, np.arange(n - 1), axis=axis) + np.take(z, np.arange(1, n), axis=axis))
+        return np.ascontiguousarray(z, dtype=np.float32)
 
 
-def stir_pixel_units(image: ImageGeometry) -> float:
-    """STIR's ray-tracing matrix gives lengths in units of the x voxel size; multiply by this for mm (ours)."""
-    return float(image.voxel_size_mm[2])
+def stir_image_geometry(layout: SinogramLayout, image: ImageGeometry) -> ImageGeometry:
+    """The grid to write in Interfile templates for STIR/SIRF (see :class:`StirImageGrid`)."""
+    return StirImageGrid(layout, image).geometry
 
 
 def sirf_terms(multiplicative: torch.Tensor, additive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,6 +243,11 @@ class ExternalAcquisitionModel(AcquisitionModelBase):
         self.psf_fwhm_mm = psf_fwhm_mm
         self._set_terms(multiplicative, additive)
         self._unit_terms_model: ExternalAcquisitionModel | None = None
+        self.grid = StirImageGrid(layout, image)  # STIR's placement of our grid and its units, in one place
+
+    def projector_settings(self) -> dict:
+        """The projector's settings as recorded in ``metrics.json`` (overridden by the backends)."""
+        return {"backend": self.backend_name, "image_exchange": "exact" if self.grid.exact else "half-voxel"}
 
     # --- to be provided by the backend -------------------------------------------------
     def _direct_np(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract

@@ -50,6 +50,15 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         self.psf = GaussianPSF(fwhm, image.voxel_size_mm, image.shape) if any(f > 0 for f in fwhm) else None
         self._set_terms(multiplicative, additive)
 
+    def projector_settings(self) -> dict:
+        """The projector's settings as recorded in ``metrics.json``."""
+        return {
+            "backend": "embedded",
+            "matrix": "Joseph (bilinear interpolation per plane), exact matched adjoint",
+            "values_in": "mm",
+            "psf_fwhm_mm": self.psf_fwhm_mm,
+        }
+
     def geometric(self, x: torch.Tensor) -> torch.Tensor:
         """``G x`` (projector after PSF), no multiplicative factors."""
         return self.projector.forward(self.psf(x) if self.psf is not None else x)

@@ -26,18 +26,20 @@ import numpy as np
 import torch
 
 from petuq_sirf.backends.bridge import (
+    DEFAULT_RAYS_PER_BIN,
     ExternalAcquisitionModel,
+    RayTracingSettings,
+    StirImageGrid,
     from_numpy,
     from_stir_order,
     sirf_terms,
-    stir_image_geometry,
-    stir_pixel_units,
     stir_sinogram_order,
     to_numpy,
     to_stir_order,
 )
 from petuq_sirf.backends.registry import require_backend
 from petuq_sirf.io.interfile import write_image, write_projdata
+from petuq_sirf.operators.psf import GaussianPSF
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -60,28 +62,19 @@ def import_sirf():
     return pet
 
 
-def _scanner_template_name(layout: SinogramLayout) -> str | None:
-    """SIRF's scanner-name template for layouts it can build directly (mMR, default tangential size)."""
-    if layout.scanner.name == "Siemens mMR" and layout.num_tangential_bins in (
-        None,
-        layout.scanner.num_tangential_bins,
-    ):
-        return "Siemens_mMR"
-    return None
-
-
 def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | None = None):
-    """A SIRF ``AcquisitionData`` with our layout (writes an Interfile template unless SIRF knows the scanner)."""
+    """A SIRF ``AcquisitionData`` with our full layout (rings, span, maximum ring difference, mashing, bins).
+
+    Always built from an Interfile template written from the layout (``write_projdata``), never
+    from SIRF's scanner-name templates (``AcquisitionData("Siemens_mMR", ...)`` is the 64-ring
+    mMR whatever our ring count, and its geometry parameters are STIR's, not the layout's). The
+    folder is created if missing.
+    """
     pet = import_sirf()
-    name = _scanner_template_name(layout)
-    if name is not None:
-        acq = pet.AcquisitionData(
-            name, span=layout.span, max_ring_diff=layout.max_rd, view_mash_factor=layout.view_mashing
-        )
-    else:
-        folder = Path(workdir or tempfile.mkdtemp(prefix="petuq_sirf_"))
-        path = write_projdata(folder / "template.hs", np.zeros(layout.shape, np.float32), layout)
-        acq = pet.AcquisitionData(str(path)).get_uniform_copy(0.0)
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="petuq_sirf_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_projdata(folder / "template.hs", np.zeros(layout.shape, np.float32), layout)
+    acq = pet.AcquisitionData(str(path)).get_uniform_copy(0.0)
     dims = tuple(int(d) for d in acq.dimensions())[-3:]
     if dims != layout.shape:
         raise ValueError(
@@ -91,14 +84,16 @@ def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | No
 
 
 def image_template(layout: SinogramLayout, image: ImageGeometry, workdir: str | os.PathLike | None = None):
-    """A SIRF ``ImageData`` on our grid (an Interfile ``.hv`` in STIR's coordinates, see ``stir_image_geometry``)."""
+    """A SIRF ``ImageData`` on STIR's placement of our grid (:class:`~petuq_sirf.backends.bridge.StirImageGrid`)."""
     pet = import_sirf()
-    folder = Path(workdir or tempfile.mkdtemp(prefix="petuq_sirf_"))
-    path = write_image(folder / "template.hv", np.zeros(image.shape, np.float32), stir_image_geometry(layout, image))
+    grid = StirImageGrid(layout, image)
+    folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="petuq_sirf_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_image(folder / "template.hv", np.zeros(grid.shape, np.float32), grid.geometry)
     img = pet.ImageData(str(path))
     dims = tuple(int(d) for d in img.dimensions())
-    if dims != image.shape:
-        raise ValueError(f"SIRF read an image of shape {dims} for the grid {image.shape}")
+    if dims != grid.shape:
+        raise ValueError(f"SIRF read an image of shape {dims} for the grid {grid.shape}")
     return img
 
 
@@ -125,11 +120,15 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
     """``m * G x + b`` computed by a SIRF acquisition model (implements :class:`AcquisitionModel`).
 
     Args:
-        layout, image, multiplicative, additive, psf_fwhm_mm, device: as for the embedded model.
+        layout, image, multiplicative, additive, psf_fwhm_mm, device: as for the embedded model
+            (any in-plane size, see :class:`~petuq_sirf.backends.bridge.StirImageGrid`). The PSF is
+            applied in torch on our grid, exactly as on the STIR backend.
         projector: ``"raytracing"`` (``AcquisitionModelUsingRayTracingMatrix``) or
             ``"parallelproj"`` (``AcquisitionModelUsingParallelproj``, when SIRF was built with it).
-        num_tangential_lors: rays per bin for the ray-tracing matrix (SIRF default 1).
-        acq_template, image_template: existing SIRF ``AcquisitionData`` / ``ImageData`` to use.
+        num_tangential_lors, restrict_to_cylindrical_fov: the ray-tracing matrix settings, always set
+            explicitly (defaults identical to the STIR backend's; SIRF's own default is 2 rays per bin).
+        workdir: folder for the Interfile templates, created if missing (default: a temporary folder).
+        acq_template, image_template_data: existing SIRF ``AcquisitionData`` / ``ImageData`` to use.
         sensitivity_model: a SIRF ``AcquisitionSensitivityModel`` (e.g. from a norm file and a
             mu-map, see :func:`sensitivity_from_files`) used instead of ``multiplicative``; its
             values are read back into :attr:`multiplicative` so the additive conversion stays exact.
@@ -146,47 +145,60 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
         projector: str = "raytracing",
-        num_tangential_lors: int = 1,
+        num_tangential_lors: int = DEFAULT_RAYS_PER_BIN,
+        restrict_to_cylindrical_fov: bool = True,
+        workdir: str | os.PathLike | None = None,
         acq_template=None,
         image_template_data=None,
         sensitivity_model=None,
     ) -> None:
         pet = import_sirf()
         self._pet = pet
+        if projector not in ("raytracing", "parallelproj"):
+            raise ValueError(f"unknown SIRF projector {projector!r}: choose raytracing or parallelproj")
         self.projector = projector
-        self.num_tangential_lors = int(num_tangential_lors)
-        self._acq_template = acq_template if acq_template is not None else acquisition_template(layout)
-        self._img_template = image_template_data if image_template_data is not None else image_template(layout, image)
+        self.settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
+        self.num_tangential_lors = self.settings.num_tangential_lors
+        self._workdir = workdir
+        self._acq_template = acq_template if acq_template is not None else acquisition_template(layout, workdir)
+        self._img_template = (
+            image_template_data if image_template_data is not None else image_template(layout, image, workdir)
+        )
         if sensitivity_model is not None:
             sensitivity_model.set_up(self._acq_template)
             ones = self._acq_template.get_uniform_copy(1.0)
             multiplicative = from_numpy(_acq_array(sensitivity_model.forward(ones), layout))
         super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device)
+        fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3
+        self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
         self._setup()
+
+    def projector_settings(self) -> dict:
+        if self.projector == "parallelproj":
+            proj = {
+                "matrix": "SIRF AcquisitionModelUsingParallelproj (Joseph)",
+                "values_in": "mm (x-voxel units converted)",
+            }
+        else:
+            proj = self.settings.as_dict()
+        return {**super().projector_settings(), **proj, "psf_fwhm_mm": self.psf_fwhm_mm}
 
     def _new_model(self):
         pet = self._pet
         if self.projector == "raytracing":
-            am = pet.AcquisitionModelUsingRayTracingMatrix()
-            if self.num_tangential_lors > 1:
-                am.set_num_tangential_LORs(self.num_tangential_lors)
-        elif self.projector == "parallelproj":
-            if not hasattr(pet, "AcquisitionModelUsingParallelproj"):
-                raise ValueError("this SIRF was built without parallelproj: use projector='raytracing'")
-            am = pet.AcquisitionModelUsingParallelproj()
-        else:
-            raise ValueError(f"unknown SIRF projector {self.projector!r}: choose raytracing or parallelproj")
-        fwhm = self.psf_fwhm_mm if isinstance(self.psf_fwhm_mm, tuple) else (float(self.psf_fwhm_mm),) * 3
-        if any(f > 0 for f in fwhm):
-            psf = pet.SeparableGaussianImageFilter()
-            psf.set_fwhms(tuple(float(f) for f in fwhm))  # (z, y, x) in mm, SIRF's order
-            am.set_image_data_processor(psf)
-        return am
+            matrix = pet.RayTracingMatrix()
+            matrix.set_num_tangential_LORs(self.settings.num_tangential_lors)
+            matrix.set_restrict_to_cylindrical_FOV(self.settings.restrict_to_cylindrical_fov)
+            return pet.AcquisitionModelUsingRayTracingMatrix(matrix)
+        if not hasattr(pet, "AcquisitionModelUsingParallelproj"):
+            raise ValueError("this SIRF was built without parallelproj: use projector='raytracing'")
+        return pet.AcquisitionModelUsingParallelproj()
 
     def _setup(self) -> None:
         pet = self._pet
-        # SIRF's G is STIR's ray tracing in units of the x voxel size: fold the mm conversion into S
-        S, a, b_s = sirf_terms(self._m.cpu() * stir_pixel_units(self.image), self._b.cpu())
+        # SIRF's G is in STIR's x-voxel units (ray tracing, and parallelproj as STIR wraps it): the
+        # conversion to mm (grid.unit_mm, the one place it is defined) is folded into S
+        S, a, b_s = sirf_terms(self._m.cpu() * self.grid.unit_mm, self._b.cpu())
         tmpl = self._acq_template
         self._S = _fill_acq(tmpl, to_numpy(S), self.layout)
         self._asm = pet.AcquisitionSensitivityModel(self._S)
@@ -204,8 +216,14 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         self._image_buffer = self._img_template.get_uniform_copy(0.0)
 
     # --- numpy callables used by the bridge ---------------------------------------------
+    def _psf(self, x: np.ndarray, adjoint: bool = False) -> np.ndarray:
+        if self.psf is None:
+            return x
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return (self.psf.adjoint(t) if adjoint else self.psf(t)).numpy()
+
     def _image(self, x: np.ndarray):
-        self._image_buffer.fill(x)
+        self._image_buffer.fill(self.grid.to_stir(self._psf(x)))
         return self._image_buffer
 
     def _direct_np(self, x: np.ndarray) -> np.ndarray:
@@ -216,7 +234,8 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
 
     def _adjoint_np(self, y: np.ndarray) -> np.ndarray:
         acq = _fill_acq(self._acq_template, y, self.layout)
-        return np.asarray(self._linear.adjoint(acq).as_array(), dtype=np.float32).reshape(self.image_shape)
+        z = np.asarray(self._linear.adjoint(acq).as_array(), dtype=np.float32).reshape(self.grid.shape)
+        return self._psf(self.grid.from_stir(z), adjoint=True)
 
     def _rebuild(self, multiplicative: torch.Tensor, additive: torch.Tensor) -> SirfAcquisitionModel:
         return SirfAcquisitionModel(
@@ -227,14 +246,16 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
             self.psf_fwhm_mm,
             self.device,
             self.projector,
-            self.num_tangential_lors,
+            self.settings.num_tangential_lors,
+            self.settings.restrict_to_cylindrical_fov,
+            self._workdir,
             self._acq_template,
             self._img_template,
         )
 
     @property
     def sirf_model(self):
-        """The underlying ``sirf.STIR`` acquisition model (set up)."""
+        """The underlying ``sirf.STIR`` acquisition model (set up; the PSF is applied outside it, in torch)."""
         return self._am
 
 

@@ -150,8 +150,11 @@ class DaskExecutor:
     ) -> None:
         try:
             from dask.distributed import Client, LocalCluster
-        except ImportError as exc:  # pragma: no cover - dask is a dependency
-            raise ImportError("the Dask executor needs dask[distributed]: pip install 'dask[distributed]'") from exc
+        except ImportError as exc:  # an optional extra
+            raise ImportError(
+                "the Dask schedulers need dask[distributed]: pip install 'petuq_sirf[distributed]' "
+                "(or use --scheduler none|processes)"
+            ) from exc
         self.retries = retries
         self._own_client = client is None
         self._cluster = None

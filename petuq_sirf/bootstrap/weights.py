@@ -25,8 +25,8 @@ def replicate_rng(base_seed: int, index: int) -> np.random.Generator:
 
 
 def replicate_int_seed(base_seed: int, index: int) -> int:
-    """A 31-bit integer seed for replicate ``index`` (for external programs such as STIR)."""
-    return int(replicate_seed_sequence(base_seed, index).generate_state(1, np.uint32)[0] & 0x7FFFFFFF)
+    """A seed in ``1 .. 2**31 - 1`` for replicate ``index`` (for external programs; STIR refuses 0)."""
+    return 1 + int(replicate_seed_sequence(base_seed, index).generate_state(1, np.uint32)[0] % 0x7FFFFFFF)
 
 
 def draw_weights(num_events: int, kind: str, rng: np.random.Generator) -> np.ndarray:

@@ -17,7 +17,14 @@ from petuq_sirf.cli.common import check_out_dir, float_in, int_in, save_acquisit
 from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.image_io import read_image
 from petuq_sirf.io.interfile import read_projdata
-from petuq_sirf.io.mmr_listmode import DecodeStats, make_layout, read_mmr_header, read_mmr_listmode
+from petuq_sirf.io.mmr_listmode import (
+    DecodeStats,
+    bin_mmr_listmode,
+    is_mmr_header,
+    make_layout,
+    read_mmr_header,
+    read_mmr_listmode,
+)
 from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
@@ -27,7 +34,7 @@ from petuq_sirf.simulation.randoms import estimate_randoms
 
 def register(sub) -> None:
     p = sub.add_parser("listmode", help="bin mMR (.l.hdr) or PETSIRD list-mode into an acquisition folder")
-    p.add_argument("input", help="Siemens mMR list-mode header (.l.hdr) or a PETSIRD file.")
+    p.add_argument("input", help="Siemens mMR list-mode header (.l.hdr, STIR's .l.hdr.STIR) or a PETSIRD file.")
     p.add_argument("--scanner", default=None, help="Scanner name when the file does not identify it (e.g. test-3d).")
     p.add_argument(
         "--span", type=int_in(1, 1000), default=None, help="Axial compression of the sinograms (mMR default 11)."
@@ -41,6 +48,9 @@ def register(sub) -> None:
     p.add_argument("--view-mashing", type=int_in(1, 64), default=1, help="Views combined into one (1 = none).")
     p.add_argument("--start-s", type=float_in(0), default=None, help="Keep events from this time (s).")
     p.add_argument("--stop-s", type=float_in(0), default=None, help="Keep events before this time (s).")
+    p.add_argument(
+        "--frame", type=int_in(1, 100_000), default=None, help="Keep the events of the header's time frame K (1-based)."
+    )
     p.add_argument("--mu-map", default=None, help="Mu-map in 1/cm (.hv, .nii, .nii.gz); sets the image grid.")
     p.add_argument("--norm", default=None, help="Detector efficiencies per bin (.hs in the output layout).")
     p.add_argument("--scatter", default=None, help="Scatter estimate in counts (.hs in the output layout).")
@@ -73,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
     start = None if args.start_s is None else 1000.0 * args.start_s
     stop = None if args.stop_s is None else 1000.0 * args.stop_s
     info: dict = {"source": str(path)}
-    if path.name.endswith(".l.hdr"):
+    if args.frame is not None and (args.start_s is not None or args.stop_s is not None):
+        raise ValueError("give either --frame or --start-s/--stop-s, not both")
+    if is_mmr_header(path):
         header = read_mmr_header(path, scanner=scanner)
+        if args.frame is not None:
+            start, stop = header.frame_ms(args.frame)
         is_mmr = header.scanner.name == "Siemens mMR"
         span = args.span if args.span is not None else (11 if is_mmr else header.span)
         max_rd = args.max_ring_difference
@@ -82,9 +96,18 @@ def run(args: argparse.Namespace) -> int:
             max_rd = min(60, header.max_ring_difference) if is_mmr else header.max_ring_difference
         layout = make_layout(header.scanner, span, max_rd, args.view_mashing, header.num_projections)
         stats = DecodeStats()
-        events = read_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
+        if args.no_events:  # stream: only the two sinograms are kept
+            prompts, delayeds = bin_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
+            events = None
+        else:
+            events = read_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
         info.update(format="Siemens PETLINK 32-bit", time_tags=stats.time_tags, dropped_events=stats.dropped)
+        first_ms, last_ms = stats.first_time_ms, stats.last_time_ms
+        if events is None and stats.prompts + stats.delayeds == 0:
+            raise ValueError(f"{path}: no events in the selected time interval")
     else:
+        if args.frame is not None:
+            raise ValueError("--frame needs a list-mode header with time frames (Siemens .l.hdr)")
         if scanner is None and (args.span or args.max_ring_difference or args.view_mashing != 1):
             raise ValueError("give --scanner with --span/--max-ring-difference/--view-mashing for PETSIRD input")
         layout = None
@@ -96,10 +119,12 @@ def run(args: argparse.Namespace) -> int:
         if start is not None or stop is not None:
             events = events.select_time(start or 0.0, stop if stop is not None else float("inf"))
         info.update(format="PETSIRD")
-    if len(events) == 0:
-        raise ValueError(f"{path}: no events in the selected time interval")
-    prompts = events.histogram(prompts=True)
-    delayeds = events.histogram(prompts=False)
+    if events is not None:
+        if len(events) == 0:
+            raise ValueError(f"{path}: no events in the selected time interval")
+        prompts = events.histogram(prompts=True)
+        delayeds = events.histogram(prompts=False)
+        first_ms, last_ms = float(events.times_ms.min()), float(events.times_ms.max())
     randoms = (
         estimate_randoms(layout, delayeds, progress=not args.quiet) if delayeds.sum() > 0 else torch.zeros(layout.shape)
     )
@@ -119,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         prompts=float(prompts.sum()),
         delayeds=float(delayeds.sum()),
         randoms_estimate=float(randoms.sum()),
-        first_event_ms=float(events.times_ms.min()),
-        last_event_ms=float(events.times_ms.max()),
+        first_event_ms=first_ms,
+        last_event_ms=last_ms,
     )
     acq = Acquisition(
         layout=layout,
@@ -137,5 +162,6 @@ def run(args: argparse.Namespace) -> int:
     )
     save_acquisition(acq, args.out)
     write_metrics(args.out, {"command": "listmode", **info})
-    print(f"petuq listmode: {len(events)} events -> {layout.describe()} in {args.out}")
+    total = int(prompts.sum() + delayeds.sum())
+    print(f"petuq listmode: {total} events -> {layout.describe()} in {args.out}")
     return 0

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "iterations": args.iterations,
         "subsets": args.subsets if args.method == "osem" else 1,
         "objective": rec.objective[-1] if rec.objective else None,
+        "projector": model.projector_settings() if hasattr(model, "projector_settings") else None,
     }
     label = reconstruction_title(
         args.method,

@@ -41,8 +41,12 @@ def _normalise_key(key: str) -> str:
     return " ".join(key.replace("!", "").replace("%", "").lower().split())
 
 
-def parse_header(path: str | os.PathLike) -> dict[str, str]:
-    """Read an Interfile header into ``{normalised key: value}`` (keys lower-case, no ``!``)."""
+def parse_header(path: str | os.PathLike, allow: tuple[str, ...] = ()) -> dict[str, str]:
+    """Read an Interfile header into ``{normalised key: value}`` (keys lower-case, no ``!``).
+
+    ``allow``: keys whose otherwise unsupported values the caller handles itself (e.g. the
+    list-mode reader's ``number of time frames``).
+    """
     path = Path(path)
     try:
         text = path.read_text(errors="replace")
@@ -57,7 +61,7 @@ def parse_header(path: str | os.PathLike) -> dict[str, str]:
         if m:
             header[_normalise_key(m["key"])] = m["value"]
     for key, bad in _UNSUPPORTED_IF.items():
-        if key in header and header[key].strip():
+        if key in header and header[key].strip() and key not in allow:
             try:
                 unsupported = bad(header[key])
             except ValueError:
@@ -65,6 +69,20 @@ def parse_header(path: str | os.PathLike) -> dict[str, str]:
             if unsupported:
                 raise InterfileError(f"{path}: unsupported value for key '{key}': {header[key]!r}")
     return header
+
+
+def confined_data_path(header_path: str | os.PathLike, name: str) -> Path:
+    """The data file ``name`` of a header, resolved against the header's folder; it must lie inside that folder.
+
+    Absolute names are accepted when they resolve inside the folder. Raises :class:`InterfileError`
+    otherwise, so a header cannot make us read (or a tool overwrite) files elsewhere.
+    """
+    header_path = Path(header_path)
+    base = header_path.resolve().parent
+    data_path = (base / name.strip().strip('"')).resolve()
+    if base != data_path.parent and base not in data_path.parents:
+        raise InterfileError(f"{header_path}: data file {name!r} lies outside the header's directory {base}")
+    return data_path
 
 
 def _number(header: dict[str, str], key: str, path: Path, cast=float, default=None):
@@ -106,10 +124,7 @@ def _read_raw(header: dict[str, str], path: Path, count: int) -> np.ndarray:
     name = header.get("name of data file", "")
     if not name:
         raise InterfileError(f"{path}: key 'name of data file' is missing")
-    base = path.resolve().parent
-    data_path = (base / name).resolve()
-    if base != data_path.parent and base not in data_path.parents:
-        raise InterfileError(f"{path}: data file {name!r} lies outside the header's directory {base}")
+    data_path = confined_data_path(path, name)
     if not data_path.is_file():
         raise InterfileError(f"{path}: data file {data_path} does not exist")
     dtype = _dtype(header, path)

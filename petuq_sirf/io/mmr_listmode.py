@@ -36,7 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from petuq_sirf.io.atomic import atomic_write
-from petuq_sirf.io.interfile import InterfileError, parse_header
+from petuq_sirf.io.interfile import InterfileError, confined_data_path, parse_header
 from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.scanner.geometry import ScannerGeometry, get_scanner
 from petuq_sirf.scanner.layout import SinogramLayout, segment_order, sinogram_order
@@ -85,6 +85,10 @@ class MMRListmodeHeader:
         data_offset: bytes to skip at the start of the data file.
         big_endian: byte order of the words.
         total_words: ``%total listmode word counts`` (``None`` if absent).
+        frames_s: the header's time frames ``(start, stop)`` in s from the start of the acquisition
+            (``image relative start time (sec)[k]`` / ``image duration (sec)[k]``; empty if none).
+        table_span: the span whose segment lengths ``%segment table`` lists (real span-1 mMR
+            headers list the span-11 lengths of the scanner's sinograms; STIR checks the length only).
     """
 
     path: Path
@@ -98,6 +102,17 @@ class MMRListmodeHeader:
     data_offset: int = 0
     big_endian: bool = False
     total_words: int | None = None
+    frames_s: tuple[tuple[float, float], ...] = ()
+    table_span: int | None = None
+
+    def frame_ms(self, frame: int) -> tuple[float, float]:
+        """``(start_ms, stop_ms)`` of the header's time frame ``frame`` (1-based)."""
+        if not self.frames_s:
+            raise MMRListmodeError(f"{self.path}: the header defines no time frames (image duration (sec))")
+        if not 1 <= frame <= len(self.frames_s):
+            raise MMRListmodeError(f"{self.path}: frame {frame} does not exist (the header has {len(self.frames_s)})")
+        a, b = self.frames_s[frame - 1]
+        return 1000.0 * a, 1000.0 * b
 
     @property
     def layout(self) -> SinogramLayout:
@@ -146,7 +161,7 @@ def read_mmr_header(path: str | os.PathLike, scanner: ScannerGeometry | None = N
     if not path.is_file():
         raise FileNotFoundError(f"list-mode header {path} does not exist")
     try:
-        h = parse_header(path)
+        h = parse_header(path, allow=("number of time frames",))
     except InterfileError as exc:
         raise MMRListmodeError(str(exc)) from exc
     bits = _int(h, "lm event and tag words format (bits)", path, 32)
@@ -203,17 +218,22 @@ def read_mmr_header(path: str | os.PathLike, scanner: ScannerGeometry | None = N
     nseg = _int(h, "number of segments", path, len(table))
     if nseg != len(table):
         raise MMRListmodeError(f"{path}: '%number of segments := {nseg}' but the segment table has {len(table)}")
-    if table != tuple(sizes.tolist()):
+    table_span = _table_span(scanner, table, max_rd, projections)
+    if table_span is None:
         raise MMRListmodeError(
-            f"{path}: '%segment table' {list(table)[:6]}... does not match span {span} and maximum ring "
-            f"difference {max_rd} of {scanner.name} (expected {sizes.tolist()[:6]}...)"
+            f"{path}: '%segment table' {list(table)[:6]}... matches no span of {scanner.name} with maximum ring "
+            f"difference {max_rd} (the bin addresses are span {span}: expected {sizes.tolist()[:6]}...)"
         )
     name = h.get("name of data file", "").strip()
     if not name:
         raise MMRListmodeError(f"{path}: required key 'name of data file' is missing")
-    data_file = Path(name) if Path(name).is_absolute() else path.parent / name
+    try:
+        data_file = confined_data_path(path, name)
+    except InterfileError as exc:
+        raise MMRListmodeError(str(exc)) from exc
     if not data_file.is_file():
         raise FileNotFoundError(f"list-mode data file {data_file} (named in {path}) does not exist")
+    frames = _frames(h, path)
     total = h.get("total listmode word counts")
     header = MMRListmodeHeader(
         path=path,
@@ -227,6 +247,8 @@ def read_mmr_header(path: str | os.PathLike, scanner: ScannerGeometry | None = N
         data_offset=_int(h, "data offset in bytes", path, 0),
         big_endian=byte_order == "BIGENDIAN",
         total_words=int(float(total)) if total and total.strip() else None,
+        frames_s=frames,
+        table_span=table_span,
     )
     check_data_size(header)
     return header
@@ -260,6 +282,64 @@ def check_data_size(header: MMRListmodeHeader) -> list[str]:
     for text in problems:
         warnings.warn(text, ListmodeSizeWarning, stacklevel=3)
     return problems
+
+
+def _table_span(scanner: ScannerGeometry, table: tuple[int, ...], max_rd: int, projections: int) -> int | None:
+    """The span whose segment lengths (file order 0, -1, +1, ...) are ``table``, or None."""
+    for span in range(1, 2 * max_rd + 2, 2):
+        try:
+            lay = make_layout(scanner, span, max_rd, 1, projections)
+        except ValueError:
+            continue
+        if len(lay.segments) == len(table):
+            sizes = np.asarray(lay.sinograms_per_segment)[file_segment_order(len(lay.segments))]
+            if tuple(sizes.tolist()) == table:
+                return span
+    return None
+
+
+def _frames(h: dict[str, str], path: Path) -> tuple[tuple[float, float], ...]:
+    """Time frames ``(start_s, stop_s)`` from ``image duration (sec)[k]`` and ``image relative start time (sec)[k]``."""
+    n = _int(h, "number of time frames", path, 1)
+    frames = []
+    start = 0.0
+    for k in range(1, n + 1):
+        dur = h.get(f"image duration (sec) [{k}]", h.get(f"image duration (sec)[{k}]"))
+        if dur is None and n == 1:
+            dur = h.get("image duration (sec)")
+        rel = h.get(f"image relative start time (sec) [{k}]", h.get(f"image relative start time (sec)[{k}]"))
+        if rel is None and n == 1:
+            rel = h.get("image relative start time (sec)")
+        if dur is None or not dur.strip():
+            if n > 1:
+                raise MMRListmodeError(
+                    f"{path}: 'number of time frames := {n}' but 'image duration (sec)[{k}]' is missing"
+                )
+            return ()
+        try:
+            begin = float(rel) if rel is not None and rel.strip() else start
+            length = float(dur)
+        except ValueError as exc:
+            raise MMRListmodeError(f"{path}: time frame {k} has a non-numeric start or duration") from exc
+        if length <= 0 or begin < 0:
+            raise MMRListmodeError(f"{path}: time frame {k} starts at {begin} s and lasts {length} s")
+        frames.append((begin, begin + length))
+        start = begin + length
+    return tuple(frames)
+
+
+def is_mmr_header(path: str | os.PathLike) -> bool:
+    """Whether ``path`` looks like a Siemens PETLINK list-mode header (``.l.hdr``, STIR's ``.l.hdr.STIR``, or any Interfile text)."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".l.hdr", ".l.hdr.stir", ".hdr")):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(200)
+    except OSError:
+        return False
+    return b"interfile" in head.lower()
 
 
 def default_target_layout(header: MMRListmodeHeader) -> SinogramLayout:
@@ -557,14 +637,14 @@ def write_mmr_listmode(
     path: str | os.PathLike,
     events: ListModeEvents,
     layout: SinogramLayout,
-    file_span: int | None = None,
+    file_span: int | None = 1,
     originating_system: str | None = None,
     other_tag_every_ms: int = 0,
 ) -> Path:
     """Write ``events`` (binned in ``layout``) as a PETLINK 32-bit list-mode file pair ``path`` (``.l.hdr``) + ``.l``.
 
-    ``file_span`` is the axial compression of the bin addresses (default ``layout.span``; 1
-    like a real mMR file); each event is written on the first ring pair and raw view of its
+    ``file_span`` is the axial compression of the bin addresses (default 1, like a real mMR file
+    and as STIR's ECAT8 reader requires; ``None`` = ``layout.span``); each event is written on the first ring pair and raw view of its
     bin, so decoding into ``layout`` gives back exactly the same bins. Times are floored to
     ms. ``originating_system`` defaults to 2008 for the mMR, else the scanner name.
     """

@@ -36,8 +36,10 @@ from petuq_sirf.scanner.layout import SinogramLayout
 def _petsird():
     try:
         import petsird
-    except ImportError as exc:  # it is a dependency, but keep the message clear
-        raise ImportError("reading PETSIRD files needs the 'petsird' package: pip install petsird") from exc
+    except ImportError as exc:  # an optional extra
+        raise ImportError(
+            "PETSIRD files need the 'petsird' package (>= 0.10): pip install 'petuq_sirf[petsird]'"
+        ) from exc
     return petsird
 
 

@@ -63,8 +63,8 @@ class AcquisitionData:
         if isinstance(src, AcquisitionData):
             self.layout, self.values = src.layout, np.zeros_like(src.values)
             return
-        if "." not in src:
-            raise RuntimeError("the fake only reads Interfile templates")
+        if "." not in src:  # a scanner name: SIRF's built-in template ignores our ring count
+            raise RuntimeError("the fake only reads Interfile templates (scanner-name templates are not used)")
         pd = read_projdata(src)
         self.layout = pd.layout
         self.values = pd.array[_array_order(pd.layout)][None].astype(np.float32)  # STIR array order
@@ -149,12 +149,34 @@ class SeparableGaussianImageFilter:
 _PROJECTORS: dict = {}
 
 
-class AcquisitionModelUsingRayTracingMatrix:
+class RayTracingMatrix:
+    """SIRF's matrix object; like SIRF's, it starts with 2 rays per bin (STIR's default is 1)."""
+
     def __init__(self):
-        self.asm = self.at = self.bt = self.psf = None
+        self.n_lors, self.restrict = 2, True
 
     def set_num_tangential_LORs(self, n):
-        self.n_lors = n
+        self.n_lors = int(n)
+        return self
+
+    def get_num_tangential_LORs(self):
+        return self.n_lors
+
+    def set_restrict_to_cylindrical_FOV(self, value=True):
+        self.restrict = bool(value)
+        return self
+
+
+class AcquisitionModelUsingRayTracingMatrix:
+    def __init__(self, matrix=None):
+        self.asm = self.at = self.bt = self.psf = None
+        self.matrix = matrix if matrix is not None else RayTracingMatrix()
+
+    def set_num_tangential_LORs(self, n):
+        self.matrix.set_num_tangential_LORs(n)
+
+    def get_num_tangential_LORs(self):
+        return self.matrix.get_num_tangential_LORs()
 
     def set_acquisition_sensitivity(self, asm):
         self.asm = asm
@@ -229,6 +251,7 @@ def install(monkeypatch):
         "AcquisitionSensitivityModel",
         "SeparableGaussianImageFilter",
         "AcquisitionModelUsingRayTracingMatrix",
+        "RayTracingMatrix",
         "set_verbosity",
     ):
         setattr(stir_module, name, globals()[name])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from petuq_sirf.backends.stir_backend import listmode_bootstrap_sinogram
+from petuq_sirf.backends.stir_backend import lm_to_projdata_bootstrap
 from petuq_sirf.io import ListModeEvents
 from petuq_sirf.io.interfile import read_projdata, write_projdata
 from petuq_sirf.io.mmr_listmode import bin_mmr_listmode, read_mmr_header, write_mmr_listmode
@@ -49,12 +49,15 @@ def test_stir_lm_to_projdata_bins_our_file_like_we_do(mmr_file):
 
 
 @needs_stir
-def test_listmode_bootstrap_sinogram_runs_stir(mmr_file, tmp_path):
+def test_lm_to_projdata_bootstrap_runs_stir(mmr_file, tmp_path):
     _, hdr, layout = mmr_file
     prompts, _ = bin_mmr_listmode(read_mmr_header(hdr), layout, progress=False)
-    a = listmode_bootstrap_sinogram(hdr, layout, seed=1, workdir=tmp_path / "a")
-    b = listmode_bootstrap_sinogram(hdr, layout, seed=1, workdir=tmp_path / "b")
-    c = listmode_bootstrap_sinogram(hdr, layout, seed=2, workdir=tmp_path / "c")
+    a = lm_to_projdata_bootstrap(hdr, layout, seed=1, workdir=tmp_path / "a")
+    b = lm_to_projdata_bootstrap(hdr, layout, seed=1, workdir=tmp_path / "b")
+    c = lm_to_projdata_bootstrap(hdr, layout, seed=2, workdir=tmp_path / "c")
+    frame = lm_to_projdata_bootstrap(hdr, layout, seed=3, workdir=tmp_path / "d" / "e", start_s=0.5, stop_s=1.5)
+    in_frame, _ = bin_mmr_listmode(read_mmr_header(hdr), layout, start_ms=500, stop_ms=1500, progress=False)
+    assert abs(float(frame.sum()) - float(in_frame.sum())) < 0.05 * float(in_frame.sum())
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert bool(((a > 0) <= (prompts > 0)).all())  # replicates re-draw the measured events
     assert abs(float(a.sum()) - float(prompts.sum())) < 0.02 * float(prompts.sum())

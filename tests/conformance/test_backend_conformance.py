@@ -1,7 +1,9 @@
 """Conformance suite every acquisition-model backend must pass.
 
-Parametrised over ``embedded``, ``sirf`` and ``stir``; the SIRF/STIR cases skip where those
-modules do not import (run them inside the SyneRBI container: see docs/sirf_stir.md).
+Parametrised over ``embedded``, ``sirf`` and ``stir`` and over odd and even in-plane image sizes;
+the SIRF/STIR cases skip where those modules do not import, and run in-process only after a smoke
+run in a child process came back clean (``tests/backends/isolation.py``: a crash in the C++
+libraries fails those tests instead of killing pytest). See docs/sirf_stir.md.
 """
 
 import numpy as np
@@ -9,12 +11,15 @@ import pytest
 import torch
 
 from petuq_sirf.backends.registry import BACKENDS, backend_available, make_acquisition_model
+from tests.backends.isolation import real_backend_guard
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    if request.param != "embedded":
+        real_backend_guard(request.param)
     if not backend_available(request.param):
         pytest.skip(f"backend {request.param!r} is not installed here")
     return request.param
@@ -34,47 +39,47 @@ def _dot(a, b):
 
 
 @pytest.fixture
-def model_2d(backend, layout_2d, image_2d_odd):
+def model_2d(backend, layout_2d, grid_2d):
     m, b = _terms(layout_2d.shape)
-    return make_acquisition_model(backend, layout_2d, image_2d_odd, m, b)
+    return make_acquisition_model(backend, layout_2d, grid_2d, m, b)
 
 
-def test_shapes_and_voxel_sizes(model_2d, layout_2d, image_2d_odd, backend, layout_3d, image_3d_odd):
-    assert tuple(model_2d.image_shape) == image_2d_odd.shape
+def test_shapes_and_voxel_sizes(model_2d, layout_2d, grid_2d, backend, layout_3d, grid_3d):
+    assert tuple(model_2d.image_shape) == grid_2d.shape
     assert tuple(model_2d.data_shape) == layout_2d.shape
-    assert tuple(model_2d.voxel_size_mm) == pytest.approx(image_2d_odd.voxel_size_mm)
-    x = torch.rand(2, *image_2d_odd.shape)  # a batch
+    assert tuple(model_2d.voxel_size_mm) == pytest.approx(grid_2d.voxel_size_mm)
+    x = torch.rand(2, *grid_2d.shape)  # a batch
     assert model_2d.forward(x).shape == (2, *layout_2d.shape)
-    assert model_2d.adjoint(torch.rand(2, *layout_2d.shape)).shape == (2, *image_2d_odd.shape)
-    m3 = make_acquisition_model(backend, layout_3d, image_3d_odd)
+    assert model_2d.adjoint(torch.rand(2, *layout_2d.shape)).shape == (2, *grid_2d.shape)
+    m3 = make_acquisition_model(backend, layout_3d, grid_3d)
     assert tuple(m3.data_shape) == layout_3d.shape == (11, 24, 48)
-    assert m3.forward(torch.rand(image_3d_odd.shape)).shape == layout_3d.shape
+    assert m3.forward(torch.rand(grid_3d.shape)).shape == layout_3d.shape
 
 
-def test_adjoint_identity(backend, layout_3d, image_3d_odd):
+def test_adjoint_identity(backend, layout_3d, grid_3d):
     m, b = _terms(layout_3d.shape, seed=1)
-    model = make_acquisition_model(backend, layout_3d, image_3d_odd, m, b)
+    model = make_acquisition_model(backend, layout_3d, grid_3d, m, b)
     g = torch.Generator().manual_seed(2)
-    x = torch.rand(image_3d_odd.shape, generator=g)
+    x = torch.rand(grid_3d.shape, generator=g)
     y = torch.rand(layout_3d.shape, generator=g)
     lhs, rhs = _dot(model.direct(x), y), _dot(x, model.adjoint(y))
     assert lhs == pytest.approx(rhs, rel=1e-4)
 
 
-def test_linearity(model_2d, image_2d_odd):
+def test_linearity(model_2d, grid_2d):
     g = torch.Generator().manual_seed(3)
-    x1, x2 = torch.rand(image_2d_odd.shape, generator=g), torch.rand(image_2d_odd.shape, generator=g)
+    x1, x2 = torch.rand(grid_2d.shape, generator=g), torch.rand(grid_2d.shape, generator=g)
     lhs = model_2d.direct(2.5 * x1 - 0.7 * x2)
     rhs = 2.5 * model_2d.direct(x1) - 0.7 * model_2d.direct(x2)
     assert torch.allclose(lhs, rhs, rtol=1e-4, atol=1e-4 * float(rhs.abs().max()))
 
 
-def test_positivity(model_2d, image_2d_odd, layout_2d):
+def test_positivity(model_2d, grid_2d, layout_2d):
     g = torch.Generator().manual_seed(4)
-    assert (model_2d.forward(torch.rand(image_2d_odd.shape, generator=g)) >= 0).all()
+    assert (model_2d.forward(torch.rand(grid_2d.shape, generator=g)) >= 0).all()
     assert (model_2d.adjoint(torch.rand(layout_2d.shape, generator=g)) >= 0).all()
     sens = model_2d.sensitivity()
-    _, ny, nx = image_2d_odd.shape
+    _, ny, nx = grid_2d.shape
     assert (sens >= 0).all() and sens[0, ny // 2, nx // 2] > 0
 
 
@@ -83,10 +88,10 @@ def _analytic_chords(layout, radius_mm):
     return s, 2 * torch.sqrt((radius_mm**2 - s**2).clamp_min(0))
 
 
-def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, image_2d_odd, layout_3d, image_3d_odd):
+def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, grid_2d, layout_3d, grid_3d):
     # 2D: a uniform disc of activity 1 projects to its chord lengths 2 sqrt(r^2 - s^2) (mm)
-    model = make_acquisition_model(backend, layout_2d, image_2d_odd)
-    _, yy, xx = image_2d_odd.meshgrid_mm()
+    model = make_acquisition_model(backend, layout_2d, grid_2d)
+    _, yy, xx = grid_2d.meshgrid_mm()
     radius = 60.0
     disc = ((yy**2 + xx**2) <= radius**2).float()
     s, chord = _analytic_chords(layout_2d, radius)
@@ -95,8 +100,8 @@ def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, ima
     assert float(ratio.mean()) == pytest.approx(1.0, abs=0.02)
     assert float((ratio - 1).abs().max()) < 0.06
     # 3D: the direct (ring difference 0 on average) sinograms of a long uniform cylinder
-    model3 = make_acquisition_model(backend, layout_3d, image_3d_odd)
-    _, yy, xx = image_3d_odd.meshgrid_mm()
+    model3 = make_acquisition_model(backend, layout_3d, grid_3d)
+    _, yy, xx = grid_3d.meshgrid_mm()
     cyl = ((yy**2 + xx**2) <= 50.0**2).float()
     s, chord = _analytic_chords(layout_3d, 50.0)
     inner = s.abs() < 40.0
@@ -106,17 +111,17 @@ def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, ima
     assert float(ratio.mean()) == pytest.approx(1.0, abs=0.03)
     assert float((ratio - 1).abs().max()) < 0.12
     # outside the cylinder's shadow nothing is projected
-    outside = s.abs() > 50.0 + image_3d_odd.voxel_size_mm[1]
+    outside = s.abs() > 50.0 + grid_3d.voxel_size_mm[1]
     assert float(model3.forward(cyl)[direct][:, :, outside].abs().max()) < 1e-3
 
 
-def test_additive_term_convention(backend, layout_2d, image_2d_odd):
+def test_additive_term_convention(backend, layout_2d, grid_2d):
     """``forward = m * G x + b`` with ``b`` in counts, also where ``m = 0`` (SIRF needs a background term there)."""
     m, b = _terms(layout_2d.shape, seed=5, zeros=True)
-    model = make_acquisition_model(backend, layout_2d, image_2d_odd, m, b)
-    x = torch.rand(image_2d_odd.shape, generator=torch.Generator().manual_seed(6))
+    model = make_acquisition_model(backend, layout_2d, grid_2d, m, b)
+    x = torch.rand(grid_2d.shape, generator=torch.Generator().manual_seed(6))
     assert torch.allclose(model.forward(x) - model.direct(x), b, atol=1e-4)
-    assert torch.allclose(model.forward(torch.zeros(image_2d_odd.shape)), b, atol=1e-5)
+    assert torch.allclose(model.forward(torch.zeros(grid_2d.shape)), b, atol=1e-5)
     unit = model.with_terms(multiplicative=torch.ones(layout_2d.shape), additive=torch.zeros(layout_2d.shape))
     assert torch.allclose(model.direct(x), m * unit.direct(x), rtol=1e-4, atol=1e-5)
     assert torch.allclose(model.multiplicative, m) and torch.allclose(model.additive, b)
@@ -125,11 +130,11 @@ def test_additive_term_convention(backend, layout_2d, image_2d_odd):
     assert torch.allclose(model.adjoint(y), unit.adjoint(m * y), rtol=1e-4, atol=1e-4)
 
 
-def test_subsets_partition_the_views(model_2d, image_2d_odd, layout_2d):
-    x = torch.rand(image_2d_odd.shape, generator=torch.Generator().manual_seed(8))
+def test_subsets_partition_the_views(model_2d, grid_2d, layout_2d):
+    x = torch.rand(grid_2d.shape, generator=torch.Generator().manual_seed(8))
     full = model_2d.forward(x)
     n = 4
-    total = torch.zeros(image_2d_odd.shape)
+    total = torch.zeros(grid_2d.shape)
     for i in range(n):
         sub = model_2d.subset(i, n)
         views = torch.arange(i, layout_2d.num_views, n)
@@ -138,8 +143,8 @@ def test_subsets_partition_the_views(model_2d, image_2d_odd, layout_2d):
     assert torch.allclose(total, model_2d.sensitivity(), rtol=1e-4, atol=1e-4)
 
 
-def test_autograd_gradient_is_the_adjoint(model_2d, image_2d_odd, layout_2d):
-    x = torch.rand(image_2d_odd.shape, generator=torch.Generator().manual_seed(9)).requires_grad_(True)
+def test_autograd_gradient_is_the_adjoint(model_2d, grid_2d, layout_2d):
+    x = torch.rand(grid_2d.shape, generator=torch.Generator().manual_seed(9)).requires_grad_(True)
     w = torch.rand(layout_2d.shape, generator=torch.Generator().manual_seed(10))
     (model_2d.forward(x) * w).sum().backward()
     assert torch.allclose(x.grad, model_2d.adjoint(w), rtol=1e-4, atol=1e-4)

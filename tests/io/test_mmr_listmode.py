@@ -133,7 +133,7 @@ def _header_text(**changes):
         ({"%number of TOF time bins": "13"}, "TOF list-mode is not supported"),
         ({"!originating system": "1104x"}, "originating system"),
         ({"%number of views": "126"}, "number of views"),
-        ({"%segment table": "{127,115,115,93,93,71,71,49,49,27,28}"}, "does not match span 11"),
+        ({"%segment table": "{127,115,115,93,93,71,71,49,49,27,28}"}, "matches no span"),
         ({"%number of segments": "9"}, "number of segments"),
         ({"%segment table": None}, "segment table"),
         ({"name of data file": None}, "name of data file"),
