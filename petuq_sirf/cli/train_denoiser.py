@@ -53,6 +53,16 @@ def data_config_from(args: argparse.Namespace) -> DenoisingDataConfig:
     )
 
 
+def _families(text: str | None) -> list[str]:
+    from petuq_sirf.simulation.phantom_families import FAMILIES
+
+    names = [v.strip() for v in (text or "").split(",") if v.strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+    return names
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-denoiser", help="train a Bayesian denoiser (SVI, AIS, MC dropout, ensemble)")
     p.add_argument("--out", required=True, help="model folder to write")
@@ -70,6 +80,18 @@ def register(sub) -> None:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--ensemble-size", type=int, default=4)
     p.add_argument("--calibration-fraction", type=float, default=0.2, help="phantoms held out for conformal")
+    p.add_argument(
+        "--families",
+        default=None,
+        help="train on anatomical phantom families (comma list of brain, thorax, ellipses; train seeds, "
+        "--phantoms per family) instead of random ellipses",
+    )
+    p.add_argument(
+        "--calibration-families",
+        default=None,
+        help="also fit Mondrian (per voxel class) conformal quantiles on these families' calibration seeds",
+    )
+    p.add_argument("--calibration-phantoms", type=int, default=8, help="calibration phantoms per family")
     p.add_argument("--seed", type=int, default=0)
     add_data_arguments(p)
     p.set_defaults(handler=run)
@@ -94,10 +116,18 @@ def run(args: argparse.Namespace) -> int:
         ais_iterations=args.ais_iterations,
         seed=args.seed,
     )
-    data = load_or_generate(data_config, args.cache, progress=True)
     if not 0 < args.calibration_fraction < 1:
         raise ValueError(f"--calibration-fraction must be in (0, 1), got {args.calibration_fraction}")
-    train, calib = data.split_by_phantom(args.calibration_fraction, seed=args.seed)
+    families = _families(args.families)
+    cal_families = _families(args.calibration_families)
+    if families:
+        from petuq_sirf.bayes.anatomical import family_pairs
+
+        train = family_pairs(families, "train", args.phantoms, data_config)
+        calib = family_pairs(families, "calibration", max(2, args.calibration_phantoms // 2), data_config)
+    else:
+        data = load_or_generate(data_config, args.cache, progress=True)
+        train, calib = data.split_by_phantom(args.calibration_fraction, seed=args.seed)
     model = make_denoiser(config)
     info = model.fit(train, progress=True)
     scales = conformal_from_dataset(model, calib)
@@ -106,7 +136,20 @@ def run(args: argparse.Namespace) -> int:
         "data_config": {**data_config.__dict__, "dose_fractions": list(data_config.dose_fractions)},
         "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
         "calibration_phantoms": sorted(set(calib.phantom.tolist())),
+        "training_families": families or ["random ellipses"],
     }
+    if cal_families:
+        from petuq_sirf.bayes.anatomical import family_pairs, mondrian_for_denoiser
+
+        if args.calibration_phantoms < 1:
+            raise ValueError("--calibration-phantoms must be >= 1")
+        mcal = family_pairs(cal_families, "calibration", args.calibration_phantoms, data_config)
+        extra["mondrian"] = mondrian_for_denoiser(model, mcal).to_dict()
+        extra["mondrian_calibration"] = {
+            "families": cal_families,
+            "phantoms_per_family": args.calibration_phantoms,
+            "doses": list(data_config.dose_fractions),
+        }
     out = save_denoiser(model, Path(args.out), extra)
     write_metrics(out, {"command": "train-denoiser", "method": args.method, "train": info, "calibration_set": report})
     print(

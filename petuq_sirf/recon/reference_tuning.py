@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.operators.acquisition import AcquisitionModel, subset_views
-from petuq_sirf.recon.em import em_update, osem
+from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.filters import gaussian_postfilter
 from petuq_sirf.recon.map_rdp import map_rdp
 from petuq_sirf.recon.rdp import RelativeDifferencePrior
@@ -48,6 +48,36 @@ def _nrmse(image: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> floa
     imgs = image.reshape(-1, *image.shape[-3:])
     vals = [float(torch.linalg.norm(x[m] - t) / torch.linalg.norm(t).clamp_min(1e-12)) for x in imgs]
     return sum(vals) / len(vals)
+
+
+_SUBSET_PROJECTORS: dict = {}
+
+
+def _subset(model: AcquisitionModel, index: int, num_subsets: int) -> AcquisitionModel:
+    """``model.subset(index, num_subsets)``, reusing the restricted projectors of an embedded model's projector
+    (building them dominates OSEM's cost on small problems)."""
+    from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+
+    if not isinstance(model, EmbeddedAcquisitionModel):
+        return model.subset(index, num_subsets)
+    key = (id(model.projector), num_subsets, index)
+    cached = _SUBSET_PROJECTORS.get(key)
+    if cached is None or cached[0] is not model.projector:
+        if len(_SUBSET_PROJECTORS) > 256:
+            _SUBSET_PROJECTORS.clear()
+        cached = (model.projector, model.subset(index, num_subsets).projector)
+        _SUBSET_PROJECTORS[key] = cached
+    views = subset_views(model.data_shape[1], index, num_subsets)
+    return EmbeddedAcquisitionModel(
+        model.layout,
+        model.image,
+        model.multiplicative[:, views],
+        model.additive[:, views],
+        model.psf_fwhm_mm,
+        model.device,
+        model.dtype,
+        projector=cached[1],
+    )
 
 
 def osem_realisations(
@@ -150,7 +180,7 @@ def tune_map_rdp(
         ys = case.prompts if case.prompts.dim() > len(case.model.data_shape) else case.prompts[None]
         ys = ys[:max_realisations]
         for y in ys:
-            x0 = osem(case.model, y, init_iterations, num_subsets).image
+            x0 = osem_realisations(case.model, y[None], init_iterations, num_subsets)[0]
             for s in grid:
                 prior = RelativeDifferencePrior.scaled_for(case.model.sensitivity(), x0, strength=s)
                 img = map_rdp(case.model, y, prior, num_iterations, x0=x0).image
@@ -170,17 +200,16 @@ def tune_map_rdp(
 def osem_reference(model: AcquisitionModel, prompts: torch.Tensor, tuned: Mapping) -> torch.Tensor:
     """OSEM + post-filter with tuned settings (an entry's ``"osem"`` dict); ``prompts`` may carry a leading
     realisation dimension."""
-    if prompts.dim() > len(model.data_shape):
-        img = osem_realisations(model, prompts, int(tuned["iterations"]), int(tuned["subsets"]))
-    else:
-        img = osem(model, prompts, int(tuned["iterations"]), int(tuned["subsets"])).image
+    batch = prompts if prompts.dim() > len(model.data_shape) else prompts[None]
+    img = osem_realisations(model, batch, int(tuned["iterations"]), int(tuned["subsets"]))
+    img = img if prompts.dim() > len(model.data_shape) else img[0]
     f = float(tuned["fwhm_mm"])
     return gaussian_postfilter(img, f, model.voxel_size_mm) if f > 0 else img
 
 
 def map_rdp_reference(model: AcquisitionModel, prompts: torch.Tensor, tuned: Mapping) -> torch.Tensor:
     """MAP-RDP with a tuned strength (an entry's ``"map_rdp"`` dict)."""
-    x0 = osem(model, prompts, int(tuned["init_iterations"]), int(tuned["subsets"])).image
+    x0 = osem_realisations(model, prompts[None], int(tuned["init_iterations"]), int(tuned["subsets"]))[0]
     prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), x0, strength=float(tuned["strength"]))
     return map_rdp(model, prompts, prior, int(tuned["iterations"]), x0=x0).image
 
