@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from petuq_sirf.operators.acquisition import AcquisitionModelBase, subset_views
@@ -10,6 +12,9 @@ from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.operators.psf import GaussianPSF
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
+
+# projector -> {(index, num_subsets): restricted projector}; entries go with their projector
+_SUBSET_PROJECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class EmbeddedAcquisitionModel(AcquisitionModelBase):
@@ -78,7 +83,11 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
 
     def subset(self, index: int, num_subsets: int) -> EmbeddedAcquisitionModel:
         views = subset_views(self.data_shape[1], index, num_subsets)
-        proj = self.projector.restricted(views.numpy())
+        # restricted projectors are built once per projector and subset (building them dominates OSEM on small problems)
+        cache = _SUBSET_PROJECTORS.setdefault(self.projector, {})
+        proj = cache.get((index, num_subsets))
+        if proj is None:
+            proj = cache[(index, num_subsets)] = self.projector.restricted(views.numpy())
         return EmbeddedAcquisitionModel(
             self.layout,
             self.image,

@@ -145,6 +145,15 @@ def _add_calibration_arguments(p) -> None:
     p.add_argument(
         "--calibration-samples", type=int_in(2, 100_000), default=8, help="Posterior draws per calibration phantom."
     )
+    p.add_argument(
+        "--calibration-samples", type=int_in(1, 10_000), default=8, help="Posterior draws per calibration phantom."
+    )
+    p.add_argument(
+        "--calibration-families",
+        default=None,
+        help="Calibrate on anatomical phantom families (comma list of brain, thorax, ellipses; their calibration "
+        "seeds, --calibration-phantoms per family) and store Mondrian (per voxel class) quantiles too.",
+    )
 
 
 def _calibrate(args, net, posterior, layout, image, geometric, counts: float) -> dict:
@@ -158,6 +167,8 @@ def _calibrate(args, net, posterior, layout, image, geometric, counts: float) ->
         raise ValueError("--calibration-lesion-probability must be in [0, 1]")
     if args.calibration_phantoms == 0:
         return {}
+    if getattr(args, "calibration_families", None):
+        return _calibrate_families(args, net, posterior, layout, image, geometric, counts)
     cfg = LowDoseConfig(
         args.calibration_phantoms,
         counts,
@@ -177,6 +188,47 @@ def _calibrate(args, net, posterior, layout, image, geometric, counts: float) ->
             "mask": "background (body) of each phantom",
         },
     }
+
+
+def _calibrate_families(args, net, posterior, layout, image, geometric, counts: float) -> dict:
+    """Global and Mondrian conformal calibration on anatomical calibration phantoms."""
+    from petuq_sirf.recon.family_data import calibrate_unrolled_mondrian, family_low_dose_set
+    from petuq_sirf.simulation.phantom_families import FAMILIES
+
+    families = [v.strip() for v in args.calibration_families.split(",") if v.strip()]
+    bad = [f for f in families if f not in FAMILIES]
+    if bad or not families:
+        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+    data = family_low_dose_set(layout, image, families, "calibration", args.calibration_phantoms, counts, geometric)
+    mondrian = calibrate_unrolled_mondrian(net, data, geometric, posterior, args.calibration_samples, seed=args.seed)
+    scales = {lv: q / gaussian_quantile_of(lv) for lv, q in mondrian.global_quantiles.items()}
+    return {
+        "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
+        "mondrian": mondrian.to_dict(),
+        "calibration": {
+            "families": families,
+            "phantoms_per_family": args.calibration_phantoms,
+            "split": "calibration",
+            "true_counts": counts,
+            "samples": args.calibration_samples,
+            "mask": "body outline of the predicted mean (voxel classes < num_classes)",
+        },
+    }
+
+
+def gaussian_quantile_of(level: float) -> float:
+    from petuq_sirf.uq.calibration import gaussian_quantile
+
+    return gaussian_quantile(level)
+
+
+def mondrian_of(info: dict):
+    """The stored Mondrian calibrator (None for files without one)."""
+    if not info.get("mondrian"):
+        return None
+    from petuq_sirf.uq.mondrian import MondrianConformal
+
+    return MondrianConformal.from_dict(info["mondrian"])
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -279,6 +331,7 @@ def run_calibrate_unrolled(args: argparse.Namespace) -> int:
     calib = _calibrate(
         args, net, posterior.to(device) if posterior else None, layout, image, geometric, info["true_counts"]
     )
+    info.pop("mondrian", None)  # a new calibration replaces an old per-class one
     info.update(calib)
     info["calibration"]["command"] = "petuq calibrate-unrolled " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in _argv(args).items() if v is not None
@@ -420,6 +473,14 @@ def run(args: argparse.Namespace) -> int:
             lo_c, hi_c = gaussian_interval(summary.mean, summary.std, level, scales[level])
             images[f"lower_{round(level * 100)}_conformal"] = lo_c.clamp_min(0)
             images[f"upper_{round(level * 100)}_conformal"] = hi_c
+    mondrian = mondrian_of(info) if args.method == "unrolled" else None
+    if mondrian is not None:  # per-voxel-class conformal interval (classes from the mean image)
+        from petuq_sirf.uq.mondrian import voxel_classes
+
+        classes = voxel_classes(summary.mean.cpu(), acq.image.voxel_size_mm, mondrian.spec)
+        lo_m, hi_m = mondrian.interval(classes, 0.9, mean=summary.mean.cpu(), std=summary.std.cpu())
+        images["lower_90_mondrian"] = lo_m.clamp_min(0).float()
+        images["upper_90_mondrian"] = hi_m.float()
     for name, img in images.items():
         write_image(out / f"{name}.nii.gz", img.cpu().numpy(), acq.image)
     metrics = {

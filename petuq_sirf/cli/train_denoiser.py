@@ -64,6 +64,16 @@ def data_config_from(args: argparse.Namespace) -> DenoisingDataConfig:
     )
 
 
+def _families(text: str | None) -> list[str]:
+    from petuq_sirf.simulation.phantom_families import FAMILIES
+
+    names = [v.strip() for v in (text or "").split(",") if v.strip()]
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+    return names
+
+
 def register(sub) -> None:
     p = sub.add_parser("train-denoiser", help="train a Bayesian denoiser (SVI, AIS, MC dropout, ensemble)")
     p.add_argument("--out", required=True, help="Model folder to write (an interrupted run resumes there when re-run).")
@@ -99,6 +109,20 @@ def register(sub) -> None:
         help="Discard the checkpoint of an interrupted run in --out and train from the start.",
     )
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
+    p.add_argument(
+        "--families",
+        default=None,
+        help="Train on anatomical phantom families (comma list of brain, thorax, ellipses; train seeds, "
+        "--phantoms per family) instead of random ellipses.",
+    )
+    p.add_argument(
+        "--calibration-families",
+        default=None,
+        help="Also fit Mondrian (per voxel class) conformal quantiles on these families' calibration seeds.",
+    )
+    p.add_argument(
+        "--calibration-phantoms", type=int_in(1, 100_000), default=8, help="Calibration phantoms per family."
+    )
     add_data_arguments(p)
     p.set_defaults(handler=run)
 
@@ -134,8 +158,16 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(state)
     elif (state / "net.pt").is_file() or (state / "member0.pt").is_file():
         print(f"resuming the interrupted training from its last epoch checkpoint in {state}")
-    data = load_or_generate(data_config, args.cache or state / "data", progress=not args.quiet)
-    train, calib = data.split_by_phantom(args.calibration_fraction, seed=args.seed)
+    families = _families(args.families)
+    cal_families = _families(args.calibration_families)
+    if families:
+        from petuq_sirf.bayes.anatomical import family_pairs
+
+        train = family_pairs(families, "train", args.phantoms, data_config)
+        calib = family_pairs(families, "calibration", max(2, args.calibration_phantoms // 2), data_config)
+    else:
+        data = load_or_generate(data_config, args.cache or state / "data", progress=not args.quiet)
+        train, calib = data.split_by_phantom(args.calibration_fraction, seed=args.seed)
     model = make_denoiser(config)
     info = model.fit(train, progress=not args.quiet, checkpoint_dir=state)
     scales = conformal_from_dataset(model, calib)
@@ -145,7 +177,18 @@ def run(args: argparse.Namespace) -> int:
         "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
         "calibration_phantoms": sorted(set(calib.phantom.tolist())),
         "image_grid": {"shape": list(image.shape), "voxel_size_mm": list(image.voxel_size_mm)},
+        "training_families": families or ["random ellipses"],
     }
+    if cal_families:
+        from petuq_sirf.bayes.anatomical import family_pairs, mondrian_for_denoiser
+
+        mcal = family_pairs(cal_families, "calibration", args.calibration_phantoms, data_config)
+        extra["mondrian"] = mondrian_for_denoiser(model, mcal).to_dict()
+        extra["mondrian_calibration"] = {
+            "families": cal_families,
+            "phantoms_per_family": args.calibration_phantoms,
+            "doses": list(data_config.dose_fractions),
+        }
     out = save_denoiser(model, out, extra)
     shutil.rmtree(state, ignore_errors=True)  # the model is saved: the epoch checkpoints are no longer needed
     write_metrics(out, {"command": "train-denoiser", "method": args.method, "train": info, "calibration_set": report})

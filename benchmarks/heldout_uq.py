@@ -1,0 +1,518 @@
+"""Held-out UQ benchmark (issue 10, item 9): anatomy the methods never saw, frequentist protocol.
+
+    PYTHONPATH=$PWD python benchmarks/heldout_uq.py --quick      # a few minutes of CPU
+    PYTHONPATH=$PWD python benchmarks/heldout_uq.py              # the full protocol
+
+Scanner test-2d (64 x 64 x 3.8 mm). Standard (100 %) dose = 1e6 expected true counts; 5 % = 5e4 (the
+issue's low-dose setting), 10 % = 1e5. Physics as ``petuq simulate`` (attenuation from the phantom's
+mu-map, normalisation, 30 % scatter, 20 % randoms); reconstruction models use the true expected additive
+term (randoms + scatter), so only Poisson noise differs between realisations.
+
+Splits (``petuq_sirf.simulation.phantom_families``): the Bayesian denoiser is trained on *train* seeds
+of the in-family families (thorax, ellipses); every calibration (conformal, Mondrian, ROI) uses
+*calibration* seeds of those families at the same dose; test phantoms use *test* seeds: thorax
+(in-family) and brain (out-of-family: never seen in training or calibration). The shipped unrolled
+network was trained on random ellipses at 5e4 counts (not retrained here: see docs/reconstruction_uq.md).
+References: OSEM with the NRMSE-optimal iterations and post-filter, and MAP-RDP with the NRMSE-optimal
+strength, both searched per family and dose on that family's *calibration* seeds (never the test truth),
+cached in ``<out>/reference_tuning.json``.
+
+For each test phantom and dose: ``--realisations`` noise realisations; per method and region (object,
+lesions, edges, background): voxel coverage at 0.5-0.95, calibration error (mean |observed - nominal|),
+90 % interval width, predicted std / actual RMSE; lesion ROI-mean coverage at 90 %; NRMSE (object, mean
+over realisations). Writes ``<out>/results.json`` and ``<out>/heldout_uq.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STANDARD_COUNTS = 1e6
+LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+REGIONS = ("object", "lesions", "edges", "background")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer phantoms / samples (a few CPU minutes)")
+    p.add_argument("--out", default="docs/figures/heldout")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--doses", default="0.05,0.1,1.0", help="fractions of the standard dose (1e6 true counts)")
+    p.add_argument("--realisations", type=int, default=20)
+    p.add_argument("--test-phantoms", type=int, default=None, help="test phantoms per family")
+    p.add_argument("--calibration-phantoms", type=int, default=None, help="calibration phantoms per family")
+    p.add_argument("--samples", type=int, default=None, help="posterior samples per reconstruction")
+    p.add_argument("--markdown", default=None, help="only print markdown tables of an existing results.json")
+    return p.parse_args()
+
+
+def main() -> None:  # noqa: C901 - one linear protocol
+    args = parse()
+    if args.markdown:
+        markdown_tables(json.loads(Path(args.markdown).read_text()))
+        return
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    n_test = args.test_phantoms or (1 if quick else 3)
+    n_cal = args.calibration_phantoms or (8 if quick else 12)
+    n_samples = args.samples or (4 if quick else 8)
+    n_train = 8 if quick else 16
+    epochs = 15 if quick else 30
+    n_map = 2 if quick else 4
+    doses = tuple(float(d) for d in args.doses.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cpu0 = time.process_time()
+
+    from petuq_sirf.bayes.denoisers import DenoiserConfig, make_denoiser
+    from petuq_sirf.bayes.training_data import DenoisingDataset
+    from petuq_sirf.cli.reconstruct_uq import conformal_scales_of, load_weights
+    from petuq_sirf.recon.family_data import family_low_dose_set
+    from petuq_sirf.recon.lowdose import geometric_model
+    from petuq_sirf.recon.reference_tuning import (
+        TuningCase,
+        load_tuning,
+        lookup,
+        map_rdp_reference,
+        osem_realisations,
+        osem_reference,
+        save_tuning,
+        tune_map_rdp,
+        tune_osem_postfilter,
+        tuning_key,
+    )
+    from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+    from petuq_sirf.simulation.phantom_families import OUT_OF_FAMILY, family_phantom, seeds
+    from petuq_sirf.simulation.simulate import SimulationConfig, simulate
+    from petuq_sirf.uq.calibration import calibration_error, gaussian_quantile
+    from petuq_sirf.uq.mondrian import MondrianConformal, global_conformal, voxel_classes
+    from petuq_sirf.uq.roi import RoiConformal, roi_coverage, roi_interval_samples, roi_mean, roi_mean_samples
+
+    layout = SinogramLayout(get_scanner("test-2d"))
+    image = ImageGeometry.for_layout(layout)
+    vox = image.voxel_size_mm
+    geometric = geometric_model(layout, image, 4.0)
+    in_family = OUT_OF_FAMILY["in_family"]
+    test_families = ("thorax", "brain")  # thorax in-family, brain out-of-family
+
+    def case(family: str, seed: int, dose: float):
+        ph = family_phantom(family, image, seed)
+        sim = simulate(ph, layout, SimulationConfig(true_counts=dose * STANDARD_COUNTS, seed=seed), model=geometric)
+        model = geometric.with_terms(sim.multiplicative, sim.additive_true)
+        return ph, sim, model
+
+    def draws(sim, num: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        lam = sim.expected_prompts.double().expand(num, *sim.expected_prompts.shape).contiguous()
+        return torch.poisson(lam, generator=g).float()
+
+    def log(msg: str) -> None:
+        print(f"[{time.process_time() - cpu0:7.1f} s CPU] {msg}", flush=True)
+
+    # ---------------------------------------------------------------- 1. tuned references (calibration seeds)
+    tuning_path = out / "reference_tuning.json"
+    tuning = load_tuning(tuning_path) if tuning_path.is_file() else {}
+    n_tune = 1 if quick else 3
+    strengths = (0.005, 0.01, 0.02) if quick else (0.002, 0.005, 0.01, 0.02, 0.05)
+    for family in test_families:
+        for dose in doses:
+            key = tuning_key(family, dose)
+            if key in tuning and tuning[key].get("num_phantoms", 0) >= n_tune:
+                continue
+            cases = []
+            for s in seeds("calibration", n_tune, start=500):  # other calibration seeds than the conformal ones
+                ph, sim, model = case(family, s, dose)
+                cases.append(TuningCase(model, draws(sim, 3, s), sim.truth, ph.regions["object"]))
+            entry = {
+                "osem": tune_osem_postfilter(cases, iteration_grid=(2, 3, 4, 6, 8)),
+                "map_rdp": tune_map_rdp(cases, strength_grid=strengths, num_iterations=20, max_realisations=1),
+                "num_phantoms": n_tune,
+                "seeds": [int(c) for c in seeds("calibration", n_tune, start=500)],
+            }
+            tuning[key] = entry
+            save_tuning(tuning_path, {key: entry})
+            log(
+                f"tuned {key}: OSEM {entry['osem']['iterations']} it, {entry['osem']['fwhm_mm']} mm; "
+                f"RDP strength {entry['map_rdp']['strength']}"
+            )
+
+    # ---------------------------------------------------------------- 2. Bayesian denoiser on anatomical train seeds
+    den_cfg = DenoiserConfig(method="mc_dropout", epochs=epochs, seed=0)
+    noisy, target, mask, dose_l, index = [], [], [], [], []
+    for fi, family in enumerate(in_family):
+        for s in seeds("train", n_train):
+            for dose in doses:
+                ph, sim, model = case(family, s, dose)
+                rec = osem_realisations(model, sim.prompts[None], 4, 8)[0]
+                noisy.append(rec[0])
+                target.append(sim.truth[0])
+                mask.append(ph.regions["object"][0])
+                dose_l.append(dose)
+                index.append(fi * 100000 + s)
+    train = DenoisingDataset(
+        torch.stack(noisy).float(),
+        torch.stack(target).float(),
+        torch.stack(mask),
+        torch.tensor(dose_l),
+        torch.tensor(index),
+        vox,
+    )
+    denoiser = make_denoiser(den_cfg)
+    denoiser.fit(train)
+    log(f"trained mc_dropout denoiser on {len(train)} anatomical training images")
+
+    unet, upost, uinfo = load_weights("unrolled")
+    shipped_scales = conformal_scales_of(uinfo)
+
+    # ---------------------------------------------------------------- 3. per-dose calibration on anatomical phantoms
+    def run_unrolled(model, y, x0, seed):
+        pred = predict_unrolled(unet, model, y, x0, upost, n_samples, seed=seed)
+        return pred.samples.cpu(), pred.mean.cpu(), pred.std.cpu()
+
+    def run_denoiser(x, seed):
+        m, z, ny, nx = x.shape
+        post = denoiser.predict(x.reshape(m * z, ny, nx), max(n_samples, 8), seed)
+        mean = post.predictive_mean.reshape(m, z, ny, nx)
+        std = post.total_std.reshape(m, z, ny, nx)
+        samples = post.draw(per_sample=1, seed=seed).reshape(-1, m, z, ny, nx)
+        return samples, mean, std
+
+    calibrators: dict[float, dict] = {}
+    for dose in doses:
+        cal = family_low_dose_set(layout, image, in_family, "calibration", n_cal, dose * STANDARD_COUNTS, geometric)
+        bm = cal.model(geometric)
+        u_s, u_m, u_sd = run_unrolled(bm, cal.prompts, cal.init, 1)
+        x_den = torch.stack(
+            [
+                osem_realisations(
+                    geometric.with_terms(cal.multiplicative[i], cal.additive[i]), cal.prompts[i][None], 4, 8
+                )[0]
+                for i in range(len(cal))
+            ]
+        )
+        d_s, d_m, d_sd = run_denoiser(x_den, 1)
+        entry = {}
+        for name, (s_, m_, sd_) in {"unrolled": (u_s, u_m, u_sd), "denoiser": (d_s, d_m, d_sd)}.items():
+            cls = voxel_classes(m_, vox)
+            body = cls < MondrianConformal().spec.num_classes
+            entry[name] = {
+                "global": global_conformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
+                "mondrian": MondrianConformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
+                "mondrian_cqr": MondrianConformal("cqr", LEVELS).fit(cal.truth, cls, samples=s_, mask=body),
+            }
+            # ROI-level conformal on the calibration lesions (ROI mean of the mean image, std = mean voxel std)
+            t_roi, c_roi, s_roi = [], [], []
+            for i, reg in enumerate(cal.regions):
+                for k, msk in reg.items():
+                    if k.startswith("lesion_"):
+                        t_roi.append(float(roi_mean(cal.truth[i], msk)))
+                        c_roi.append(float(roi_mean(m_[i], msk)))
+                        s_roi.append(float(roi_mean(sd_[i], msk)))
+            entry[name]["roi"] = RoiConformal(levels=LEVELS).fit(
+                torch.tensor(t_roi), torch.tensor(c_roi), torch.tensor(s_roi)
+            )
+            entry[name]["roi_n"] = len(t_roi)
+        calibrators[dose] = entry
+        log(f"calibrated at dose {dose:g} on {len(cal)} anatomical calibration phantoms")
+
+    # ---------------------------------------------------------------- 4. the frequentist protocol on test phantoms
+    def region_stats(truth, regions, classes, *, lo_hi, mean, std_eff) -> dict:
+        """Coverage curve, calibration error, width, std/RMSE per region; ``lo_hi`` level -> (lo, hi)."""
+        res = {}
+        err2 = (mean - truth) ** 2
+        for rname in REGIONS:
+            m = regions[rname]
+            if not bool(m.any()):
+                continue
+            curve = {}
+            for lv, (lo, hi) in lo_hi.items():
+                inside = (truth >= lo) & (truth <= hi)
+                curve[f"{lv:.2f}"] = float(inside[..., m].double().mean())
+            lo90, hi90 = lo_hi[0.9]
+            rmse = float(err2[..., m].double().mean().sqrt())
+            res[rname] = {
+                "coverage": curve,
+                "calibration_error": calibration_error({float(k): v for k, v in curve.items()}),
+                "width90": float((hi90 - lo90)[..., m].double().mean()),
+                "std_over_rmse": float(std_eff[..., m].double().pow(2).mean().sqrt()) / max(rmse, 1e-12),
+            }
+        # std / RMSE per voxel class (classes of the reconstruction), pooled over realisations
+        per_class = {}
+        for c in torch.unique(classes).tolist():
+            sel = classes == c
+            if int(sel.sum()) < 200:
+                continue
+            rmse = float(err2[sel].double().mean().sqrt())
+            per_class[str(c)] = float(std_eff[sel].double().pow(2).mean().sqrt()) / max(rmse, 1e-12)
+        res["std_over_rmse_per_class"] = per_class
+        return res
+
+    results: dict = {
+        "settings": {
+            "scanner": "test-2d",
+            "standard_counts": STANDARD_COUNTS,
+            "doses": doses,
+            "realisations": args.realisations,
+            "test_phantoms_per_family": n_test,
+            "calibration_phantoms_per_family": n_cal,
+            "posterior_samples": n_samples,
+            "denoiser": f"mc_dropout trained on {len(train)} images ({n_train} train seeds x {in_family} x doses)",
+            "unrolled": "shipped weights (random ellipses, 5e4 counts)",
+            "map_rdp_realisations": n_map,
+            "in_family": in_family,
+            "out_of_family": OUT_OF_FAMILY["held_out"],
+            "quick": quick,
+        },
+        "cases": {},
+    }
+    example_maps = {}
+    for family in test_families:
+        for ti, seed in enumerate(seeds("test", n_test)):
+            for dose in doses:
+                ph, sim, model = case(family, seed, dose)
+                truth = sim.truth
+                regions = {k: ph.regions[k] for k in REGIONS}
+                y = draws(sim, args.realisations, seed + 7)
+                tuned = lookup(tuning, family, dose)
+                row: dict = {"family": family, "seed": seed, "dose": dose, "lesions": []}
+                obj = regions["object"]
+
+                def nrmse_of(images, obj=obj, truth=truth):
+                    t = truth[obj]
+                    return float(np.mean([float(torch.linalg.norm(x[obj] - t) / torch.linalg.norm(t)) for x in images]))
+
+                ref_osem = osem_reference(model, y, tuned["osem"])
+                ref_map = torch.stack([map_rdp_reference(model, y[i], tuned["map_rdp"]) for i in range(n_map)])
+                row["nrmse"] = {
+                    "OSEM+optimal filter": nrmse_of(ref_osem),
+                    "MAP-RDP (tuned)": nrmse_of(ref_map),
+                }
+                x0 = osem_realisations(model, y, 10, 1)
+                u_s, u_m, u_sd = run_unrolled(model, y, x0, seed)
+                x_den = osem_realisations(model, y, 4, 8)
+                d_s, d_m, d_sd = run_denoiser(x_den, seed)
+                row["nrmse"]["unrolled (mean)"] = nrmse_of(u_m)
+                row["nrmse"]["denoiser mc_dropout (mean)"] = nrmse_of(d_m)
+                methods = {}
+                for name, (s_, m_, sd_) in {"unrolled": (u_s, u_m, u_sd), "denoiser": (d_s, d_m, d_sd)}.items():
+                    cls = voxel_classes(m_, vox)
+                    cals = calibrators[dose][name]
+                    variants = {}
+                    if name == "unrolled":
+                        q = {lv: torch.quantile(s_, torch.tensor([0.5 - lv / 2, 0.5 + lv / 2]), dim=0) for lv in LEVELS}
+                        variants["raw"] = ({lv: (v[0], v[1]) for lv, v in q.items()}, sd_)
+                        if shipped_scales:
+                            variants["global conformal (shipped, ellipses)"] = (
+                                {
+                                    lv: (
+                                        m_ - shipped_scales[lv] * gaussian_quantile(lv) * sd_,
+                                        m_ + shipped_scales[lv] * gaussian_quantile(lv) * sd_,
+                                    )
+                                    for lv in LEVELS
+                                },
+                                sd_ * shipped_scales[0.9],
+                            )
+                    else:
+                        variants["raw"] = (
+                            {lv: (m_ - gaussian_quantile(lv) * sd_, m_ + gaussian_quantile(lv) * sd_) for lv in LEVELS},
+                            sd_,
+                        )
+                    for vname, key in (
+                        ("global conformal (anatomical)", "global"),
+                        ("Mondrian", "mondrian"),
+                        ("Mondrian CQR", "mondrian_cqr"),
+                    ):
+                        c = cals[key]
+                        kw = {"samples": s_} if key == "mondrian_cqr" else {"mean": m_, "std": sd_}
+                        lh = {lv: c.interval(cls, lv, **kw) for lv in LEVELS}
+                        lo90, hi90 = lh[0.9]
+                        variants[vname] = (lh, (hi90 - lo90) / (2 * gaussian_quantile(0.9)))
+                    per_variant = {}
+                    for vname, (lh, std_eff) in variants.items():
+                        lh = {lv: (lo.to(truth.dtype), hi.to(truth.dtype)) for lv, (lo, hi) in lh.items()}
+                        per_variant[vname] = region_stats(
+                            truth, regions, cls, lo_hi=lh, mean=m_, std_eff=std_eff.to(truth.dtype)
+                        )
+                    # lesion ROI means: raw (samples) and ROI-conformal (calibration lesions)
+                    lesion_rows = []
+                    for li, les in enumerate(ph.lesions):
+                        msk = ph.regions[f"lesion_{li}"]
+                        t_roi = float(roi_mean(truth, msk))
+                        rs = roi_mean_samples(s_, msk)  # (S, M)
+                        raw_cov = roi_coverage(torch.tensor(t_roi), *roi_interval_samples(rs, 0.9))
+                        centre = roi_mean(m_, msk)
+                        spread = roi_mean(sd_, msk)
+                        lo, hi = cals["roi"].interval(centre, spread, 0.9)
+                        lesion_rows.append(
+                            {
+                                "diameter_mm": les.diameter_mm,
+                                "contrast": les.contrast,
+                                "voxels": int(msk.sum()),
+                                "roi_bias": float(centre.mean() / t_roi - 1),
+                                "coverage90_raw": raw_cov,
+                                "coverage90_roi_conformal": roi_coverage(torch.tensor(t_roi), lo, hi),
+                            }
+                        )
+                    methods[name] = {
+                        "variants": per_variant,
+                        "lesion_roi": lesion_rows,
+                        "roi_calibration_lesions": calibrators[dose][name]["roi_n"],
+                    }
+                    if family == "brain" and ti == 0 and math.isclose(dose, doses[0]) and name == "unrolled":
+                        lo90, hi90 = cals["mondrian"].interval(cls, 0.9, mean=m_, std=sd_)
+                        example_maps = {
+                            "truth": truth[0],
+                            "bias": (m_.mean(0) - truth)[0],
+                            "std": sd_.mean(0)[0],
+                            "rmse": ((m_ - truth) ** 2).mean(0).sqrt()[0],
+                            "coverage90 (Mondrian)": ((truth >= lo90) & (truth <= hi90)).double().mean(0)[0],
+                            "classes": cls[0, 0],
+                        }
+                row["methods"] = methods
+                results["cases"][f"{family}-{seed}@{dose:g}"] = row
+                log(f"{family} {seed} dose {dose:g} done")
+
+    results["cpu_seconds"] = time.process_time() - cpu0
+    print_tables(results)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    figure(results, example_maps, out / "heldout_uq.png")
+    log(f"wrote {out / 'results.json'} and {out / 'heldout_uq.png'}")
+
+
+def summarise(results: dict) -> dict:
+    """Mean over test phantoms per (family, dose, method variant)."""
+    agg: dict = {}
+    for row in results["cases"].values():
+        key = (row["family"], row["dose"])
+        tgt = agg.setdefault(key, {"nrmse": {}, "methods": {}})
+        for k, v in row["nrmse"].items():
+            tgt["nrmse"].setdefault(k, []).append(v)
+        for name, m in row["methods"].items():
+            for vname, stats in m["variants"].items():
+                d = tgt["methods"].setdefault(f"{name}: {vname}", {})
+                for rname in REGIONS:
+                    if rname in stats:
+                        d.setdefault(f"{rname}_cov90", []).append(stats[rname]["coverage"]["0.90"])
+                        d.setdefault(f"{rname}_ce", []).append(stats[rname]["calibration_error"])
+                        d.setdefault(f"{rname}_ratio", []).append(stats[rname]["std_over_rmse"])
+                d.setdefault("object_width90", []).append(stats["object"]["width90"])
+                ratios = list(stats["std_over_rmse_per_class"].values())
+                if ratios:
+                    d.setdefault("class_ratio_min", []).append(min(ratios))
+                    d.setdefault("class_ratio_max", []).append(max(ratios))
+            les = m["lesion_roi"]
+            if les:
+                d_raw = tgt["methods"].setdefault(f"{name}: raw", {})
+                d_raw.setdefault("roi_cov90", []).extend(r["coverage90_raw"] for r in les)
+                d_c = tgt["methods"].setdefault(f"{name}: ROI conformal", {})
+                d_c.setdefault("roi_cov90", []).extend(r["coverage90_roi_conformal"] for r in les)
+    return {
+        k: {
+            "nrmse": {n: float(np.mean(v)) for n, v in t["nrmse"].items()},
+            "methods": {n: {s: float(np.mean(v)) for s, v in d.items()} for n, d in t["methods"].items()},
+        }
+        for k, t in agg.items()
+    }
+
+
+def print_tables(results: dict) -> None:
+    summary = summarise(results)
+    results["summary"] = {f"{f}@{d:g}": v for (f, d), v in summary.items()}
+    for (family, dose), s in summary.items():
+        tag = "out-of-family" if family in results["settings"]["out_of_family"] else "in-family"
+        counts = dose * results["settings"]["standard_counts"]
+        print(f"\n=== {family} ({tag}), dose {dose:g} ({counts:.0e} true counts) ===")
+        print("NRMSE (object): " + ", ".join(f"{k} {v:.3f}" for k, v in s["nrmse"].items()))
+        hdr = f"{'method':<48}{'obj90':>7}{'les90':>7}{'edge90':>7}{'bg90':>7}{'CE obj':>8}{'w90':>8}"
+        hdr += f"{'sd/rmse':>8}{'cls min-max':>13}{'ROI90':>7}"
+        print(hdr)
+        for name, d in s["methods"].items():
+
+            def g(k, fmt="{:7.3f}", d=d):
+                return fmt.format(d[k]) if k in d else " " * len(fmt.format(0.0))
+
+            cls = f"{d['class_ratio_min']:.2f}-{d['class_ratio_max']:.2f}" if "class_ratio_min" in d else ""
+            print(
+                f"{name:<48}{g('object_cov90')}{g('lesions_cov90')}{g('edges_cov90')}{g('background_cov90')}"
+                f"{g('object_ce', '{:8.3f}')}{g('object_width90', '{:8.3f}')}{g('object_ratio', '{:8.2f}')}"
+                f"{cls:>13}{g('roi_cov90')}"
+            )
+
+
+def markdown_tables(results: dict) -> None:
+    """The summary as markdown (for docs/heldout_uq.md)."""
+    summary = summarise(results)
+    for (family, dose), s in summary.items():
+        tag = "out-of-family" if family in results["settings"]["out_of_family"] else "in-family"
+        print(
+            f"\n**{family} ({tag}), {dose * 100:g} % dose ({dose * results['settings']['standard_counts']:.0e} counts)**"
+        )
+        print("NRMSE (object): " + "; ".join(f"{k} {v:.3f}" for k, v in s["nrmse"].items()) + "\n")
+        print(
+            "| method | object 90 % | lesions 90 % | edges 90 % | background 90 % | cal. err (object) | "
+            "width 90 % | std/RMSE (object) | std/RMSE per class (min–max) | lesion ROI-mean 90 % |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, d in s["methods"].items():
+
+            def g(k, fmt="{:.3f}", d=d):
+                return fmt.format(d[k]) if k in d else "–"
+
+            cls = f"{d['class_ratio_min']:.2f}–{d['class_ratio_max']:.2f}" if "class_ratio_min" in d else "–"
+            print(
+                f"| {name} | {g('object_cov90')} | {g('lesions_cov90')} | {g('edges_cov90')} | "
+                f"{g('background_cov90')} | {g('object_ce')} | {g('object_width90', '{:.3g}')} | "
+                f"{g('object_ratio', '{:.2f}')} | {cls} | {g('roi_cov90')} |"
+            )
+
+
+def figure(results: dict, maps: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    keys = list(summary)
+    fig, axes = plt.subplots(2, max(3, len(maps)), figsize=(3.2 * max(3, len(maps)), 6.4))
+    for ax, key in zip(axes[0], [k for k in keys if k.endswith("@0.05")] + keys[:1]):
+        for row in results["cases"].values():
+            if f"{row['family']}@{row['dose']:g}" != key:
+                continue
+            for name, m in row["methods"].items():
+                for vname in ("raw", "Mondrian"):
+                    cov = m["variants"][vname]["object"]["coverage"]
+                    ax.plot([float(k) for k in cov], list(cov.values()), marker="o", label=f"{name} {vname}")
+            break
+        ax.plot([0.5, 0.95], [0.5, 0.95], "k--", lw=0.8)
+        ax.set_title(f"object coverage, {key}", fontsize=8)
+        ax.set_xlabel("nominal")
+        ax.set_ylabel("observed")
+    axes[0][0].legend(fontsize=6)
+    for ax, (name, img) in zip(axes[1], maps.items()):
+        im = ax.imshow(img.numpy(), cmap="RdBu_r" if name == "bias" else "viridis")
+        ax.set_title(f"unrolled, brain 5 %: {name}", fontsize=8)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in list(axes[0][len(keys) :]) + list(axes[1][len(maps) :]):
+        ax.axis("off")
+    s = results["settings"]
+    fig.suptitle(
+        f"held-out UQ, test-2d, {s['realisations']} realisations, standard dose {s['standard_counts']:.0e} counts",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
