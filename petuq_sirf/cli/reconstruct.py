@@ -19,7 +19,7 @@ from petuq_sirf.uq.figures_of_merit import image_metrics
 from petuq_sirf.viz.images import image_panel
 
 CLASSICAL_METHODS = ("osem", "mlem", "map-rdp")
-UQ_METHODS = ("pnp-admm", "unrolled")
+UQ_METHODS = ("pnp-admm", "pnp-ula", "unrolled")
 
 
 def register(sub) -> None:
@@ -30,7 +30,8 @@ def register(sub) -> None:
         "--iterations",
         type=int,
         default=None,
-        help="iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations)",
+        help="iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations, "
+        "pnp-ula 1000 burn-in Langevin steps per chain)",
     )
     p.add_argument("--subsets", type=int, default=8, help="OSEM subsets (views are interleaved)")
     p.add_argument(
@@ -41,15 +42,21 @@ def register(sub) -> None:
     )
     p.add_argument("--beta", type=float, default=None, help="absolute RDP beta (overrides --beta-strength)")
     p.add_argument("--postfilter-fwhm-mm", type=float, default=0.0, help="Gaussian post-filter FWHM in mm")
-    p.add_argument("--samples", type=int, default=16, help="posterior samples (pnp-admm, unrolled)")
-    p.add_argument("--weights", default=None, help="safetensors weights (pnp-admm, unrolled; default: shipped)")
+    p.add_argument(
+        "--samples", type=int, default=16, help="posterior samples (pnp-admm, unrolled; pnp-ula: kept, all chains)"
+    )
+    p.add_argument("--chains", type=int, default=4, help="pnp-ula: Langevin chains")
+    p.add_argument("--thinning", type=int, default=10, help="pnp-ula: keep every n-th Langevin state")
+    p.add_argument(
+        "--weights", default=None, help="safetensors weights (pnp-admm, pnp-ula, unrolled; default: shipped)"
+    )
     p.add_argument("--out", required=True, help="output folder")
     add_device_argument(p)
     add_backend_argument(p)
     p.set_defaults(handler=run)
 
 
-DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "unrolled": 1}
+DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "pnp-ula": 1000, "unrolled": 1}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""Shared Bayesian machinery (samplers, posterior summaries, diagnostics)."""
