@@ -393,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
             "rejected_draws": post.rejected,
         }
     elif args.method == "pnp-ula":
-        from petuq_sirf.recon.pnp_ula import PnPULAConfig, pnp_ula
+        from petuq_sirf.recon.pnp_ula import PnPULAConfig, body_support, pnp_ula
 
         chains = getattr(args, "chains", 4)
         thinning = getattr(args, "thinning", 10)
@@ -403,7 +403,8 @@ def run(args: argparse.Namespace) -> int:
         if per_chain < 4:
             raise ValueError(f"--samples {args.samples} gives {per_chain} states per chain; need >= 4 per chain")
         cfg_ula = PnPULAConfig(num_samples=per_chain, burn_in=args.iterations, thinning=thinning, num_chains=chains)
-        res = pnp_ula(model, y, net, cfg_ula)
+        support = body_support(acq.mu_per_cm) if acq.mu_per_cm is not None else None
+        res = pnp_ula(model, y, net, cfg_ula, support=support)
         summary = res.summary
         extra = {
             "burn_in": cfg_ula.burn_in,
@@ -411,6 +412,7 @@ def run(args: argparse.Namespace) -> int:
             "chains": cfg_ula.num_chains,
             "denoiser_sigma": cfg_ula.denoiser_sigma,
             "alpha": cfg_ula.alpha,
+            "support": "mu-map > 0 dilated by 2 voxels" if support is not None else "whole field of view",
             **{k: v for k, v in res.settings.items() if k != "diagnostics"},
             "diagnostics": res.settings["diagnostics"],
         }

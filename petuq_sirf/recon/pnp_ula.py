@@ -36,6 +36,12 @@ Choices (documented in docs/reconstruction_uq.md):
   replaces ``b_eta`` by ``ybar(x_init)`` in ``L_y`` (curvature at the initial image, not a bound on
   the support; larger steps, no guarantee).
 
+* **Support** (optional): voxels outside a given mask (e.g. the body from the mu-map,
+  :func:`body_support`) are held at zero. Without it, every voxel of the field of view has a
+  positive posterior mean (reflection at zero, and the denoiser -- trained on zero-mean noise --
+  does not pull reflected, positive noise back to zero), and since the likelihood fixes the total
+  counts that activity is taken from the object.
+
 The chains start from the PnP-ADMM fixed point with the same denoiser (close to the posterior mode).
 """
 
@@ -116,6 +122,17 @@ class PnPULAResult:
     settings: dict = field(default_factory=dict)
 
 
+def body_support(mu_per_cm: torch.Tensor, dilation_voxels: int = 2, threshold_per_cm: float = 1e-3) -> torch.Tensor:
+    """Support mask ``(z, y, x)``: voxels with ``mu > threshold`` dilated in-plane by ``dilation_voxels``."""
+    mask = (torch.as_tensor(mu_per_cm) > threshold_per_cm).float()
+    if dilation_voxels > 0:
+        k = 2 * dilation_voxels + 1
+        flat = mask.reshape(-1, 1, *mask.shape[-2:])
+        flat = torch.nn.functional.max_pool2d(flat, k, stride=1, padding=dilation_voxels)
+        mask = flat.reshape(mask.shape)
+    return mask > 0
+
+
 def poisson_score(
     model: AcquisitionModel, y: torch.Tensor, background: torch.Tensor
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -136,11 +153,13 @@ def pnp_ula(
     config: PnPULAConfig | None = None,
     x_init: torch.Tensor | None = None,
     progress: bool = False,
+    support: torch.Tensor | None = None,
 ) -> PnPULAResult:
     """Sample the posterior of prompts ``y`` (``model.data_shape``) with ``denoiser`` as the prior.
 
     ``denoiser`` maps normalised images ``(..., z, y, x)`` to denoised ones (firmly nonexpansive for
     the step-size bound to hold). ``x_init`` (optional): starting image; default PnP-ADMM.
+    ``support`` (optional boolean ``(z, y, x)``): voxels outside it are held at zero.
     """
     cfg = config or PnPULAConfig()
     y = check_data(y, model.data_shape, "measured prompts").to(model.device)
@@ -155,6 +174,13 @@ def pnp_ula(
         x_init = torch.as_tensor(x_init, dtype=y.dtype, device=model.device).clamp_min(0)
         if tuple(x_init.shape) != tuple(model.image_shape):
             raise ValueError(f"initial image has shape {tuple(x_init.shape)}, expected {model.image_shape}")
+        if support is not None:
+            support = torch.as_tensor(support, device=model.device).bool()
+            if tuple(support.shape) != tuple(model.image_shape):
+                raise ValueError(f"support has shape {tuple(support.shape)}, expected {model.image_shape}")
+            if not support.any():
+                raise ValueError("the support mask is empty")
+            x_init = torch.where(support, x_init, torch.zeros_like(x_init))
         c = float(image_scale(x_init))
         sens = model.sensitivity()
         ybar0 = model.forward(x_init)
@@ -167,6 +193,8 @@ def pnp_ula(
             pre = 1.0 / (fisher + prior_coef).clamp_min(_TINY)
         else:
             pre = torch.ones_like(sens)
+        if support is not None:
+            pre = torch.where(support, pre, torch.zeros_like(pre))  # M = 0: held at zero
         root = pre.sqrt()
         curvature = y / (background if cfg.lipschitz == "support" else ybar0.clamp_min(eta)) ** 2
         lip_y = power_iteration(lambda v: root * model.adjoint(curvature * model.direct(root * v)), x_init, 40)
@@ -197,6 +225,7 @@ def pnp_ula(
         "scale": c,
         "background_floor": eta,
         "bins_floored": int((model.additive < eta).sum()),
+        "support_voxels": None if support is None else int(support.sum()),
         "steps_per_chain": chain.num_steps,
         "diagnostics": chain.diagnostics(),
     }

@@ -102,6 +102,26 @@ def test_background_floor_keeps_the_gradient_finite_without_background():
     assert np.isfinite(res.settings["step_size"]) and (res.summary.samples >= 0).all()
 
 
+def test_support_holds_outside_voxels_at_zero():
+    from petuq_sirf.recon.pnp_ula import body_support
+
+    model, y = _tiny_problem()
+    den = _gaussian_denoiser(1.0, 1.0, 0.25)
+    cfg = PnPULAConfig(num_samples=20, burn_in=50, thinning=2, num_chains=4, denoiser_sigma=0.5)
+    support = torch.tensor([[[True, False]]])
+    res = pnp_ula(model, y, den, cfg, x_init=torch.tensor([[[0.5, 0.5]]], dtype=torch.float64), support=support)
+    assert (res.summary.samples[..., 1] == 0).all() and (res.summary.samples[..., 0] > 0).any()
+    assert res.settings["support_voxels"] == 1
+    with pytest.raises(ValueError, match="empty"):
+        pnp_ula(
+            model, y, den, cfg, x_init=torch.ones(1, 1, 2, dtype=torch.float64), support=~torch.ones(1, 1, 2).bool()
+        )
+    mu = torch.zeros(1, 9, 9)
+    mu[0, 4, 4] = 0.096
+    mask = body_support(mu, dilation_voxels=2)
+    assert int(mask.sum()) == 25 and bool(mask[0, 2, 2]) and not bool(mask[0, 1, 4])
+
+
 def test_config_is_validated():
     for bad in ({"num_chains": 0}, {"denoiser_sigma": 0}, {"lipschitz": "x"}, {"step_fraction": 3}):
         with pytest.raises(ValueError):
