@@ -140,6 +140,64 @@ class Accumulator:
         return "\n".join(lines), out
 
 
+def _diag(diag: list[dict]) -> dict:
+    return {
+        "rhat_max_median": float(np.median([d["rhat_max"] for d in diag])),
+        "ess_min_median": float(np.median([d["ess_min"] for d in diag])),
+        "ess_image_mean_median": float(np.median([d["ess_of_image_mean"] for d in diag])),
+    }
+
+
+def merge(folders: list[str], out: Path) -> None:
+    """Pool the raw counts of split runs (same settings) and print the tables."""
+    reports = [json.loads((Path(f) / "pnp_ula_coverage.json").read_text()) for f in folders]
+    merged: dict = {"source": reports[0]["source"], "merged_from": folders}
+    families = [k for k in reports[0] if isinstance(reports[0][k], dict) and "methods" in reports[0][k]]
+    for family in families:
+        acc = Accumulator()
+        diag = []
+        fwhm = set()
+        for rep in reports:
+            if family not in rep:
+                continue
+            fwhm.add(rep[family]["postfilter_fwhm_mm"])
+            diag.append(rep[family]["ula_diagnostics"])
+            for name, d in rep[family]["methods"].items():
+                raw = d["raw"]
+                r = acc.rows.setdefault(
+                    name,
+                    {
+                        "nrmse": [],
+                        "ratio": [],
+                        "seconds": [],
+                        "obj": np.zeros(len(LEVELS)),
+                        "les": np.zeros(len(LEVELS)),
+                    },
+                )
+                r["nrmse"] += raw["nrmse"]
+                r["ratio"] += raw["ratio"]
+                r["seconds"] += raw["seconds"]
+                r["obj"] = r["obj"] + np.asarray(raw["obj"])
+                r["les"] = r["les"] + np.asarray(raw["les"])
+                r["n_obj"] = r.get("n_obj", 0) + raw["n_obj"]
+                r["n_les"] = r.get("n_les", 0) + raw["n_les"]
+        table, rows = acc.table()
+        n = max(len(r["nrmse"]) for r in acc.rows.values())
+        print(f"\n### {family}: {n} data sets (merged from {len(folders)} runs); post-filter FWHM {sorted(fwhm)} mm\n")
+        print(table)
+        keys = diag[0].keys() if diag else []
+        merged[family] = {
+            "postfilter_fwhm_mm": sorted(fwhm),
+            "methods": rows,
+            "ula_diagnostics_per_run": diag,
+            "ula_diagnostics": {k: float(np.median([d[k] for d in diag])) for k in keys},
+        }
+        print(f"PnP-ULA diagnostics (median over runs of per-run medians): {merged[family]['ula_diagnostics']}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pnp_ula_coverage.json").write_text(json.dumps(merged, indent=2))
+    print(f"\nmerged JSON written to {out / 'pnp_ula_coverage.json'}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="brain,thorax", help="phantom families (with the family module)")
@@ -163,6 +221,8 @@ def main() -> None:
     p.add_argument("--admm-iterations", type=int, default=60)
     p.add_argument("--replicates", type=int, default=10, help="posterior-bootstrap replicates B")
     p.add_argument("--bias-draws", type=int, default=5, help="parametric draws K of the bias estimate")
+    p.add_argument("--start", type=int, default=0, help="index of the first test phantom (to split a run)")
+    p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of split runs (folders) and print")
     p.add_argument("--quick", action="store_true", help="1 family x 1 phantom x 3 realisations, short chains")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/figures/pnp_ula")
@@ -172,6 +232,9 @@ def main() -> None:
         args.ula_burn_in, args.ula_kept, args.ula_chains = 300, 10, 2
         args.admm_draws, args.admm_iterations, args.replicates, args.bias_draws = 3, 40, 6, 3
     torch.set_num_threads(args.threads)
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
     from petuq_sirf.bootstrap.bias import estimate_bias
@@ -191,7 +254,7 @@ def main() -> None:
     if fam is not None:
         source = f"family module {fam.__file__}"
         for family in args.families.split(","):
-            test = fam.family_phantoms(family, image, "test", args.phantoms)
+            test = fam.family_phantoms(family, image, "test", args.phantoms, start=args.start)
             calib = fam.family_phantoms(family, image, "calibration", args.calibration)
             cases.append((family, test, calib))
     else:
@@ -223,7 +286,9 @@ def main() -> None:
         diag = []
         for pi, ph in enumerate(test):
             for r in range(args.realisations):
-                sim = simulate(ph, layout, SimulationConfig(seed=1000 * pi + r, listmode=True, **sim_cfg))
+                sim = simulate(
+                    ph, layout, SimulationConfig(seed=1000 * (pi + args.start) + r, listmode=True, **sim_cfg)
+                )
                 model = sim.acquisition_model()
                 y, truth = sim.prompts, sim.truth
                 obj, les = object_and_lesions(ph, truth)
@@ -284,6 +349,11 @@ def main() -> None:
                     les,
                     t_boot + time.process_time() - t0,
                 )
+                _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
+                report[family] = {"postfilter_fwhm_mm": fwhm, "methods": partial, "ula_diagnostics": _diag(diag)}
+                out_dir = Path(args.out)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                (out_dir / "pnp_ula_coverage.json").write_text(json.dumps(report, indent=2))
                 print(
                     f"[{family}] phantom {pi} realisation {r}: ULA R-hat max {diag[-1]['rhat_max']:.2f}, "
                     f"ESS min {diag[-1]['ess_min']:.1f}; CPU so far {time.process_time() - t_all:.0f} s",
@@ -295,11 +365,7 @@ def main() -> None:
         report[family] = {
             "postfilter_fwhm_mm": fwhm,
             "methods": rows,
-            "ula_diagnostics": {
-                "rhat_max_median": float(np.median([d["rhat_max"] for d in diag])),
-                "ess_min_median": float(np.median([d["ess_min"] for d in diag])),
-                "ess_image_mean_median": float(np.median([d["ess_of_image_mean"] for d in diag])),
-            },
+            "ula_diagnostics": _diag(diag),
         }
         print(f"PnP-ULA diagnostics (medians over data sets): {report[family]['ula_diagnostics']}")
     out = Path(args.out)
