@@ -122,6 +122,16 @@ class Accumulator:
                 "nrmse": float(np.mean(r["nrmse"])),
                 "datasets": len(r["nrmse"]),
                 "cpu_s": float(np.mean(r["seconds"])),
+                "object_voxels": r["n_obj"],
+                "raw": {
+                    "nrmse": r["nrmse"],
+                    "ratio": r["ratio"],
+                    "seconds": r["seconds"],
+                    "obj": r["obj"].tolist(),
+                    "les": r["les"].tolist(),
+                    "n_obj": r["n_obj"],
+                    "n_les": r["n_les"],
+                },
             }
             if r["n_obj"]:
                 cov = r["obj"] / r["n_obj"]
@@ -148,6 +158,36 @@ def _diag(diag: list[dict]) -> dict:
     }
 
 
+def _raw_from_summary(d: dict, rep: dict, family: str) -> dict:
+    """Counts of a run that stored only fractions (one phantom per run): object voxels recomputed."""
+    n = d["datasets"]
+    if "object_voxels" in d:
+        n_obj = d["object_voxels"]
+    else:
+        from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+
+        fam = load_families(rep["settings"]["families_from"])
+        image = ImageGeometry.for_layout(SinogramLayout(get_scanner("test-2d")))
+        settings = rep["settings"]
+        if settings["phantoms"] != 1:
+            raise ValueError("cannot merge a multi-phantom run without raw counts")
+        ph = fam.family_phantoms(family, image, "test", 1, start=settings["start"])[0]
+        n_obj = n * int(ph.regions["object"].sum())
+    cov = [d["coverage"][f"{lv:.2f}"] for lv in LEVELS] if "coverage" in d else [0.0] * len(LEVELS)
+    les = [d["lesion_coverage"][f"{lv:.2f}"] for lv in LEVELS] if d.get("lesion_coverage") else [0.0] * len(LEVELS)
+    n_les = d.get("lesion_voxels", 0)
+    has_std = "coverage" in d
+    return {
+        "nrmse": [d["nrmse"]] * n,
+        "ratio": [d["std_over_rmse"]] * n if has_std else [],
+        "seconds": [d["cpu_s"]] * n,
+        "obj": [c * n_obj for c in cov] if has_std else [0.0] * len(LEVELS),
+        "les": [c * n_les for c in les],
+        "n_obj": n_obj if has_std else 0,
+        "n_les": n_les if has_std else 0,
+    }
+
+
 def merge(folders: list[str], out: Path) -> None:
     """Pool the raw counts of split runs (same settings) and print the tables."""
     reports = [json.loads((Path(f) / "pnp_ula_coverage.json").read_text()) for f in folders]
@@ -163,7 +203,7 @@ def merge(folders: list[str], out: Path) -> None:
             fwhm.add(rep[family]["postfilter_fwhm_mm"])
             diag.append(rep[family]["ula_diagnostics"])
             for name, d in rep[family]["methods"].items():
-                raw = d["raw"]
+                raw = d["raw"] if "raw" in d else _raw_from_summary(d, rep, family)
                 r = acc.rows.setdefault(
                     name,
                     {
