@@ -74,8 +74,8 @@ def main() -> None:
     methods = [
         "OSEM+filter",
         "MAP-RDP",
-        "PnP (Bayesian)",
-        "PnP (Bayesian+bootstrap)",
+        "PnP-ADMM weight draws (model spread only)",
+        "PnP-ADMM weight draws + Poisson bootstrap",
         "Unrolled (Bayesian)",
         "Unrolled (Bayesian, conformal)",
         "Posterior bootstrap",
@@ -137,7 +137,10 @@ def main() -> None:
             out["MAP-RDP"] = (map_rdp(model, y, prior, 30, x0=osem(model, y, 2, 8).image).image, None)
             seconds["MAP-RDP"] += time.perf_counter() - t
             cfg = PnPADMMConfig(num_iterations=100)
-            for name, boot in (("PnP (Bayesian)", False), ("PnP (Bayesian+bootstrap)", True)):
+            for name, boot in (
+                ("PnP-ADMM weight draws (model spread only)", False),
+                ("PnP-ADMM weight draws + Poisson bootstrap", True),
+            ):
                 t = time.perf_counter()
                 post = pnp_admm_posterior(model, y, den, den_post, args.samples, cfg, bootstrap=boot, seed=r)
                 out[name] = (post.summary.mean, post.summary.samples)

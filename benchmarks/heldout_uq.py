@@ -73,7 +73,6 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
     from petuq_sirf.bayes.denoisers import DenoiserConfig, make_denoiser
     from petuq_sirf.bayes.training_data import DenoisingDataset
-    from petuq_sirf.cli.reconstruct_uq import conformal_scales_of, load_weights
     from petuq_sirf.recon.family_data import family_low_dose_set
     from petuq_sirf.recon.lowdose import geometric_model
     from petuq_sirf.recon.reference_tuning import (
@@ -89,6 +88,8 @@ def main() -> None:  # noqa: C901 - one linear protocol
         tuning_key,
     )
     from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.recon.weights import conformal_scales_of
+    from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation.phantom_families import OUT_OF_FAMILY, family_phantom, seeds
     from petuq_sirf.simulation.simulate import SimulationConfig, simulate

@@ -89,6 +89,8 @@ class DenoiserConfig:
             raise ValueError(f"invalid training: epochs {self.epochs}, batch_size {self.batch_size}")
         if not 1 <= self.ensemble_size <= 256:
             raise ValueError(f"ensemble_size must be in [1, 256], got {self.ensemble_size}")
+        if self.network.dose_input and self.method == "ais":
+            raise ValueError("dose-conditioned networks (dose_input) are not supported by the ais method yet")
 
     def net_config(self) -> NetworkConfig:
         drop = self.dropout if self.method == "mc_dropout" else 0.0
@@ -176,7 +178,7 @@ def train_point_network(
         total = 0.0
         for _ in range(steps_per_epoch):
             idx = next(batches)
-            mean, log_var = net(x[idx])
+            mean, log_var = net(x[idx], data.dose[idx])  # the dose is ignored unless dose_input
             mse = ((mean - t[idx]) ** 2).mean()
             if epoch < warmup:
                 loss = mse
@@ -224,9 +226,9 @@ class Denoiser:
         raise NotImplementedError
 
     def _sample_outputs(
-        self, x: torch.Tensor, num_samples: int, gen: torch.Generator
+        self, x: torch.Tensor, num_samples: int, gen: torch.Generator, dose: torch.Tensor | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``num_samples`` pairs (mean, log_var) on normalised images ``x (B, y, x)``."""
+        """Yield ``num_samples`` pairs (mean, log_var) on normalised images ``x (B, y, x)`` (``dose (B,)``)."""
         raise NotImplementedError
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -250,10 +252,14 @@ class Denoiser:
         self.info["num_training_images"] = len(data)
         return self.info
 
-    def predict(self, noisy: torch.Tensor, num_samples: int = 32, seed: int = 0) -> PosteriorSamples:
+    def predict(
+        self, noisy: torch.Tensor, num_samples: int = 32, seed: int = 0, dose: torch.Tensor | float | None = None
+    ) -> PosteriorSamples:
         """Posterior samples for images ``(y, x)`` or ``(N, y, x)`` (3D images: pass the ``z`` slices).
 
         Returns mean and aleatoric variance per sample, shape ``(S, N, y, x)`` in input units.
+        ``dose``: fraction of the training set's standard dose (scalar or ``(N,)``), required by
+        dose-conditioned networks (``NetworkConfig(dose_input=True)``), ignored by the others.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -264,7 +270,12 @@ class Denoiser:
         gen = torch.Generator().manual_seed(seed)
         means, variances = [], []
         with torch.no_grad():
-            for mean, log_var in self._sample_outputs(x / s, num_samples, gen):
+            if self.config.network.dose_input:
+                from petuq_sirf.bayes.networks import dose_channel
+
+                dose_channel(dose, x)  # validates: a clear error before any sampling
+                dose = torch.as_tensor(dose, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+            for mean, log_var in self._sample_outputs(x / s, num_samples, gen, dose):
                 means.append(mean * s)
                 variances.append(torch.exp(log_var) * s**2)
         mean_t, var_t = torch.stack(means), torch.stack(variances)
@@ -286,14 +297,14 @@ class PointDenoiser(Denoiser):
             self.net, data, self.config, self.config.seed, progress, self._checkpoint("net")
         )
 
-    def _sample_outputs(self, x, num_samples, gen):
+    def _sample_outputs(self, x, num_samples, gen, dose=None):
         dropout = self.config.method == "mc_dropout"
         self.net.train(dropout)
         count = num_samples if dropout else 1
         try:
             for i in range(count):
                 torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)) + i)
-                yield self.net(x)
+                yield self.net(x, dose)
         finally:
             self.net.eval()
 
@@ -322,8 +333,8 @@ class EnsembleDenoiser(Denoiser):
             for m, net in enumerate(self.members)
         ]
 
-    def _sample_outputs(self, x, num_samples, gen):
-        outputs = [net(x) for net in self.members[: min(num_samples, len(self.members))]]
+    def _sample_outputs(self, x, num_samples, gen, dose=None):
+        outputs = [net(x, dose) for net in self.members[: min(num_samples, len(self.members))]]
         for i in range(num_samples):
             yield outputs[i % len(outputs)]
 
@@ -355,9 +366,10 @@ class SVIDenoiser(Denoiser):
         bnn = bayesianize(copy.deepcopy(self.net), cfg.prior_scale)
         n_total = len(data)
         x, t = _normalised(data)
+        dose_all = data.dose
 
         def model(xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor) -> None:
-            mean, log_var = bnn(xb)
+            mean, log_var = bnn(xb, dose_all[idx])
             with pyro.plate("images", n_total, subsample=idx):
                 pyro.sample("obs", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(2), obs=tb)
 
@@ -371,10 +383,10 @@ class SVIDenoiser(Denoiser):
         self.info["elbo"] = [-v for v in losses[-10:]]
         self.info["posterior_scale_mean"] = float(torch.cat([v.reshape(-1) for v in self.scale.values()]).mean())
 
-    def _sample_outputs(self, x, num_samples, gen):
+    def _sample_outputs(self, x, num_samples, gen, dose=None):
         for _ in range(num_samples):
             params = {k: self.loc[k] + self.scale[k] * torch.randn(self.loc[k].shape, generator=gen) for k in self.loc}
-            yield functional_call(self.net, params, (x,))
+            yield functional_call(self.net, params, (x, dose))
 
     def state_tensors(self):
         return {**{f"loc.{k}": v for k, v in self.loc.items()}, **{f"scale.{k}": v for k, v in self.scale.items()}}
@@ -555,7 +567,7 @@ class AISDenoiser(Denoiser):
         factor[active] = torch.linalg.cholesky(0.5 * (cov + cov.T))
         return factor
 
-    def _sample_outputs(self, x, num_samples, gen):
+    def _sample_outputs(self, x, num_samples, gen, dose=None):
         feats = self.net.features(x)
         order = torch.randperm(self.particles.shape[0], generator=gen)
         for i in range(num_samples):

@@ -4,6 +4,11 @@ Works on normalised 2D images ``(B, y, x)`` (the caller divides by :func:`slice_
 stack of dilated 3x3 convolutions (receptive field 19 voxels with the default dilations); the head is a
 1x1 convolution to two channels: ``mean = input + head[0]`` and
 ``log_var = min_log_var + softplus(head[1] - min_log_var)`` (smoothly bounded below).
+
+Dose conditioning (``NetworkConfig(dose_input=True)``): a second input channel holds
+``log10(dose fraction)`` (dose as a fraction of the standard dose of the training set, constant over
+the image), so one network trained over 1-100 % of the dose can relax its smoothing and shrink its
+predicted variance as the counts grow; such a network needs the dose at every call.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class NetworkConfig:
     dilations: tuple[int, ...] = (1, 2, 3, 2, 1)
     dropout: float = 0.0
     min_log_var: float = -9.0
+    dose_input: bool = False
 
     def __post_init__(self) -> None:
         if self.width < 1 or not self.dilations:
@@ -65,7 +71,7 @@ class HeteroscedasticCNN(nn.Module):
         self.config = config or NetworkConfig()
         c = self.config
         self.body = conv_stack(
-            1,
+            2 if c.dose_input else 1,
             c.width,
             c.width,
             len(c.dilations),
@@ -79,11 +85,15 @@ class HeteroscedasticCNN(nn.Module):
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Body activations ``(B, width, y, x)``."""
+    def features(self, x: torch.Tensor, dose: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Body activations ``(B, width, y, x)``; ``dose``: fraction(s) of the standard dose, scalar or ``(B,)``
+        (required when ``config.dose_input``, ignored otherwise)."""
         if x.dim() != 3:
             raise ValueError(f"expected images (B, y, x), got shape {tuple(x.shape)}")
-        return self.body(x.unsqueeze(1))
+        inp = x.unsqueeze(1)
+        if self.config.dose_input:
+            inp = torch.cat([inp, dose_channel(dose, x)], 1)
+        return self.body(inp)
 
     def head_output(
         self,
@@ -103,8 +113,22 @@ class HeteroscedasticCNN(nn.Module):
         m = self.config.min_log_var
         return x + out[..., 0, :, :], m + F.softplus(out[..., 1, :, :] - m)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head_output(x, self.features(x))
+    def forward(self, x: torch.Tensor, dose: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head_output(x, self.features(x, dose))
+
+
+def dose_channel(dose: torch.Tensor | float | None, x: torch.Tensor) -> torch.Tensor:
+    """``log10(dose)`` as a constant channel ``(B, 1, y, x)`` for images ``x (B, y, x)``."""
+    if dose is None:
+        raise ValueError("this denoiser is dose-conditioned: give the dose as a fraction of the standard dose")
+    d = torch.as_tensor(dose, dtype=x.dtype, device=x.device).reshape(-1)
+    if d.numel() == 1:
+        d = d.expand(x.shape[0])
+    if d.numel() != x.shape[0]:
+        raise ValueError(f"got {d.numel()} dose values for {x.shape[0]} images")
+    if not (torch.isfinite(d).all() and (d > 0).all()):
+        raise ValueError("dose fractions must be finite and > 0")
+    return torch.log10(d).view(-1, 1, 1, 1).expand(-1, 1, *x.shape[-2:])
 
 
 gaussian_nll_loss = heteroscedastic_nll_loss  # the name this module exported

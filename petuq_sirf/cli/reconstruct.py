@@ -27,7 +27,7 @@ from petuq_sirf.viz.images import image_panel
 from petuq_sirf.viz.labels import activity_units, reconstruction_title
 
 CLASSICAL_METHODS = ("osem", "mlem", "map-rdp")
-UQ_METHODS = ("pnp-admm", "unrolled")
+UQ_METHODS = ("pnp-admm", "pnp-ula", "unrolled")
 
 
 def register(sub) -> None:
@@ -38,7 +38,8 @@ def register(sub) -> None:
         "--iterations",
         type=ITERATIONS,
         default=None,
-        help="Iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations).",
+        help="Iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations, "
+        "pnp-ula 1000 burn-in Langevin steps per chain).",
     )
     p.add_argument("--subsets", type=int_in(1, 1000), default=8, help="OSEM subsets (views are interleaved).")
     p.add_argument(
@@ -51,9 +52,13 @@ def register(sub) -> None:
         "--beta", type=float_in(0, 1e12), default=None, help="Absolute RDP beta (overrides --beta-strength)."
     )
     p.add_argument("--postfilter-fwhm-mm", type=FWHM_MM, default=0.0, help="Gaussian post-filter FWHM in mm.")
-    p.add_argument("--samples", type=SAMPLES, default=16, help="Posterior samples (pnp-admm, unrolled).")
     p.add_argument(
-        "--weights", default=None, help="Safetensors weights (pnp-admm, unrolled; default: the shipped ones)."
+        "--samples", type=SAMPLES, default=16, help="Posterior samples (pnp-admm, unrolled; pnp-ula: kept, all chains)."
+    )
+    p.add_argument("--chains", type=int_in(1, 1024), default=4, help="Pnp-ula: Langevin chains.")
+    p.add_argument("--thinning", type=int_in(1, 100_000), default=10, help="Pnp-ula: keep every n-th Langevin state.")
+    p.add_argument(
+        "--weights", default=None, help="Safetensors weights (pnp-admm, pnp-ula, unrolled; default: the shipped ones)."
     )
     p.add_argument(
         "--force",
@@ -67,7 +72,7 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "unrolled": 1}
+DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "pnp-ula": 1000, "unrolled": 1}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,4 +62,13 @@ def conformal_scales_of(info: dict) -> dict[float, float]:
     return {float(k): float(v) for k, v in (info.get("conformal_scales") or {}).items()}
 
 
-__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network"]
+def mondrian_of(info: dict):
+    """The stored Mondrian (per voxel class) conformal calibrator of a weights file (None without one)."""
+    if not info.get("mondrian"):
+        return None
+    from petuq_sirf.uq.mondrian import MondrianConformal
+
+    return MondrianConformal.from_dict(info["mondrian"])
+
+
+__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network", "mondrian_of"]

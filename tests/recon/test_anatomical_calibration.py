@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from petuq_sirf.cli import reconstruct_uq
+from petuq_sirf.recon import weights as reconstruct_uq
 from petuq_sirf.recon.family_data import family_low_dose_set
 from petuq_sirf.recon.lowdose import geometric_model
 from petuq_sirf.simulation.phantom_families import split_of
@@ -23,7 +23,7 @@ def test_cli_calibrate_unrolled_on_families_stores_mondrian_and_reconstruct_uses
     weights = tmp_path / "cal.safetensors"
     args = ["calibrate-unrolled", "--calibration-phantoms", "1", "--calibration-samples", "2"]
     assert main([*args, "--calibration-families", "thorax,ellipses", "--out", str(weights)]) == 0
-    _, _, info = reconstruct_uq.load_weights("unrolled", weights)
+    _, _, info = reconstruct_uq.load_network("unrolled", weights)
     assert info["calibration"]["families"] == ["thorax", "ellipses"]
     mondrian = reconstruct_uq.mondrian_of(info)
     assert mondrian is not None and mondrian.global_quantiles[0.9] > 0

@@ -132,9 +132,13 @@ def test_cli_reconstruct_with_uncertainty(tmp_path, method):
     out = tmp_path / method
     args = ["reconstruct", str(acq), "--method", method, "--samples", "3", "--iterations", "30", "--out", str(out)]
     assert main(args) == 0
-    for name in ("mean", "std", "lower_90", "upper_90"):
+    tag = "_model_spread_only" if method == "pnp-admm" else ""  # weight draws only: labelled everywhere
+    for name in ("mean", f"std{tag}", f"lower_90{tag}", f"upper_90{tag}"):
         assert (out / f"{name}.nii.gz").is_file()
+    if tag:
+        assert not (out / "std.nii.gz").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["samples"] == 3
-    assert "coverage" in metrics["uq"] and metrics["metrics"]
+    assert "coverage" in metrics[f"uq{tag}"] and metrics["metrics"]
+    assert metrics["spread"].startswith("model spread only") == bool(tag)
     assert main(["reconstruct", str(acq), "--method", method, "--samples", "1", "--out", str(out)]) == 2
