@@ -23,11 +23,17 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from petuq_sirf.operators.kernels import help_line
+
     parser = argparse.ArgumentParser(
         prog="petuq",
         description="Uncertainty quantification for AI-based PET reconstruction (petuq_sirf).",
+        epilog=help_line(),
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for torch and the projector kernels (default: torch's)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"petuq_sirf.cli.{name}").register(sub)
@@ -41,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            from petuq_sirf.operators.kernels import set_num_threads
+
+            set_num_threads(args.threads)
         return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, ImportError, RuntimeError) as exc:
         if args.traceback:

@@ -167,7 +167,7 @@ class RayTracingProjector:
                     torch.as_tensor(z_mid + dz / 2, dtype=dtype, device=self.device),
                     image,
                 )
-                self.path = "torch separable (no ring-shift symmetry)"
+                self.path = "torch separable (per-sinogram axial)"
         report(self.kernel, self.device)
 
     def _matrix_entries(self) -> int:

@@ -70,7 +70,7 @@ def _kernels():
             fl = tl.floor(f)
             w1 = f - fl
             w0 = 1.0 - w1
-            o = fl.to(tl.int32)
+            o = fl.to(tl.int32) + j * 0  # a vector: masks mixing scalars and vectors misbehave in the interpreter
             r0 = tl.where(is_x, o * nx + p, p * nx + o)
             r1 = tl.where(is_x, r0 + nx, r0 + 1)
             ok0 = (o >= 0) & (o < n_other)
