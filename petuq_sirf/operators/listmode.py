@@ -16,7 +16,7 @@ import torch
 
 from petuq_sirf.operators.kernels import describe, report, select_kernel
 from petuq_sirf.operators.kernels.plan import transaxial_endpoints
-from petuq_sirf.operators.projector import _CHUNK_ELEMENTS, _BackProject, _Project, joseph_coefficients
+from petuq_sirf.operators.projector import _CHUNK_ELEMENTS, _BackProject, _Project, _stack, joseph_coefficients
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -100,10 +100,10 @@ class ListModeProjector:
 
     # --- raw kernels on flattened arrays: (B, nvox) <-> (B, N) ---------------------------------
     def _forward_flat(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._forward_one(xb) for xb in x])
+        return _stack([self._forward_one(xb) for xb in x])
 
     def _adjoint_flat(self, y: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._adjoint_one(yb) for yb in y])
+        return _stack([self._adjoint_one(yb) for yb in y])
 
     def _forward_one(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "numba":

@@ -27,7 +27,8 @@ from petuq_sirf.operators.kernels.triton_gpu import TritonSinogramKernels
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
-_CACHE_LIMIT_ENTRIES = 40_000_000
+_CACHE_LIMIT_ENTRIES = 40_000_000  # automatic sparse matrix with the torch kernel
+_SMALL_CACHE_ENTRIES = 1 << 22  # ... and with the compiled kernels (tiny problems: sparse mm is as fast, no JIT)
 _CHUNK_ELEMENTS = 1 << 23
 
 
@@ -92,8 +93,9 @@ class RayTracingProjector:
         views: optional subset of view indices (for ordered subsets); data then has ``len(views)`` views.
         device: torch device for the coefficients and results.
         dtype: floating type of the weights (float32, or float64 for gradcheck).
-        cache: keep the system matrix as sparse CSR (``None`` = automatically when small and the
-            kernel is ``torch``; ``True`` forces the matrix whatever the kernel).
+        cache: keep the system matrix as sparse CSR (``None`` = automatically when small: up to 4 M
+            entries with the compiled kernels, 40 M with torch; ``True`` forces the matrix whatever
+            the kernel, ``False`` forbids it).
         kernel: ``auto`` | ``torch`` | ``numba`` | ``triton`` (``None`` = ``$PETUQ_PROJECTOR_KERNEL``,
             default ``auto``); see :mod:`petuq_sirf.operators.kernels`. :attr:`path` names what runs.
 
@@ -129,7 +131,8 @@ class RayTracingProjector:
         self._p_b: torch.Tensor | None = None
         self._groups: list[tuple[torch.Tensor, int]] = []
         if cache is None:
-            cache = self.kernel == "torch" and self._matrix_entries() <= _CACHE_LIMIT_ENTRIES
+            limit = _CACHE_LIMIT_ENTRIES if self.kernel == "torch" else _SMALL_CACHE_ENTRIES
+            cache = self._matrix_entries() <= limit
         self.cached = bool(cache)
         if self.cached:
             self.kernel = "torch"
@@ -242,9 +245,9 @@ class RayTracingProjector:
         if self._matrix is not None:
             return torch.sparse.mm(self._matrix, x.T.contiguous()).T
         if self.kernel == "numba":
-            return torch.stack([_numba_forward(self._plan, xb) for xb in x])
+            return _stack([_numba_forward(self._plan, xb) for xb in x])
         if self._kernels is not None:
-            return torch.stack([self._kernels.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
+            return _stack([self._kernels.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
         if self._separable is not None:
             return torch.stack([self._separable.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
         out = torch.zeros(x.shape[0], self.num_lors, dtype=x.dtype, device=x.device)
@@ -257,9 +260,9 @@ class RayTracingProjector:
             return torch.sparse.mm(self._matrix_t, y.T.contiguous()).T
         S = self.data_shape[0]
         if self.kernel == "numba":
-            return torch.stack([_numba_adjoint(self._plan, yb.reshape(S, -1)) for yb in y])
+            return _stack([_numba_adjoint(self._plan, yb.reshape(S, -1)) for yb in y])
         if self._kernels is not None:
-            return torch.stack([self._kernels.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
+            return _stack([self._kernels.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
         if self._separable is not None:
             return torch.stack([self._separable.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
         out = torch.zeros(y.shape[0], self.image.num_voxels, dtype=y.dtype, device=y.device)
@@ -292,6 +295,11 @@ class RayTracingProjector:
         batch = t.shape[: t.dim() - len(in_shape)]
         flat = t.reshape(-1, int(np.prod(in_shape)))
         return fn(flat).reshape(*batch, *out_shape)
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` without the copy for a single item (full-size images/sinograms)."""
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
 def _numba_forward(plan: SinogramPlan, x: torch.Tensor) -> torch.Tensor:
