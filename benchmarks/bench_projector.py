@@ -155,18 +155,16 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for case in args.cases.split(","):
-        runs = []
+        runs: list[dict] = []
         peers = [("numba", 1, 1), ("numba", 2, 1)]
-        if not args.no_torch:
-            peers.append(("torch", 1, args.torch_view_stride if case == "mmr-span11" else 1))
         if has_stir:
-            peers.insert(1, ("stir", 1, 1))
-        for peer, threads, stride in peers:
-            runs.append(_run(ctx, case, peer, threads, stride, args.reps))
-        ref = next((r for r in runs if r["peer"] == "stir"), None) or next(
-            (r for r in runs if r["peer"] == "torch"), None
-        )
-        for r in runs:
+            peers.insert(0, ("stir", 1, 1))
+        if not args.no_torch:
+            peers.insert(1 if has_stir else 0, ("torch", 1, args.torch_view_stride if case == "mmr-span11" else 1))
+        for peer, threads, stride in peers:  # the reference first, so each row prints as soon as it is measured
+            r = _run(ctx, case, peer, threads, stride, args.reps)
+            runs.append(r)
+            ref = runs[0] if runs[0]["peer"] in ("stir", "torch") else None
             ratio = f"{r['fwd'] / ref['fwd']:.2f}/{r['back'] / ref['back']:.2f}" if ref else "-"
             label = f"{r['peer']}: {r['path']}" + (" (subset)" if r["subset"] else "")
             print(
@@ -180,7 +178,8 @@ def main() -> None:
         if one and two:
             print(
                 f"{'':11} numba 2 threads vs 1: wall speed-up fwd {one['fwd_wall'] / two['fwd_wall']:.2f}x, "
-                f"back {one['back_wall'] / two['back_wall']:.2f}x (meaningful only on an idle machine)"
+                f"back {one['back_wall'] / two['back_wall']:.2f}x (meaningful only on an idle machine)",
+                flush=True,
             )
 
 

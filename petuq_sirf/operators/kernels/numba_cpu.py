@@ -147,6 +147,11 @@ def sinogram_forward(
                         n = jhi - jlo
                         if n <= 0:
                             continue
+                        if n < 8:  # few sinograms (2D, short segments): plain indexing, no view set-up
+                            for j in range(jlo, jhi):
+                                i = z0 + 1 + st * j
+                                acc[j] += w0 * col[p - lo, i] + w1 * col[p - lo, i + 1]
+                            continue
                         # slices: loop indices from 0 let numba drop the negative-index checks (vectorises)
                         i0 = z0 + 1 + st * jlo
                         a = acc[jlo:jhi]
@@ -233,6 +238,12 @@ def sinogram_back(
                         jlo, jhi = _j_range(z0, st, ns, nz)
                         n = jhi - jlo
                         if n <= 0:
+                            continue
+                        if n < 8:
+                            for j in range(jlo, jhi):
+                                i = z0 + 1 + st * j
+                                col[p - lo, i] += w0 * v[j]
+                                col[p - lo, i + 1] += w1 * v[j]
                             continue
                         i0 = z0 + 1 + st * jlo
                         vv = v[jlo:jhi]
