@@ -1,148 +1,186 @@
-"""Forward / back projection speed and peak memory of the embedded projector.
+"""CPU-seconds per million LORs and peak memory of the embedded projector's kernels (and STIR's, when present).
 
-Run:  python benchmarks/bench_projector.py [--device cuda] [--full]
+Run:  python benchmarks/bench_projector.py [--cases test-2d,mmr-3d,mmr-span11] [--reps 2] [--torch-view-stride 7]
 
-For each geometry it prints the time of one forward and one back projection, the process's
-peak resident memory, and the throughput in ray-plane samples per second (LORs x image planes
-stepped through, each sample a bilinear interpolation), next to a plain reference Joseph
-implementation (a Python loop over LORs, numpy over planes) measured in the same run on a
-sample of LORs. On CPU the 3D case projects every 6th view and extrapolates. ``--full`` adds the full mMR span-11 geometry (344 x 252 x 837, image
-344 x 344 x 127): on CPU one view subset (12 of 252 views) is projected and the full-pass
-time is extrapolated (marked "extrap.").
+Each measurement runs in a fresh (spawned) process: build the projector, one warm-up forward and
+back projection (numba's JIT, loaded from its disk cache after the first run), then ``--reps``
+timed repetitions; the minimum is reported. Times are process CPU time (``time.process_time``,
+all threads added up) divided by the number of LORs, so they are meaningful on a busy machine;
+wall-clock times are printed next to them. ``peak MB`` is the child's peak resident set
+(``ru_maxrss``), ``+MB`` its increase over the resident set after the imports (the projector's own
+memory: tables, image copies, the data and per-thread buffers).
+
+Cases: ``test-2d`` (1 x 64 x 64 LORs), ``mmr-3d`` (mMR, 8 rings, span 3, max ring difference 7,
+view mashing 4; image 15 x 285 x 285) and ``mmr-span11`` (mMR span 11, max ring difference 60,
+view mashing 4: 837 x 63 x 344 = 18.1 M LORs; image 127 x 285 x 285, 2.08626 mm voxels). The plain
+torch kernel is measured on every ``--torch-view-stride``-th view of ``mmr-span11`` (per-LOR cost
+extrapolated, marked ``subset``); everything else projects all LORs. STIR's ray-tracing projector
+(``ProjMatrixByBinUsingRayTracing``) is interleaved when ``import stir`` works; the ratio column is
+then against STIR, otherwise against the plain-torch kernel of the same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import time
 
 import numpy as np
 
 
-def _reference_joseph(p_a: np.ndarray, p_b: np.ndarray, image: np.ndarray, first, vox) -> np.ndarray:
-    """Plain Joseph forward projection: a Python loop over LORs (x-dominant only for brevity)."""
-    nz, ny, nx = image.shape
-    out = np.zeros(len(p_a))
-    xs = first[2] + vox[2] * np.arange(nx)
-    for i, (a, b) in enumerate(zip(p_a, p_b, strict=True)):
-        d = b - a
-        t = (xs - a[0]) / d[0]
-        ok = (t >= 0) & (t <= 1)
-        y = a[1] + t * d[1]
-        z = a[2] + t * d[2]
-        fy = (y - first[1]) / vox[1]
-        fz = (z - first[0]) / vox[0] if nz > 1 else np.zeros_like(y)
-        j0, k0 = np.floor(fy).astype(int), np.floor(fz).astype(int)
-        wy, wz = fy - j0, fz - k0
-        step = vox[2] * np.linalg.norm(d) / abs(d[0])
-        total = 0.0
-        for dk, wk in ((0, 1 - wz), (1, wz)) if nz > 1 else ((0, np.ones_like(wz)),):
-            for dj, wj in ((0, 1 - wy), (1, wy)):
-                kk, jj = k0 + dk, j0 + dj
-                valid = ok & (kk >= 0) & (kk < nz) & (jj >= 0) & (jj < ny)
-                vals = image[np.clip(kk, 0, nz - 1), np.clip(jj, 0, ny - 1), np.arange(nx)]
-                total += float((vals * wk * wj * valid).sum())
-        out[i] = total * step
-    return out
-
-
-def _case(name: str, device: str, view_stride: int, queue) -> None:
-    import torch
-
-    from petuq_sirf.operators import RayTracingProjector
+def _geometry(case: str):
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 
-    torch.manual_seed(0)
-    if name == "2D test-2d":
+    if case == "test-2d":
         layout = SinogramLayout(get_scanner("test-2d"))
-        image = ImageGeometry.for_layout(layout)
-    elif name == "2D mMR (1 ring)":
-        layout = SinogramLayout(get_scanner("mMR").with_(num_rings=1))
-        image = ImageGeometry((1, 344, 344), (2.03125, 2.08626, 2.08626))
-    elif name == "3D mMR 8 rings span 3":
-        layout = SinogramLayout(get_scanner("mMR").with_(num_rings=8), span=3, max_ring_difference=7)
-        image = ImageGeometry.for_layout(layout)
-    else:
-        layout = SinogramLayout(get_scanner("mMR"), span=11, max_ring_difference=60)
-        image = ImageGeometry.for_layout(layout)
+        return layout, ImageGeometry.for_layout(layout)
+    if case == "mmr-3d":
+        layout = SinogramLayout(get_scanner("mMR").with_(num_rings=8), span=3, max_ring_difference=7, view_mashing=4)
+        return layout, ImageGeometry.for_layout(layout, num_xy=285)
+    if case == "mmr-span11":
+        layout = SinogramLayout(get_scanner("mMR"), span=11, max_ring_difference=60, view_mashing=4)
+        return layout, ImageGeometry.for_layout(layout, num_xy=285)
+    raise SystemExit(f"bench_projector: error: unknown case {case!r}")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, queue) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(threads)
+    layout, image = _geometry(case)
     views = None if view_stride == 1 else np.arange(0, layout.num_views, view_stride)
-    t0 = time.perf_counter()
-    proj = RayTracingProjector(layout, image, views=views, device=device)
-    setup = time.perf_counter() - t0
-    x = torch.rand(image.shape, device=device)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    proj.forward(x)  # warm-up
-    sync()
-    t0 = time.perf_counter()
-    y = proj.forward(x)
-    sync()
-    t_fwd = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    proj.adjoint(y)
-    sync()
-    t_back = time.perf_counter() - t0
-    samples = sum(len(rows) * image.shape[axis] for rows, axis in proj._groups)
-    # reference on a sample of x-dominant LORs
-    rows = proj._groups[0][0][:: max(1, len(proj._groups[0][0]) // 150)][:150].cpu()
-    pa, pb = proj._p_a[rows].cpu().double().numpy(), proj._p_b[rows].cpu().double().numpy()
-    img = x.cpu().double().numpy()
-    first = [image.first_voxel_mm(a) for a in range(3)]
-    t0 = time.perf_counter()
-    _reference_joseph(pa, pb, img, first, image.voxel_size_mm)
-    t_ref = time.perf_counter() - t0
-    ref_rate = len(rows) * image.shape[2] / t_ref
-    scale = 1 if views is None else layout.num_views / len(views)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if device.startswith("cuda"):
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    base_mb = _rss_mb()
+    t0 = time.process_time()
+    if peer == "stir":
+        from petuq_sirf.backends.stir_backend import StirAcquisitionModel
+
+        model = StirAcquisitionModel(layout, image)
+        fwd, back = model._geometric_np, model._geometric_adjoint_np
+        n_lors = layout.num_bins
+        x = np.random.default_rng(0).random(image.shape, dtype=np.float32)
+        path = "STIR ray tracing"
+    else:
+        from petuq_sirf.operators import RayTracingProjector
+
+        proj = RayTracingProjector(layout, image, views=views, kernel=peer, cache=False)
+        fwd, back = proj.forward, proj.adjoint
+        n_lors = proj.num_lors
+        x = torch.rand(image.shape)
+        path = proj.path
+    setup = time.process_time() - t0
+    y = fwd(x)
+    back(y)  # warm-up (JIT / caches)
+    c = time.process_time()
+    back(fwd(x))
+    inner = max(1, int(0.5 / max(time.process_time() - c, 1e-6)))  # small cases: repeat to >= 0.5 CPU-s
+    cpu_f, cpu_b, wall_f, wall_b = [], [], [], []
+    for _ in range(reps):
+        c, w = time.process_time(), time.perf_counter()
+        for _ in range(inner):
+            y = fwd(x)
+        c1, w1 = time.process_time(), time.perf_counter()
+        for _ in range(inner):
+            back(y)
+        c2, w2 = time.process_time(), time.perf_counter()
+        cpu_f.append((c1 - c) / inner)
+        cpu_b.append((c2 - c1) / inner)
+        wall_f.append((w1 - w) / inner)
+        wall_b.append((w2 - w1) / inner)
+    m = n_lors / 1e6
     queue.put(
         {
-            "geometry": name,
-            "sinogram": "x".join(map(str, layout.shape)),
-            "image": "x".join(map(str, image.shape)),
-            "cached": proj.cached,
+            "case": case,
+            "peer": peer,
+            "path": path,
+            "threads": threads,
+            "lors_m": m,
+            "subset": view_stride != 1,
             "setup_s": setup,
-            "forward_s": t_fwd * scale,
-            "back_s": t_back * scale,
-            "extrapolated": scale != 1,
-            "peak_mb": peak_mb,
-            "rate": samples / t_fwd,
-            "ref_rate": ref_rate,
+            "fwd": min(cpu_f) / m,
+            "back": min(cpu_b) / m,
+            "fwd_wall": min(wall_f) / m,
+            "back_wall": min(wall_b) / m,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "own_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_mb,
         }
     )
 
 
+def _run(ctx, *args) -> dict:
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(*args, q))
+    p.start()
+    r = q.get()
+    p.join()
+    return r
+
+
+def _stir_available() -> bool:
+    try:
+        import stir  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--full", action="store_true", help="include the full mMR span-11 geometry")
+    parser.add_argument("--cases", default="test-2d,mmr-3d,mmr-span11", help="comma-separated cases")
+    parser.add_argument("--reps", type=int, default=2, help="timed repetitions (the minimum is reported)")
+    parser.add_argument("--torch-view-stride", type=int, default=7, help="view subset for torch on mmr-span11")
+    parser.add_argument("--no-torch", action="store_true", help="skip the plain-torch kernel")
     args = parser.parse_args()
-    on_gpu = args.device.startswith("cuda")
-    cases = [("2D test-2d", 1), ("2D mMR (1 ring)", 1), ("3D mMR 8 rings span 3", 1 if on_gpu else 6)]
-    if args.full:
-        cases.append(("full mMR span 11", 1 if on_gpu else 21))
+    from petuq_sirf.operators.kernels import help_line
+
+    has_stir = _stir_available()
+    print(help_line())
+    print(f"STIR: {'import stir works: interleaved' if has_stir else 'not importable (ratio against plain torch)'}")
+    print(f"CPUs: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f} (CPU time per M LORs; wall time next to it)")
     ctx = mp.get_context("spawn")
     header = (
-        f"{'geometry':24} {'sinogram':>13} {'image':>12} {'cache':>5} {'setup s':>8} {'fwd s':>9} {'back s':>9} "
-        f"{'peak MB':>8} {'samples/s':>10} {'ref/s':>9} {'ratio':>6}"
+        f"{'case':11} {'kernel / path':34} {'thr':>3} {'M LORs':>7} {'setup s':>7} {'fwd CPU-s/M':>11} "
+        f"{'back CPU-s/M':>12} {'fwd wall':>8} {'back wall':>9} {'peak MB':>7} {'+MB':>5} {'ratio f/b':>11}"
     )
-    print(f"device: {args.device}")
     print(header)
     print("-" * len(header))
-    for name, stride in cases:
-        q = ctx.Queue()
-        p = ctx.Process(target=_case, args=(name, args.device, stride, q))
-        p.start()
-        r = q.get()
-        p.join()
-        ex = " extrap." if r["extrapolated"] else ""
-        print(
-            f"{r['geometry']:24} {r['sinogram']:>13} {r['image']:>12} {str(r['cached']):>5} {r['setup_s']:8.2f} "
-            f"{r['forward_s']:9.3f} {r['back_s']:9.3f} {r['peak_mb']:8.0f} {r['rate']:10.2e} {r['ref_rate']:9.2e} "
-            f"{r['rate'] / r['ref_rate']:6.0f}{ex}"
-        )
+    for case in args.cases.split(","):
+        runs: list[dict] = []
+        peers = [("numba", 1, 1), ("numba", 2, 1)]
+        if has_stir:
+            peers.insert(0, ("stir", 1, 1))
+        if not args.no_torch:
+            peers.insert(1 if has_stir else 0, ("torch", 1, args.torch_view_stride if case == "mmr-span11" else 1))
+        for peer, threads, stride in peers:  # the reference first, so each row prints as soon as it is measured
+            r = _run(ctx, case, peer, threads, stride, args.reps)
+            runs.append(r)
+            ref = runs[0] if runs[0]["peer"] in ("stir", "torch") else None
+            ratio = f"{r['fwd'] / ref['fwd']:.2f}/{r['back'] / ref['back']:.2f}" if ref else "-"
+            label = f"{r['peer']}: {r['path']}" + (" (subset)" if r["subset"] else "")
+            print(
+                f"{r['case']:11} {label[:34]:34} {r['threads']:3d} {r['lors_m']:7.2f} {r['setup_s']:7.2f} "
+                f"{r['fwd']:11.3f} {r['back']:12.3f} {r['fwd_wall']:8.3f} {r['back_wall']:9.3f} "
+                f"{r['peak_mb']:7.0f} {r['own_mb']:5.0f} {ratio:>11}",
+                flush=True,
+            )
+        one = next((r for r in runs if r["peer"] == "numba" and r["threads"] == 1), None)
+        two = next((r for r in runs if r["peer"] == "numba" and r["threads"] == 2), None)
+        if one and two:
+            print(
+                f"{'':11} numba 2 threads vs 1: wall speed-up fwd {one['fwd_wall'] / two['fwd_wall']:.2f}x, "
+                f"back {one['back_wall'] / two['back_wall']:.2f}x (meaningful only on an idle machine)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -59,10 +59,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from petuq_sirf.operators.kernels import help_line
+
     parser = PetuqArgumentParser(
         prog="petuq",
         description="Uncertainty quantification for AI-based PET reconstruction (petuq_sirf).",
         formatter_class=_HelpFormatter,
+        epilog=help_line(),
     )
     parser.add_argument("--traceback", action="store_true", help="Show the full Python traceback on errors.")
     parser.add_argument(
@@ -70,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="global_quiet",
         action="store_true",
         help="No progress bars (they are also off when stderr is not a terminal).",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch and the projector kernels (default: torch's).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=PetuqArgumentParser)
     for name in COMMAND_MODULES:
@@ -95,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     show = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            from petuq_sirf.operators.kernels import set_num_threads
+
+            set_num_threads(args.threads)
         return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         if args.traceback:

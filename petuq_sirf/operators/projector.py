@@ -4,8 +4,10 @@ Each LOR is sampled at every image plane perpendicular to its dominant in-plane 
 (x or y); at each plane the image is interpolated bilinearly in the other two axes
 (Joseph 1982). The same ``(voxel index, weight)`` pairs serve the forward projection
 (a gather) and the back projection (a scatter-add), so the back projector is the exact
-adjoint. Small problems cache the system matrix as a sparse CSR matrix; large ones are
-projected on the fly in chunks of LORs so that memory stays bounded.
+adjoint. Small problems on the torch kernel cache the system matrix as a sparse CSR matrix; otherwise
+LORs are projected on the fly by a kernel from :mod:`petuq_sirf.operators.kernels` (compiled numba on
+the CPU, Triton on CUDA, plain torch as the fallback) using the ring-shift symmetry of sinograms,
+with bounded temporaries. Every kernel has an explicit matched back projection.
 
 Units: line integrals in mm (image values times path length).
 """
@@ -19,10 +21,15 @@ import torch
 
 from petuq_sirf.operators.base import LinearOperator
 from petuq_sirf.operators.joseph_separable import SeparableJoseph
+from petuq_sirf.operators.kernels import describe, report, select_kernel
+from petuq_sirf.operators.kernels.plan import SinogramPlan, sinogram_plan, transaxial_endpoints
+from petuq_sirf.operators.kernels.torch_ring_shift import TorchSinogramKernels
+from petuq_sirf.operators.kernels.triton_gpu import TritonSinogramKernels
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
-_CACHE_LIMIT_ENTRIES = 40_000_000
+_CACHE_LIMIT_ENTRIES = 40_000_000  # automatic sparse matrix with the torch kernel
+_SMALL_CACHE_ENTRIES = 1 << 22  # ... and with the compiled kernels (tiny problems: sparse mm is as fast, no JIT)
 _CHUNK_ELEMENTS = 1 << 23
 
 
@@ -87,7 +94,13 @@ class RayTracingProjector(LinearOperator):
         views: optional subset of view indices (for ordered subsets); data then has ``len(views)`` views.
         device: torch device for the coefficients and results.
         dtype: floating type of the weights (float32, or float64 for gradcheck).
-        cache: keep the system matrix as sparse CSR (``None`` = automatically when small).
+        cache: keep the system matrix as sparse CSR (``None`` = automatically when small: up to 4 M
+            entries with the compiled kernels, 40 M with torch; ``True`` forces the matrix whatever
+            the kernel, ``False`` forbids it).
+        kernel: ``auto`` | ``torch`` | ``numba`` | ``triton`` (``None`` = ``$PETUQ_PROJECTOR_KERNEL``,
+            default ``auto``); see :mod:`petuq_sirf.operators.kernels`. :attr:`path` names what runs.
+
+    The compiled kernels use as many threads as torch's intra-op pool (``torch.set_num_threads``).
     """
 
     def __init__(
@@ -98,6 +111,7 @@ class RayTracingProjector(LinearOperator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         cache: bool | None = None,
+        kernel: str | None = None,
     ) -> None:
         self.layout = layout
         self.image = image
@@ -107,31 +121,82 @@ class RayTracingProjector(LinearOperator):
         n_views = layout.num_views if self.views is None else len(self.views)
         self.data_shape = (layout.num_sinograms, n_views, layout.num_tangential)
         self.image_shape = image.shape
-        p_a, p_b = layout.lor_endpoints(self.views)  # float64; geometry is then computed in ``dtype``
-        self._p_a = p_a.reshape(-1, 3).to(self.device, dtype)
-        self._p_b = p_b.reshape(-1, 3).to(self.device, dtype)
+        self._requested_kernel = kernel
+        self.kernel = select_kernel(kernel, self.device)
+        self._plan: SinogramPlan | None = None
+        self._kernels: object | None = None
+        self._matrix: torch.Tensor | None = None
+        self._matrix_t: torch.Tensor | None = None
+        self._separable: SeparableJoseph | None = None
+        self._p_a: torch.Tensor | None = None
+        self._p_b: torch.Tensor | None = None
+        self._groups: list[tuple[torch.Tensor, int]] = []
+        if cache is None:
+            limit = _CACHE_LIMIT_ENTRIES if self.kernel == "torch" else _SMALL_CACHE_ENTRIES
+            cache = self._matrix_entries() <= limit
+        self.cached = bool(cache)
+        if self.cached:
+            self.kernel = "torch"
+            self._build_endpoints()
+            self._build_matrix()
+            self.path = "torch sparse matrix"
+        else:
+            self._plan = sinogram_plan(layout, image, self.views)
+            if self._plan is None:
+                if self.kernel != "torch":
+                    warnings.warn(
+                        f"projector kernel {self.kernel} cannot project oblique LORs into a single-slice image; "
+                        "using torch",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                self.kernel = "torch"
+                self._build_endpoints()
+                self.path = "torch general (per LOR)"
+            elif self.kernel == "numba":
+                self.path = "numba ring-shift" if self._plan.ring_shift else "numba (per-sample axial)"
+            elif self.kernel == "triton":
+                self._kernels = TritonSinogramKernels(self._plan, self.device)
+                self.path = "triton"
+            elif self._plan.ring_shift:
+                self._kernels = TorchSinogramKernels(self._plan, self.device, dtype)
+                self.path = "torch ring-shift"
+            else:
+                p_a, p_b = transaxial_endpoints(layout, self.views)
+                z_mid, dz = layout.sinogram_z_mm()
+                self._separable = SeparableJoseph(
+                    torch.as_tensor(p_a, dtype=dtype, device=self.device),
+                    torch.as_tensor(p_b, dtype=dtype, device=self.device),
+                    torch.as_tensor(z_mid - dz / 2, dtype=dtype, device=self.device),
+                    torch.as_tensor(z_mid + dz / 2, dtype=dtype, device=self.device),
+                    image,
+                )
+                self.path = "torch separable (per-sinogram axial)"
+        report(self.kernel, self.device)
+
+    def _matrix_entries(self) -> int:
+        a, b = transaxial_endpoints(self.layout, self.views)
+        d = b - a
+        x_dom = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+        nz, ny, nx = self.image.shape
+        per_sino = int(x_dom.sum()) * nx + int((~x_dom).sum()) * ny
+        return per_sino * self.data_shape[0] * 4
+
+    def _build_endpoints(self) -> None:
+        """End points of every LOR (only for the sparse matrix and the general per-LOR path)."""
+        p_a, p_b = self.layout.lor_endpoints(self.views)
+        self._p_a = p_a.reshape(-1, 3).to(self.device, self.dtype)
+        self._p_b = p_b.reshape(-1, 3).to(self.device, self.dtype)
         d = self._p_b - self._p_a
         x_dominant = d[:, 0].abs() >= d[:, 1].abs()
         self._groups = [
             (torch.nonzero(x_dominant).squeeze(1), 2),
             (torch.nonzero(~x_dominant).squeeze(1), 1),
         ]
-        entries = sum(len(rows) * image.shape[axis] * 4 for rows, axis in self._groups)
-        self.cached = entries <= _CACHE_LIMIT_ENTRIES if cache is None else bool(cache)
-        self._matrix: torch.Tensor | None = None
-        self._matrix_t: torch.Tensor | None = None
-        self._separable: SeparableJoseph | None = None
-        if self.cached:
-            self._build_matrix()
-        elif image.shape[0] > 1:
-            z_a, z_b = p_a[:, 0, 0, 2], p_b[:, 0, 0, 2]
-            self._separable = SeparableJoseph(
-                p_a[0, ..., :2].reshape(-1, 2).to(self.device, dtype),
-                p_b[0, ..., :2].reshape(-1, 2).to(self.device, dtype),
-                z_a.to(self.device, dtype),
-                z_b.to(self.device, dtype),
-                image,
-            )
+
+    def describe(self) -> str:
+        """One line: which kernel and path run, on which device, with how many threads."""
+        return f"{describe(self.kernel, self.device)}; path: {self.path}"
 
     def restricted(self, views: np.ndarray) -> RayTracingProjector:
         """A projector for a subset of this projector's views (memoised: subsets are reused by OSEM)."""
@@ -141,13 +206,18 @@ class RayTracingProjector(LinearOperator):
         cache = self.__dict__.setdefault("_restricted", {})
         if key not in cache:
             cache[key] = RayTracingProjector(
-                self.layout, self.image, views=global_views, device=self.device, dtype=self.dtype
+                self.layout,
+                self.image,
+                views=global_views,
+                device=self.device,
+                dtype=self.dtype,
+                kernel=self._requested_kernel,
             )
         return cache[key]
 
     @property
     def num_lors(self) -> int:
-        return self._p_a.shape[0]
+        return int(np.prod(self.data_shape))
 
     def _chunks(self, per_lor_elements: int):
         """Yield ``(lor_rows, index, weight)`` for chunks of LORs of bounded size."""
@@ -175,6 +245,10 @@ class RayTracingProjector(LinearOperator):
     def _forward_flat(self, x: torch.Tensor) -> torch.Tensor:
         if self._matrix is not None:
             return torch.sparse.mm(self._matrix, x.T.contiguous()).T
+        if self.kernel == "numba":
+            return _stack([_numba_forward(self._plan, xb) for xb in x])
+        if self._kernels is not None:
+            return _stack([self._kernels.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
         if self._separable is not None:
             return torch.stack([self._separable.forward(xb.reshape(self.image_shape)).reshape(-1) for xb in x])
         out = torch.zeros(x.shape[0], self.num_lors, dtype=x.dtype, device=x.device)
@@ -185,8 +259,12 @@ class RayTracingProjector(LinearOperator):
     def _adjoint_flat(self, y: torch.Tensor) -> torch.Tensor:
         if self._matrix_t is not None:
             return torch.sparse.mm(self._matrix_t, y.T.contiguous()).T
+        S = self.data_shape[0]
+        if self.kernel == "numba":
+            return _stack([_numba_adjoint(self._plan, yb.reshape(S, -1)) for yb in y])
+        if self._kernels is not None:
+            return _stack([self._kernels.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
         if self._separable is not None:
-            S = self.data_shape[0]
             return torch.stack([self._separable.adjoint(yb.reshape(S, -1)).reshape(-1) for yb in y])
         out = torch.zeros(y.shape[0], self.image.num_voxels, dtype=y.dtype, device=y.device)
         for r, idx, w in self._chunks(y.shape[0]):
@@ -195,7 +273,8 @@ class RayTracingProjector(LinearOperator):
         return out
 
     def _check(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        if tuple(t.shape[-3:]) != tuple(shape):
+        n = len(shape)
+        if tuple(t.shape[t.dim() - n :]) != tuple(shape) or t.dim() < n:
             raise ValueError(f"{what} has shape {tuple(t.shape)}; expected (..., {', '.join(map(str, shape))})")
         if t.dtype != self.dtype:
             t = t.to(self.dtype)
@@ -217,9 +296,39 @@ class RayTracingProjector(LinearOperator):
     out_shape = property(lambda self: self.data_shape)
 
     def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
-        batch = t.shape[:-3]
+        batch = t.shape[: t.dim() - len(in_shape)]
         flat = t.reshape(-1, int(np.prod(in_shape)))
         return fn(flat).reshape(*batch, *out_shape)
+
+
+def _stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack`` without the copy for a single item (full-size images/sinograms)."""
+    return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
+
+
+def _numba_forward(plan: SinogramPlan, x: torch.Tensor) -> torch.Tensor:
+    """Numba sinogram forward of one flat image (CPU): returns the flat ``(S * Q)`` data."""
+    from petuq_sirf.operators.kernels import numba_cpu
+
+    numba_cpu.set_num_threads(torch.get_num_threads())
+    nz, ny, nx = plan.image.shape
+    img_t = np.ascontiguousarray(x.detach().reshape(nz, ny * nx).T.numpy())
+    out = np.empty((plan.num_sinograms, plan.num_transaxial), dtype=img_t.dtype)
+    numba_cpu.sinogram_forward(img_t, out, *numba_cpu.plan_args(plan))
+    return torch.from_numpy(out.reshape(-1))
+
+
+def _numba_adjoint(plan: SinogramPlan, y: torch.Tensor) -> torch.Tensor:
+    """Numba sinogram back projection of one ``(S, Q)`` data array (CPU): returns the flat image."""
+    from petuq_sirf.operators.kernels import numba_cpu
+
+    numba_cpu.set_num_threads(torch.get_num_threads())
+    nz, ny, nx = plan.image.shape
+    yn = np.ascontiguousarray(y.detach().numpy())
+    acc = np.zeros((numba_cpu.num_threads(), ny * nx, nz), dtype=yn.dtype)
+    numba_cpu.sinogram_back(yn, acc, *numba_cpu.plan_args(plan))
+    img_t = acc[0] if len(acc) == 1 else acc.sum(axis=0)
+    return torch.from_numpy(np.ascontiguousarray(img_t.T).reshape(-1))
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
