@@ -132,21 +132,18 @@ def register(sub) -> None:
 def _add_calibration_arguments(p) -> None:
     p.add_argument(
         "--calibration-phantoms",
-        type=int,
+        type=int_in(0, 100_000),
         default=16,
         help="Held-out phantoms (simulated like the validation set) for the split-conformal scales (0 = none).",
     )
     p.add_argument(
         "--calibration-lesion-probability",
-        type=float,
+        type=float_in(0, 1),
         default=0.0,
         help="Probability of a hot lesion in each calibration phantom (0 = like the training/validation set).",
     )
     p.add_argument(
         "--calibration-samples", type=int_in(2, 100_000), default=8, help="Posterior draws per calibration phantom."
-    )
-    p.add_argument(
-        "--calibration-samples", type=int_in(1, 10_000), default=8, help="Posterior draws per calibration phantom."
     )
     p.add_argument(
         "--calibration-families",
