@@ -10,7 +10,6 @@ import torch
 
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, BootstrapSummary
 from petuq_sirf.bootstrap.bias import bias_corrected_summary, estimate_bias, parametric_draw
-from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.recon import map_rdp, osem
 from petuq_sirf.simulation import nema_iec_phantom, simulate
 from petuq_sirf.simulation.simulate import SimulationConfig
@@ -21,7 +20,7 @@ CFG = BootstrapConfig(num_replicates=4, num_iterations=5, full_data_iterations=2
 @pytest.fixture(scope="module")
 def nema_problem(layout_2d, image_2d):
     sim = simulate(nema_iec_phantom(image_2d), layout_2d, SimulationConfig(true_counts=1e6, seed=4, listmode=True))
-    problem = BootstrapProblem.from_acquisition(Acquisition.from_simulation(sim))
+    problem = BootstrapProblem.from_acquisition(sim.to_acquisition())
     return sim, problem
 
 

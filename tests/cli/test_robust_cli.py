@@ -233,13 +233,13 @@ def test_weights_metadata_asking_for_an_absurd_network_is_refused(acquisition, t
 
 
 def test_unrolled_and_pnp_configs_are_bounded():
-    from petuq_sirf.recon.nonexpansive import DenoiserConfig
+    from petuq_sirf.recon.nonexpansive import NonexpansiveDenoiserConfig
     from petuq_sirf.recon.unrolled import UnrolledConfig
 
     with pytest.raises(ValueError, match="channels"):
         UnrolledConfig(channels=10**6)
     with pytest.raises(ValueError, match="parameters"):
-        DenoiserConfig(channels=1024, depth=60)
+        NonexpansiveDenoiserConfig(channels=1024, depth=60)
 
 
 def test_denoiser_refuses_another_grid_unless_forced(tmp_path, capsys):
