@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "train_denoiser",
     "denoise",
     "evaluate_uq",
+    "confidence",
 ]
 
 
