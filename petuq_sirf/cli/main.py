@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "train_denoiser",
     "denoise",
     "evaluate_uq",
+    "confidence",
 ]
 
 EXIT_ERROR = 2

@@ -3,7 +3,7 @@
 The same Joseph weights as :class:`~petuq_sirf.operators.projector.RayTracingProjector`, LOR by LOR,
 on the kernel chosen as for the sinogram projector (numba on the CPU, Triton on CUDA, torch as the
 fallback). Built from end points in mm, or from list-mode events that index sinogram bins
-(:class:`~petuq_sirf.data.listmode.ListModeEvents` ``bins``), so the bootstrap and confidence sets can
+(:class:`~petuq_sirf.io.listmode.ListModeEvents` ``bins``), so the bootstrap and confidence sets can
 work on events directly: ``forward(x)[i] = w_i (G x)_i`` and ``adjoint(y) = sum_i w_i y_i g_i``.
 
 Memory: the end points are kept in float64, 48 bytes per LOR.
