@@ -391,7 +391,7 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
 MODEL_SPREAD_ONLY = "model spread only"
 SPREAD = {
     "pnp-admm": "model spread only: PnP-ADMM fixed points over denoiser weight draws; the data noise is not "
-    "in it (measured std 2-5 % of the error), so these are not error bars",
+    "in it (measured std 1-5 % of the error), so these are not error bars",
     "pnp-ula": "posterior (data + prior): PnP-ULA Langevin samples of the Poisson likelihood times the denoiser prior",
     "unrolled": "posterior predictive: weight draws (epistemic) plus the aleatoric head",
 }
