@@ -31,10 +31,8 @@ tables and writes ``pnp_ula_coverage.json`` into ``--out``. Timings are CPU seco
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -45,23 +43,11 @@ LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 
 
-def load_families(path: str | None):
-    """The phantom-family module: installed, else from ``path``'s worktree, else None."""
-    try:
-        from petuq_sirf.simulation import phantom_families
+def load_families(path: str | None = None):
+    """The phantom-family module (``petuq_sirf.simulation.phantom_families``)."""
+    from petuq_sirf.simulation import phantom_families
 
-        return phantom_families
-    except ImportError:
-        pass
-    if path:
-        file = Path(path) / "petuq_sirf" / "simulation" / "phantom_families.py"
-        if file.is_file():
-            spec = importlib.util.spec_from_file_location("_heldout_phantom_families", file)
-            mod = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = mod
-            spec.loader.exec_module(mod)
-            return mod
-    return None
+    return phantom_families
 
 
 def z_value(level: float) -> float:
@@ -166,7 +152,7 @@ def _raw_from_summary(d: dict, rep: dict, family: str) -> dict:
     else:
         from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 
-        fam = load_families(rep["settings"]["families_from"])
+        fam = load_families()
         image = ImageGeometry.for_layout(SinogramLayout(get_scanner("test-2d")))
         settings = rep["settings"]
         if settings["phantoms"] != 1:
@@ -241,7 +227,6 @@ def merge(folders: list[str], out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--families", default="brain,thorax", help="phantom families (with the family module)")
-    p.add_argument("--families-from", default="/work/wt/heldout", help="worktree holding the family module")
     p.add_argument("--phantoms", type=int, default=2, help="test phantoms per family")
     p.add_argument("--realisations", type=int, default=5, help="noise realisations per phantom")
     p.add_argument("--calibration", type=int, default=2, help="calibration phantoms for the post-filter search")
@@ -289,7 +274,7 @@ def main() -> None:
     layout = SinogramLayout(get_scanner("test-2d"))
     image = ImageGeometry.for_layout(layout)
     net, posterior, _ = load_weights("pnp-admm")
-    fam = load_families(args.families_from)
+    fam = load_families()
     cases: list[tuple[str, object, list[object]]] = []  # (family, test phantoms, calibration phantoms)
     if fam is not None:
         source = f"family module {fam.__file__}"
