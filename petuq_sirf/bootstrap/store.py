@@ -37,6 +37,7 @@ import numpy as np
 
 from petuq_sirf.bootstrap.replicate import BootstrapConfig, ReplicateResult
 from petuq_sirf.io.atomic import atomic_write, atomic_write_bytes
+from petuq_sirf.io.weights import sha256_of
 
 MANIFEST = "bootstrap.json"
 FORMAT = "petuq_sirf posterior bootstrap"
@@ -51,14 +52,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class DamagedReplicateError(ValueError):
@@ -284,7 +277,7 @@ class ReplicateStore:
             return f"{path} is missing"
         want = self.info(index).get("image_sha256")
         if want is not None:
-            have = _sha256_file(path)
+            have = sha256_of(path)
             if have != want:
                 return f"{path} does not match its checksum (altered or truncated on disk: SHA-256 {have[:12]}..., stored {want[:12]}...)"
             return None
