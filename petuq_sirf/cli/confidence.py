@@ -9,7 +9,16 @@ from pathlib import Path
 
 import torch
 
-from petuq_sirf.cli.common import add_device_argument, load_acquisition, resolve_device, write_metrics
+from petuq_sirf.backends.registry import acquisition_model_for
+from petuq_sirf.cli.common import (
+    add_backend_argument,
+    add_device_argument,
+    check_out_dir,
+    load_acquisition,
+    resolve_backend,
+    resolve_device,
+    write_metrics,
+)
 
 
 def register(sub) -> None:
@@ -47,6 +56,7 @@ def register(sub) -> None:
     p.add_argument("--grid-ratio", type=float, default=1.25, help="solver: ratio of consecutive multipliers")
     p.add_argument("--out", required=True, help="output folder (metrics.json, config.json, bounds.png)")
     add_device_argument(p)
+    add_backend_argument(p)
     p.set_defaults(handler=run)
 
 
@@ -74,14 +84,12 @@ def run(args: argparse.Namespace) -> int:
         if v is not None and not v > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0")
     names = _estimator_names(args.estimator)
-    out = Path(args.out)
-    if out.resolve() == Path(args.input).resolve():
-        raise ValueError("--out must not be the input folder")
     acq = load_acquisition(args.input)
+    out = check_out_dir(args.out, protect=(args.input,))
     if acq.listmode is None:
         raise ValueError(f"{args.input} has no list-mode events (listmode.npz): simulate with --listmode")
     device = resolve_device(args.device)
-    model = acq.acquisition_model(device)
+    model = acquisition_model_for(acq, resolve_backend(args.backend), device)
     if not acq.regions:
         raise ValueError(f"{args.input} has no ROI masks (regions.npz)")
     rois = args.roi or list(acq.regions)
