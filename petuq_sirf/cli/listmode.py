@@ -11,12 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from petuq_sirf.cli.common import check_out_dir, float_in, int_in, save_acquisition, write_metrics
-from petuq_sirf.io.acquisition_folder import Acquisition
-from petuq_sirf.io.image_io import read_image
-from petuq_sirf.io.interfile import read_projdata
 from petuq_sirf.io.mmr_listmode import (
     DecodeStats,
     bin_mmr_listmode,
@@ -26,10 +21,8 @@ from petuq_sirf.io.mmr_listmode import (
     read_mmr_listmode,
 )
 from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
-from petuq_sirf.operators.projector import RayTracingProjector
-from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
-from petuq_sirf.simulation.attenuation import attenuation_factors
-from petuq_sirf.simulation.randoms import estimate_randoms
+from petuq_sirf.pipelines.listmode import acquisition_from_sinograms
+from petuq_sirf.scanner import SinogramLayout, get_scanner
 
 
 def register(sub) -> None:
@@ -65,13 +58,6 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="Output acquisition folder.")
     p.add_argument("--quiet", action="store_true", help="No progress bars.")
     p.set_defaults(handler=run)
-
-
-def _sinogram(path: str, shape: tuple[int, int, int], what: str) -> torch.Tensor:
-    arr = read_projdata(path).array
-    if arr.shape != shape:
-        raise ValueError(f"{what} {path} has shape {arr.shape}, but the list-mode layout is {shape}")
-    return torch.from_numpy(arr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,40 +111,20 @@ def run(args: argparse.Namespace) -> int:
         prompts = events.histogram(prompts=True)
         delayeds = events.histogram(prompts=False)
         first_ms, last_ms = float(events.times_ms.min()), float(events.times_ms.max())
-    randoms = (
-        estimate_randoms(layout, delayeds, progress=not args.quiet) if delayeds.sum() > 0 else torch.zeros(layout.shape)
-    )
-    if args.mu_map:
-        mu_array, image = read_image(args.mu_map, layout.scanner)  # Interfile: STIR axial origin
-        mu = torch.as_tensor(mu_array, dtype=torch.float32)
-        att = attenuation_factors(RayTracingProjector(layout, image), mu)
-    else:
-        mu = None
-        image = ImageGeometry.for_layout(layout, args.image_size, args.voxel_size_mm)
-        att = torch.ones(layout.shape)
-    eff = _sinogram(args.norm, layout.shape, "normalisation") if args.norm else torch.ones(layout.shape)
-    scatter = _sinogram(args.scatter, layout.shape, "scatter") if args.scatter else None
-    additive = randoms + (scatter if scatter is not None else 0)
-    info.update(
-        layout=layout.describe(),
-        prompts=float(prompts.sum()),
-        delayeds=float(delayeds.sum()),
-        randoms_estimate=float(randoms.sum()),
+    acq = acquisition_from_sinograms(
+        layout,
+        prompts,
+        delayeds,
+        info,
+        events=None if args.no_events else events,
         first_event_ms=first_ms,
         last_event_ms=last_ms,
-    )
-    acq = Acquisition(
-        layout=layout,
-        image=image,
-        prompts=prompts,
-        multiplicative=eff * att,
-        additive=additive,
-        delayeds=delayeds,
-        randoms_estimate=randoms,
-        scatter=scatter,
-        mu_per_cm=mu,
-        listmode=None if args.no_events else events,
-        info=info,
+        mu_map=args.mu_map,
+        norm=args.norm,
+        scatter=args.scatter,
+        image_size=args.image_size,
+        voxel_size_mm=args.voxel_size_mm,
+        progress=not args.quiet,
     )
     save_acquisition(acq, args.out)
     write_metrics(args.out, {"command": "listmode", **info})

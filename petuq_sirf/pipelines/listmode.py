@@ -18,6 +18,7 @@ from petuq_sirf.backends.registry import make_acquisition_model
 from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.image_io import read_image
 from petuq_sirf.io.interfile import read_projdata
+from petuq_sirf.io.listmode import ListModeEvents
 from petuq_sirf.io.mmr_listmode import DecodeStats, make_layout, read_mmr_header, read_mmr_listmode
 from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
 from petuq_sirf.operators.acquisition import AcquisitionModel
@@ -140,9 +141,53 @@ def acquisition_from_listmode(
         info.update(format="PETSIRD")
     if len(events) == 0:
         raise ValueError(f"{path}: no events in the selected time interval")
-    prompts = events.histogram(prompts=True)
-    delayeds = events.histogram(prompts=False)
-    randoms = estimate_randoms(layout, delayeds) if delayeds.sum() > 0 else torch.zeros(layout.shape)
+    return acquisition_from_sinograms(
+        layout,
+        events.histogram(prompts=True),
+        events.histogram(prompts=False),
+        info,
+        events=events if keep_events else None,
+        first_event_ms=float(events.times_ms.min()),
+        last_event_ms=float(events.times_ms.max()),
+        mu_map=mu_map,
+        norm=norm,
+        scatter=scatter,
+        tail_fit_scatter=tail_fit_scatter,
+        scatter_fallback_fraction=scatter_fallback_fraction,
+        image_size=image_size,
+        voxel_size_mm=voxel_size_mm,
+        progress=progress,
+    )
+
+
+def acquisition_from_sinograms(
+    layout: SinogramLayout,
+    prompts: torch.Tensor,
+    delayeds: torch.Tensor,
+    info: dict,
+    *,
+    events: ListModeEvents | None = None,
+    first_event_ms: float | None = None,
+    last_event_ms: float | None = None,
+    mu_map: str | os.PathLike | None = None,
+    norm: str | os.PathLike | None = None,
+    scatter: str | os.PathLike | None = None,
+    tail_fit_scatter: bool = False,
+    scatter_fallback_fraction: float = 0.3,
+    image_size: int = 128,
+    voxel_size_mm: float = 4.0,
+    progress: bool = False,
+) -> Acquisition:
+    """An :class:`Acquisition` from binned prompts and delayeds ``(sinograms, views, tangential)`` (counts).
+
+    Randoms are estimated from the delayeds (ML singles); attenuation factors come from ``mu_map``
+    (1/cm, which also sets the image grid; otherwise ``image_size`` x ``image_size`` voxels of
+    ``voxel_size_mm``), efficiencies from ``norm``, scatter from ``scatter`` or the tail fit.
+    ``info`` (the decoder's record) is completed with the totals; ``events`` are kept when given.
+    """
+    if tail_fit_scatter and mu_map is None:
+        raise ValueError("the scatter tail fit needs a mu-map (the tails are the LORs that miss the object)")
+    randoms = estimate_randoms(layout, delayeds, progress=progress) if delayeds.sum() > 0 else torch.zeros(layout.shape)
     if mu_map is not None:
         mu_array, image = read_image(mu_map, layout.scanner)  # Interfile: STIR axial origin
         mu = torch.as_tensor(mu_array, dtype=torch.float32)
@@ -165,8 +210,8 @@ def acquisition_from_listmode(
         prompts=float(prompts.sum()),
         delayeds=float(delayeds.sum()),
         randoms_estimate=float(randoms.sum()),
-        first_event_ms=float(events.times_ms.min()),
-        last_event_ms=float(events.times_ms.max()),
+        first_event_ms=first_event_ms,
+        last_event_ms=last_event_ms,
     )
     return Acquisition(
         layout=layout,
@@ -178,7 +223,7 @@ def acquisition_from_listmode(
         randoms_estimate=randoms,
         scatter=scatter_est,
         mu_per_cm=mu,
-        listmode=events if keep_events else None,
+        listmode=events,
         info=info,
     )
 
