@@ -327,8 +327,10 @@ def _numba_adjoint(plan: SinogramPlan, y: torch.Tensor) -> torch.Tensor:
     yn = np.ascontiguousarray(y.detach().numpy())
     acc = np.zeros((numba_cpu.num_threads(), ny * nx, nz), dtype=yn.dtype)
     numba_cpu.sinogram_back(yn, acc, *numba_cpu.plan_args(plan))
-    img_t = acc[0] if len(acc) == 1 else acc.sum(axis=0)
-    return torch.from_numpy(np.ascontiguousarray(img_t.T).reshape(-1))
+    out = np.empty((nz, ny * nx), dtype=yn.dtype)
+    numba_cpu.sum_transpose(acc, out)
+    del acc
+    return torch.from_numpy(out.reshape(-1))
 
 
 def _csr(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

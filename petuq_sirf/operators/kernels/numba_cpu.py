@@ -407,6 +407,25 @@ def lor_back(y, img_acc, pa, pb, weight, nx, ny, nz, first, vox, off_z):
                         img[zi * nynx + _row(ax, oi, p, nx)] += wz * wo * val
 
 
+@njit(parallel=True, cache=True)
+def sum_transpose(acc, out):
+    """``out[z, v] = sum_t acc[t, v, z]``: the per-thread ``(y * x, z)`` images summed into one ``(z, y * x)``.
+
+    One pass with no temporaries (summing then transposing with numpy would hold two more images).
+    """
+    n_t, nv, nz = acc.shape
+    n_blocks = (nv + 63) // 64
+    for blk in prange(n_blocks):
+        v0 = blk * 64
+        v1 = min(nv, v0 + 64)
+        for v in range(v0, v1):
+            for z in range(nz):
+                s = acc[0, v, z]
+                for t in range(1, n_t):
+                    s += acc[t, v, z]
+                out[z, v] = s
+
+
 def num_threads() -> int:
     """Threads numba's parallel loops use now."""
     return int(numba.get_num_threads())

@@ -125,7 +125,7 @@ def _transaxial_tables(a: np.ndarray, b: np.ndarray, image: ImageGeometry) -> di
     p_hi = np.zeros(len(a), dtype=np.int32)
     P = int(max(nx, ny))
     p = np.arange(P)
-    block = max(1, (1 << 22) // P)
+    block = max(1, (1 << 20) // P)  # bounded temporaries: ~8 MB per (block, P) float64 array
     for s in range(0, len(a), block):
         sl = slice(s, s + block)
         t = t0[sl, None] + p[None, :] * dt[sl, None]
