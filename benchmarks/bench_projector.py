@@ -65,11 +65,13 @@ def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, qu
     if peer == "stir":
         from petuq_sirf.backends.stir_backend import StirAcquisitionModel
 
-        model = StirAcquisitionModel(layout, image)
+        # one ray per bin: STIR's own default and the same single-ray Joseph sampling as ours
+        # (the backend's default of 2, matching SIRF, would double STIR's cost)
+        model = StirAcquisitionModel(layout, image, num_tangential_lors=1)
         fwd, back = model._geometric_np, model._geometric_adjoint_np
         n_lors = layout.num_bins
         x = np.random.default_rng(0).random(image.shape, dtype=np.float32)
-        path = "STIR ray tracing"
+        path = "STIR ray tracing, 1 ray/bin"
     else:
         from petuq_sirf.operators import RayTracingProjector
 
@@ -79,10 +81,9 @@ def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, qu
         x = torch.rand(image.shape)
         path = proj.path
     setup = time.process_time() - t0
+    c = time.process_time()
     y = fwd(x)
     back(y)  # warm-up (JIT / caches)
-    c = time.process_time()
-    back(fwd(x))
     inner = max(1, int(0.5 / max(time.process_time() - c, 1e-6)))  # small cases: repeat to >= 0.5 CPU-s
     cpu_f, cpu_b, wall_f, wall_b = [], [], [], []
     for _ in range(reps):
@@ -117,11 +118,23 @@ def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, qu
     )
 
 
-def _run(ctx, *args) -> dict:
+def _run(ctx, *args) -> dict | None:
+    """Run one measurement in a spawned child; ``None`` (with the exit code printed) if it died."""
+    import queue as _queue
+
     q = ctx.Queue()
     p = ctx.Process(target=_measure, args=(*args, q))
     p.start()
-    r = q.get()
+    while True:
+        try:
+            r = q.get(timeout=5)
+            break
+        except _queue.Empty:
+            if not p.is_alive():
+                print(
+                    f"bench_projector: {args[0]} {args[1]} ({args[2]} threads) died, exit code {p.exitcode}", flush=True
+                )
+                return None
     p.join()
     return r
 
@@ -140,6 +153,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2, help="timed repetitions (the minimum is reported)")
     parser.add_argument("--torch-view-stride", type=int, default=7, help="view subset for torch on mmr-span11")
     parser.add_argument("--no-torch", action="store_true", help="skip the plain-torch kernel")
+    parser.add_argument("--peers", default="stir,torch,numba", help="comma-separated subset of stir,torch,numba")
     args = parser.parse_args()
     from petuq_sirf.operators.kernels import help_line
 
@@ -156,15 +170,17 @@ def main() -> None:
     print("-" * len(header))
     for case in args.cases.split(","):
         runs: list[dict] = []
-        peers = [("numba", 1, 1), ("numba", 2, 1)]
-        if has_stir:
+        peers = [("numba", 1, 1), ("numba", 2, 1)] if "numba" in args.peers else []
+        if has_stir and "stir" in args.peers:
             peers.insert(0, ("stir", 1, 1))
-        if not args.no_torch:
+        if not args.no_torch and "torch" in args.peers:
             peers.insert(1 if has_stir else 0, ("torch", 1, args.torch_view_stride if case == "mmr-span11" else 1))
         for peer, threads, stride in peers:  # the reference first, so each row prints as soon as it is measured
             r = _run(ctx, case, peer, threads, stride, args.reps)
+            if r is None:
+                continue
             runs.append(r)
-            ref = runs[0] if runs[0]["peer"] in ("stir", "torch") else None
+            ref = runs[0] if runs[0]["peer"] in ("stir", "torch") and runs[0] is not r else None
             ratio = f"{r['fwd'] / ref['fwd']:.2f}/{r['back'] / ref['back']:.2f}" if ref else "-"
             label = f"{r['peer']}: {r['path']}" + (" (subset)" if r["subset"] else "")
             print(

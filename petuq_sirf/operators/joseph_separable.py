@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from petuq_sirf.operators.kernels.plan import steps_along_x
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 
 _BLOCK_ELEMENTS = 1 << 22
@@ -38,7 +39,7 @@ class SeparableJoseph:
         self.p_a, self.p_b = p_a_xy, p_b_xy
         self.z_a, self.dz = z_a, z_b - z_a
         d = p_b_xy - p_a_xy
-        x_dominant = d[:, 0].abs() >= d[:, 1].abs()
+        x_dominant = steps_along_x(d[:, 0], d[:, 1])
         self.groups = [(torch.nonzero(x_dominant).squeeze(1), 2), (torch.nonzero(~x_dominant).squeeze(1), 1)]
 
     def _transaxial(self, q: torch.Tensor, plane_axis: int):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.operators.kernels import describe, report, select_kernel
-from petuq_sirf.operators.kernels.plan import transaxial_endpoints
+from petuq_sirf.operators.kernels.plan import steps_along_x, transaxial_endpoints
 from petuq_sirf.operators.projector import _CHUNK_ELEMENTS, _BackProject, _Project, _stack, joseph_coefficients
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -152,7 +152,7 @@ class ListModeProjector:
     def _chunks(self):
         """Torch path: ``(rows, index, weight)`` per chunk of LORs of one plane axis (float64 geometry)."""
         d = self._p_b - self._p_a
-        x_dom = d[:, 0].abs() >= d[:, 1].abs()
+        x_dom = steps_along_x(d[:, 0], d[:, 1])
         for rows, axis in ((torch.nonzero(x_dom).squeeze(1), 2), (torch.nonzero(~x_dom).squeeze(1), 1)):
             size = max(1, _CHUNK_ELEMENTS // (self.image.shape[axis] * 4))
             for start in range(0, len(rows), size):

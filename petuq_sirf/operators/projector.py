@@ -22,7 +22,7 @@ import torch
 from petuq_sirf.operators.base import LinearOperator
 from petuq_sirf.operators.joseph_separable import SeparableJoseph
 from petuq_sirf.operators.kernels import describe, report, select_kernel
-from petuq_sirf.operators.kernels.plan import SinogramPlan, sinogram_plan, transaxial_endpoints
+from petuq_sirf.operators.kernels.plan import SinogramPlan, sinogram_plan, steps_along_x, transaxial_endpoints
 from petuq_sirf.operators.kernels.torch_ring_shift import TorchSinogramKernels
 from petuq_sirf.operators.kernels.triton_gpu import TritonSinogramKernels
 from petuq_sirf.scanner.image_geometry import ImageGeometry
@@ -177,7 +177,7 @@ class RayTracingProjector(LinearOperator):
     def _matrix_entries(self) -> int:
         a, b = transaxial_endpoints(self.layout, self.views)
         d = b - a
-        x_dom = np.abs(d[:, 0]) >= np.abs(d[:, 1])
+        x_dom = steps_along_x(d[:, 0], d[:, 1])
         nz, ny, nx = self.image.shape
         per_sino = int(x_dom.sum()) * nx + int((~x_dom).sum()) * ny
         return per_sino * self.data_shape[0] * 4
@@ -185,10 +185,11 @@ class RayTracingProjector(LinearOperator):
     def _build_endpoints(self) -> None:
         """End points of every LOR (only for the sparse matrix and the general per-LOR path)."""
         p_a, p_b = self.layout.lor_endpoints(self.views)
-        self._p_a = p_a.reshape(-1, 3).to(self.device, self.dtype)
-        self._p_b = p_b.reshape(-1, 3).to(self.device, self.dtype)
-        d = self._p_b - self._p_a
-        x_dominant = d[:, 0].abs() >= d[:, 1].abs()
+        p_a, p_b = p_a.reshape(-1, 3), p_b.reshape(-1, 3)
+        d = (p_b - p_a).to(torch.float64)  # the stepping axis from the exact end points, whatever self.dtype
+        x_dominant = steps_along_x(d[:, 0], d[:, 1]).to(self.device)
+        self._p_a = p_a.to(self.device, self.dtype)
+        self._p_b = p_b.to(self.device, self.dtype)
         self._groups = [
             (torch.nonzero(x_dominant).squeeze(1), 2),
             (torch.nonzero(~x_dominant).squeeze(1), 1),
@@ -314,7 +315,7 @@ def _numba_forward(plan: SinogramPlan, x: torch.Tensor) -> torch.Tensor:
     nz, ny, nx = plan.image.shape
     img_t = np.ascontiguousarray(x.detach().reshape(nz, ny * nx).T.numpy())
     out = np.empty((plan.num_sinograms, plan.num_transaxial), dtype=img_t.dtype)
-    numba_cpu.sinogram_forward(img_t, out, *numba_cpu.plan_args(plan))
+    numba_cpu.sinogram_forward(img_t, out, numba_cpu.num_threads(), *numba_cpu.plan_args(plan))
     return torch.from_numpy(out.reshape(-1))
 
 
@@ -325,11 +326,13 @@ def _numba_adjoint(plan: SinogramPlan, y: torch.Tensor) -> torch.Tensor:
     numba_cpu.set_num_threads(torch.get_num_threads())
     nz, ny, nx = plan.image.shape
     yn = np.ascontiguousarray(y.detach().numpy())
-    acc = np.zeros((numba_cpu.num_threads(), ny * nx, nz), dtype=yn.dtype)
-    numba_cpu.sinogram_back(yn, acc, *numba_cpu.plan_args(plan))
+    img_t = np.zeros((ny * nx, nz), dtype=yn.dtype)
+    threads = numba_cpu.num_threads()
+    for ax in (2, 1):  # x-stepping LORs, then y-stepping ones (each pass writes disjoint plane bands per thread)
+        numba_cpu.sinogram_back(yn, img_t, ax, threads, *numba_cpu.plan_args(plan))
     out = np.empty((nz, ny * nx), dtype=yn.dtype)
-    numba_cpu.sum_transpose(acc, out)
-    del acc
+    numba_cpu.transpose_into(img_t, out)
+    del img_t
     return torch.from_numpy(out.reshape(-1))
 
 

@@ -8,9 +8,9 @@ segment by an index shift (ring-shift symmetry): the inner loop runs over the se
 with contiguous loads. Only samples that touch the image are visited (plane ranges in-plane,
 sinogram ranges axially). Segments without the symmetry use a per-sample axial floor.
 
-The back projection runs the same loops with the reads turned into adds; each thread accumulates
-into its own image, the images are summed at the end (no atomics, deterministic for a given
-thread count). LOR-list kernels (explicit LORs, list mode) project LOR by LOR.
+The back projection runs the same loops with the reads turned into adds, one pass per stepping
+axis; each thread owns a band of planes of that axis, so the threads add into disjoint voxels of
+one image (no atomics, no per-thread images; deterministic for a given thread count). LOR-list kernels (explicit LORs, list mode) project LOR by LOR.
 
 Images are passed as ``(y * x, z)`` arrays (z contiguous) for the sinogram kernels and as flat
 ``(z * y * x)`` arrays for the LOR-list kernels. JIT-compiled on first use and cached on disk.
@@ -100,10 +100,10 @@ def _j_range(z0, stride, ns, nz):
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def sinogram_forward(
-    img_t, out, axis, p_lo, p_hi, t0, dt, fo0, dfo, lxy2, adp,
+    img_t, out, n_threads, axis, p_lo, p_hi, t0, dt, fo0, dfo, lxy2, adp,
     seg_start, seg_count, seg_dz, seg_stride, seg_rs, shift, scale, nx, ny, nz, vx, vy, vz,
 ):  # fmt: skip
-    """out[s, q] = Joseph line integral of sinogram s, transaxial LOR q (img_t: (y*x, z))."""
+    """out[s, q] = Joseph line integral of sinogram s, transaxial LOR q (img_t: (y*x, z)), on ``n_threads`` threads."""
     Q = axis.shape[0]
     G = seg_start.shape[0]
     P = max(nx, ny)
@@ -111,104 +111,113 @@ def sinogram_forward(
     for g in range(G):
         smax = max(smax, seg_count[g])
     nblocks = (Q + _Q_BLOCK - 1) // _Q_BLOCK
-    for b in prange(nblocks):
+    for th in prange(n_threads):  # blocks dealt round-robin: balanced whatever the work per view
         col = np.empty((P, nz + 2), dtype=img_t.dtype)
         acc = np.empty(smax, dtype=img_t.dtype)
         wb = np.empty(2, dtype=img_t.dtype)  # weights in the image's float type (no conversions inside)
-        for q in range(b * _Q_BLOCK, min(Q, (b + 1) * _Q_BLOCK)):
-            lo = p_lo[q]
-            hi = p_hi[q]
-            if hi <= lo:
-                for s in range(out.shape[0]):
-                    out[s, q] = 0.0
-                continue
-            ax = axis[q]
-            _fill_column(img_t, col, ax, lo, hi, fo0[q], dfo[q], nx, ny, nz)
-            vp = vx if ax == 2 else vy
-            for g in range(G):
-                s0 = seg_start[g]
-                ns = seg_count[g]
-                dz = seg_dz[g]
-                step = vp * math.sqrt(lxy2[q] + dz * dz) / adp[q]
-                kz = dt[q] * dz / vz
-                cz = t0[q] * dz / vz
-                if seg_rs[g] == 1:
-                    st = seg_stride[g]
-                    base = shift[s0] + cz
-                    for j in range(ns):
-                        acc[j] = 0.0
-                    for p in range(lo, hi):
-                        fz = base + p * kz
-                        fl = math.floor(fz)
-                        w1 = fz - fl
-                        w0 = 1.0 - w1
-                        z0 = int(fl)
-                        jlo, jhi = _j_range(z0, st, ns, nz)
-                        n = jhi - jlo
-                        if n <= 0:
-                            continue
-                        if n < 8:  # few sinograms (2D, short segments): plain indexing, no view set-up
-                            for j in range(jlo, jhi):
-                                i = z0 + 1 + st * j
-                                acc[j] += w0 * col[p - lo, i] + w1 * col[p - lo, i + 1]
-                            continue
-                        # slices: loop indices from 0 let numba drop the negative-index checks (vectorises)
-                        i0 = z0 + 1 + st * jlo
-                        a = acc[jlo:jhi]
-                        wb[0] = w0
-                        wb[1] = w1
-                        u0 = wb[0]
-                        u1 = wb[1]
-                        if st == 1:  # contiguous (span > 1)
-                            c0 = col[p - lo, i0 : i0 + n]
-                            c1 = col[p - lo, i0 + 1 : i0 + 1 + n]
-                            for j in range(n):
-                                a[j] += u0 * c0[j] + u1 * c1[j]
-                        else:
-                            d0 = col[p - lo, i0 : i0 + st * n : st]
-                            d1 = col[p - lo, i0 + 1 : i0 + 1 + st * n : st]
-                            for j in range(n):
-                                a[j] += u0 * d0[j] + u1 * d1[j]
-                    for j in range(ns):
-                        out[s0 + j, q] = acc[j] * step * scale[s0 + j]
-                else:
-                    for j in range(ns):
-                        sh = shift[s0 + j] + cz
-                        tot = 0.0
+        for b in range(th, nblocks, n_threads):
+            for q in range(b * _Q_BLOCK, min(Q, (b + 1) * _Q_BLOCK)):
+                lo = p_lo[q]
+                hi = p_hi[q]
+                if hi <= lo:
+                    for s in range(out.shape[0]):
+                        out[s, q] = 0.0
+                    continue
+                ax = axis[q]
+                _fill_column(img_t, col, ax, lo, hi, fo0[q], dfo[q], nx, ny, nz)
+                vp = vx if ax == 2 else vy
+                for g in range(G):
+                    s0 = seg_start[g]
+                    ns = seg_count[g]
+                    dz = seg_dz[g]
+                    step = vp * math.sqrt(lxy2[q] + dz * dz) / adp[q]
+                    kz = dt[q] * dz / vz
+                    cz = t0[q] * dz / vz
+                    if seg_rs[g] == 1:
+                        st = seg_stride[g]
+                        base = shift[s0] + cz
+                        for j in range(ns):
+                            acc[j] = 0.0
                         for p in range(lo, hi):
-                            fz = sh + p * kz
+                            fz = base + p * kz
                             fl = math.floor(fz)
+                            w1 = fz - fl
+                            w0 = 1.0 - w1
                             z0 = int(fl)
-                            if -1 <= z0 <= nz - 1:
-                                w1 = fz - fl
-                                tot += (1.0 - w1) * col[p - lo, z0 + 1] + w1 * col[p - lo, z0 + 2]
-                        out[s0 + j, q] = tot * step * scale[s0 + j]
+                            jlo, jhi = _j_range(z0, st, ns, nz)
+                            n = jhi - jlo
+                            if n <= 0:
+                                continue
+                            if n < 8:  # few sinograms (2D, short segments): plain indexing, no view set-up
+                                for j in range(jlo, jhi):
+                                    i = z0 + 1 + st * j
+                                    acc[j] += w0 * col[p - lo, i] + w1 * col[p - lo, i + 1]
+                                continue
+                            # slices: loop indices from 0 let numba drop the negative-index checks (vectorises)
+                            i0 = z0 + 1 + st * jlo
+                            a = acc[jlo:jhi]
+                            wb[0] = w0
+                            wb[1] = w1
+                            u0 = wb[0]
+                            u1 = wb[1]
+                            if st == 1:  # contiguous (span > 1)
+                                c0 = col[p - lo, i0 : i0 + n]
+                                c1 = col[p - lo, i0 + 1 : i0 + 1 + n]
+                                for j in range(n):
+                                    a[j] += u0 * c0[j] + u1 * c1[j]
+                            else:
+                                d0 = col[p - lo, i0 : i0 + st * n : st]
+                                d1 = col[p - lo, i0 + 1 : i0 + 1 + st * n : st]
+                                for j in range(n):
+                                    a[j] += u0 * d0[j] + u1 * d1[j]
+                        for j in range(ns):
+                            out[s0 + j, q] = acc[j] * step * scale[s0 + j]
+                    else:
+                        for j in range(ns):
+                            sh = shift[s0 + j] + cz
+                            tot = 0.0
+                            for p in range(lo, hi):
+                                fz = sh + p * kz
+                                fl = math.floor(fz)
+                                z0 = int(fl)
+                                if -1 <= z0 <= nz - 1:
+                                    w1 = fz - fl
+                                    tot += (1.0 - w1) * col[p - lo, z0 + 1] + w1 * col[p - lo, z0 + 2]
+                            out[s0 + j, q] = tot * step * scale[s0 + j]
 
 
 @njit(parallel=True, cache=True, fastmath=True, error_model="numpy")
 def sinogram_back(
-    y, img_acc, axis, p_lo, p_hi, t0, dt, fo0, dfo, lxy2, adp,
+    y, img_t, ax_phase, n_threads, axis, p_lo, p_hi, t0, dt, fo0, dfo, lxy2, adp,
     seg_start, seg_count, seg_dz, seg_stride, seg_rs, shift, scale, nx, ny, nz, vx, vy, vz,
 ):  # fmt: skip
-    """img_acc[thread] += back projection of y (S, Q); the caller sums img_acc over threads."""
+    """img_t += back projection of the LORs of y (S, Q) stepping along image axis ``ax_phase`` (2: x, 1: y).
+
+    Call once per axis. Thread ``th`` handles the ``th``-th band of planes (x columns for
+    ``ax_phase = 2``, y rows for 1) of every such LOR, so the threads write disjoint voxels of the
+    one shared image: no per-thread images, no reduction, half the cache footprint per thread.
+    """
     Q = axis.shape[0]
     G = seg_start.shape[0]
     P = max(nx, ny)
-    n_threads = img_acc.shape[0]
+    n_planes = nx if ax_phase == 2 else ny
     smax = 1
     for g in range(G):
         smax = max(smax, seg_count[g])
     for th in prange(n_threads):
-        img_t = img_acc[th]
+        band_lo = (n_planes * th) // n_threads
+        band_hi = (n_planes * (th + 1)) // n_threads
         col = np.empty((P, nz + 2), dtype=img_t.dtype)
         v = np.empty(smax, dtype=img_t.dtype)
         wb = np.empty(2, dtype=img_t.dtype)
-        for q in range(th, Q, n_threads):
-            lo = p_lo[q]
-            hi = p_hi[q]
+        for q in range(Q):
+            ax = axis[q]
+            if ax != ax_phase:
+                continue
+            lo = max(p_lo[q], band_lo)
+            hi = min(p_hi[q], band_hi)
             if hi <= lo:
                 continue
-            ax = axis[q]
             for c in range(hi - lo):
                 for z in range(nz + 2):
                     col[c, z] = 0.0
@@ -287,7 +296,7 @@ def _lor_setup(pa, pb, nx, ny, nz, first, vox, off_z):
     dx = pb[0] - pa[0]
     dy = pb[1] - pa[1]
     dzl = pb[2] - pa[2]
-    if abs(dx) >= abs(dy):
+    if abs(dx) >= abs(dy) * (1.0 - 1e-6):  # diagonal ties to x, as plan.steps_along_x
         ax, cp, co, n_planes, vp, vo, fp, fo = 2, 0, 1, nx, vox[2], vox[1], first[2], first[1]
         dp, do = dx, dy
     else:
@@ -408,22 +417,16 @@ def lor_back(y, img_acc, pa, pb, weight, nx, ny, nz, first, vox, off_z):
 
 
 @njit(parallel=True, cache=True)
-def sum_transpose(acc, out):
-    """``out[z, v] = sum_t acc[t, v, z]``: the per-thread ``(y * x, z)`` images summed into one ``(z, y * x)``.
-
-    One pass with no temporaries (summing then transposing with numpy would hold two more images).
-    """
-    n_t, nv, nz = acc.shape
+def transpose_into(img_t, out):
+    """``out[z, v] = img_t[v, z]``: the kernels' ``(y * x, z)`` image into ``(z, y * x)``, in parallel."""
+    nv, nz = img_t.shape
     n_blocks = (nv + 63) // 64
     for blk in prange(n_blocks):
         v0 = blk * 64
         v1 = min(nv, v0 + 64)
         for v in range(v0, v1):
             for z in range(nz):
-                s = acc[0, v, z]
-                for t in range(1, n_t):
-                    s += acc[t, v, z]
-                out[z, v] = s
+                out[z, v] = img_t[v, z]
 
 
 def num_threads() -> int:

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 import torch
 
-from petuq_sirf.operators.kernels.plan import SinogramPlan
+from petuq_sirf.operators.kernels.plan import SinogramPlan, steps_along_x
 
 
 @functools.cache
@@ -253,7 +253,7 @@ def lor_project(
     geo = [image.first_voxel_mm(a) for a in range(3)] + list(image.voxel_size_mm) + [image.offset_mm[0]]
     geo = torch.tensor(geo, dtype=torch.float64, device=img.device)
     d = pb - pa
-    x_dom = d[:, 0].abs() >= d[:, 1].abs()
+    x_dom = steps_along_x(d[:, 0], d[:, 1])
     block = 128
     for axis, sel in ((2, x_dom), (1, ~x_dom)):
         rows = torch.nonzero(sel).squeeze(1)
