@@ -4,12 +4,17 @@
   PnP-ADMM / PnP-ULA / the unrolled network from a method name and :class:`ReconstructionSettings`.
 * ``train_unrolled_network``, ``calibrate_unrolled_network``, ``train_pnp_denoiser_network``
   (:mod:`~petuq_sirf.pipelines.network_training`): the reconstruction networks on simulated data.
+* ``bootstrap_acquisition`` (``petuq bootstrap``: replicates, summaries, bias correction, coverage),
+  ``confidence_for_acquisition`` (``petuq confidence``), ``train_denoiser_model`` (``petuq train-denoiser``).
 * ``acquisition_from_listmode`` (list-mode file -> acquisition with randoms, attenuation, normalisation and
   tail-fitted scatter), ``run_demo`` (``petuq demo``) and ``run_denoiser_demo`` (its Bayesian-denoiser stage).
 """
 
+from petuq_sirf.pipelines.bootstrap import BootstrapRun, bootstrap_acquisition
+from petuq_sirf.pipelines.confidence import ConfidenceRun, confidence_for_acquisition
 from petuq_sirf.pipelines.demo import run_demo
 from petuq_sirf.pipelines.denoiser_demo import run_denoiser_demo
+from petuq_sirf.pipelines.denoiser_training import TrainedDenoiser, train_denoiser_model
 from petuq_sirf.pipelines.listmode import acquisition_from_listmode, tail_fitted_scatter
 from petuq_sirf.pipelines.network_training import (
     CalibrationSettings,
@@ -30,6 +35,12 @@ from petuq_sirf.pipelines.reconstruction import (
 
 __all__ = [
     "METHODS",
+    "BootstrapRun",
+    "ConfidenceRun",
+    "TrainedDenoiser",
+    "bootstrap_acquisition",
+    "confidence_for_acquisition",
+    "train_denoiser_model",
     "CalibrationSettings",
     "PnPDenoiserTrainingSettings",
     "ReconstructionResult",
