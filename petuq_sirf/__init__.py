@@ -3,7 +3,7 @@
 Layers (dependencies point downwards; checked by ``lint-imports``, see docs/architecture.md)::
 
     cli         the ``petuq`` command
-    pipelines   end-to-end runs (the demo)
+    pipelines   end-to-end runs: reconstruction by method name, network training, list-mode, the demo
     viz         figures
     bootstrap   posterior bootstrap of list-mode data (event weights, replicates, executors, store)
     bayes       Bayesian denoisers (SVI BNN, PMC, MC dropout, ensembles), their training sets and checkpoints
@@ -70,11 +70,14 @@ _EXPORTS: dict[str, str] = {
     "load_denoiser": "bayes",
     "save_denoiser": "bayes",
     "BootstrapConfig": "bootstrap",
+    "BootstrapProblem": "bootstrap",
     "prepare_problem": "bootstrap",
     "run_bootstrap": "bootstrap",
     "summarise_store": "bootstrap",
     # end-to-end
     "acquisition_from_listmode": "pipelines",
+    "reconstruct": "pipelines",
+    "ReconstructionSettings": "pipelines",
     # uncertainty metrics
     "coverage_curve": "uq",
     "calibration_error": "uq",

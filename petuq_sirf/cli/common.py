@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import tempfile
@@ -12,7 +11,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.io.acquisition_folder import Acquisition, load_acquisition, save_acquisition
-from petuq_sirf.io.atomic import atomic_write_text
+from petuq_sirf.io.atomic import atomic_write_json
 
 __all__ = [
     "Acquisition",
@@ -160,25 +159,61 @@ def _check_writable(folder: Path, what: str) -> None:
     os.unlink(probe)
 
 
-def _json_safe(value):
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if hasattr(value, "item") and callable(value.item):
-        return _json_safe(value.item())
-    return value
-
-
 def write_metrics(out_dir: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> Path:
     """Write ``metrics`` as JSON into ``out_dir`` atomically (NaN -> null, inf -> "inf")."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(out / name, json.dumps(_json_safe(metrics), indent=2, sort_keys=False))
+    return atomic_write_json(out / name, metrics)
+
+
+def command_line(command: str, args: argparse.Namespace, skip_none: bool = False) -> str:
+    """``petuq COMMAND --option value ...`` of the parsed options (flags and ``--out`` left out), for weight records."""
+    skip = {"handler", "command", "traceback", "out", "config"}
+    items = [(k, v) for k, v in vars(args).items() if k not in skip and not isinstance(v, bool)]
+    return f"petuq {command} " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in items if not (skip_none and v is None)
+    )
+
+
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """The split-conformal calibration options of ``train-unrolled`` and ``calibrate-unrolled``."""
+    p.add_argument(
+        "--calibration-phantoms",
+        type=int_in(0, 100_000),
+        default=16,
+        help="Held-out phantoms (simulated like the validation set) for the split-conformal scales (0 = none).",
+    )
+    p.add_argument(
+        "--calibration-lesion-probability",
+        type=float_in(0, 1),
+        default=0.0,
+        help="Probability of a hot lesion in each calibration phantom (0 = like the training/validation set).",
+    )
+    p.add_argument(
+        "--calibration-samples", type=int_in(2, 100_000), default=8, help="Posterior draws per calibration phantom."
+    )
+    p.add_argument(
+        "--calibration-families",
+        default=None,
+        help="Calibrate on anatomical phantom families (comma list of brain, thorax, ellipses; their calibration "
+        "seeds, --calibration-phantoms per family) and store Mondrian (per voxel class) quantiles too.",
+    )
+
+
+def calibration_settings_from(args: argparse.Namespace):
+    """:class:`~petuq_sirf.pipelines.network_training.CalibrationSettings` of the calibration options."""
+    from petuq_sirf.pipelines.network_training import CalibrationSettings
+
+    families = tuple(v.strip() for v in (args.calibration_families or "").split(",") if v.strip())
+    if args.calibration_families and not families:
+        raise ValueError("--calibration-families names no family")
+    return CalibrationSettings(
+        phantoms=args.calibration_phantoms,
+        lesion_probability=args.calibration_lesion_probability,
+        samples=args.calibration_samples,
+        families=families,
+        seed=args.seed,
+    )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

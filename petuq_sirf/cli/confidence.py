@@ -1,13 +1,11 @@
-"""``petuq confidence``: anytime-valid ROI confidence intervals from the list-mode Poisson likelihood."""
+"""``petuq confidence``: anytime-valid ROI confidence intervals from the list-mode Poisson likelihood
+(:func:`petuq_sirf.pipelines.confidence.confidence_for_acquisition`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
-
-import torch
 
 from petuq_sirf.backends.registry import acquisition_model_for
 from petuq_sirf.cli.common import (
@@ -17,7 +15,6 @@ from petuq_sirf.cli.common import (
     load_acquisition,
     resolve_backend,
     resolve_device,
-    write_metrics,
 )
 
 
@@ -60,106 +57,46 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def _estimator_names(values: list[str] | None) -> list[str]:
-    from petuq_sirf.confidence.estimators import ESTIMATORS
-
-    names = [n.strip() for v in (values or ["osem"]) for n in v.split(",") if n.strip()]
-    for n in names:
-        if n not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {n!r}; choose from {', '.join(ESTIMATORS)}")
-    return list(dict.fromkeys(names))
-
-
 def run(args: argparse.Namespace) -> int:
-    from petuq_sirf.confidence.estimators import make_estimator
-    from petuq_sirf.confidence.roi_solver import SolverConfig
-    from petuq_sirf.confidence.sets import check_alpha, confidence_intervals, frame_listmode, scan_time_needed
-    from petuq_sirf.viz.confidence_figures import confidence_figure
+    from petuq_sirf.pipelines.confidence import check_confidence_settings, confidence_for_acquisition
 
-    alpha = check_alpha(args.alpha)
-    if args.frames < 2 and args.initial_level is None:
-        raise ValueError("--frames must be >= 2 (frame 1 is a burn-in), or give --initial-level")
-    for name in ("target_width", "target_relative_width", "initial_level", "half_life_s"):
-        v = getattr(args, name)
-        if v is not None and not v > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0")
-    names = _estimator_names(args.estimator)
+    options = dict(
+        initial_level=args.initial_level,
+        half_life_s=args.half_life_s,
+        target_width=args.target_width,
+        target_relative_width=args.target_relative_width,
+    )
+    check_confidence_settings(args.alpha, args.frames, estimators=args.estimator, **options)
     acq = load_acquisition(args.input)
     out = check_out_dir(args.out, protect=(args.input,))
     if acq.listmode is None:
         raise ValueError(f"{args.input} has no list-mode events (listmode.npz): simulate with --listmode")
     device = resolve_device(args.device)
     model = acquisition_model_for(acq, resolve_backend(args.backend), device)
-    if not acq.regions:
-        raise ValueError(f"{args.input} has no ROI masks (regions.npz)")
-    rois = args.roi or list(acq.regions)
-    missing = [r for r in rois if r not in acq.regions]
-    if missing:
-        raise ValueError(f"unknown ROI {missing[0]!r}; the folder has {', '.join(acq.regions)}")
-    masks = {r: acq.regions[r] for r in rois}
-    duration = float(acq.info.get("config", {}).get("duration_s") or 0) or None
-    frames = frame_listmode(acq.listmode, args.frames, duration_s=duration, half_life_s=args.half_life_s)
-    estimators = {}
-    for n in names:
-        if n == "unrolled":
-            from petuq_sirf.recon.weights import load_network as load_weights
-
-            net, _, _ = load_weights("unrolled", args.weights)
-            estimators[n] = make_estimator(n, net=net.to(device))
-        else:
-            estimators[n] = make_estimator(n, checkpoint=args.denoiser_checkpoint)
-    initial = None
-    if args.initial_level is not None:
-        sens = model.sensitivity()
-        initial = torch.where(sens > 0, torch.full_like(sens, args.initial_level), torch.zeros_like(sens))
-    config = SolverConfig(
-        ml_iterations=args.ml_iterations, inner_iterations=args.inner_iterations, grid_ratio=args.grid_ratio
+    result = confidence_for_acquisition(
+        acq,
+        model,
+        args.estimator,
+        args.roi,
+        args.alpha,
+        args.frames,
+        weights=args.weights,
+        denoiser_checkpoint=args.denoiser_checkpoint,
+        ml_iterations=args.ml_iterations,
+        inner_iterations=args.inner_iterations,
+        grid_ratio=args.grid_ratio,
+        device=device,
+        progress=lambda m: print(m, flush=True),
+        input_name=str(Path(args.input).resolve()),
+        **options,
     )
-    t0 = time.process_time()
-    res = confidence_intervals(
-        model, frames, estimators, masks, alpha, initial, acq.truth, config, progress=lambda m: print(m, flush=True)
-    )
-    cpu_s = time.process_time() - t0
-    metrics = {"command": "confidence", **res.to_dict(), "cpu_seconds": cpu_s}
-    needed: dict = {}
-    for n in names:
-        for r in rois:
-            entry = {}
-            if args.target_width:
-                entry["absolute"] = scan_time_needed(res, n, r, args.target_width)
-            if args.target_relative_width:
-                entry["relative"] = scan_time_needed(res, n, r, args.target_relative_width, relative=True)
-            if entry:
-                needed.setdefault(n, {})[r] = entry
-    if needed:
-        metrics["scan_time_needed_s"] = needed
-    settings = {
-        "input": str(Path(args.input).resolve()),
-        "estimators": names,
-        "rois": rois,
-        "alpha": alpha,
-        "frames": args.frames,
-        "frame_edges_s": frames.edges_s,
-        "initial_level": args.initial_level,
-        "half_life_s": args.half_life_s,
-        "target_width": args.target_width,
-        "target_relative_width": args.target_relative_width,
-        "solver": config.__dict__,
-        "device": str(device),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_metrics(out, settings, "config.json")
-    write_metrics(out, metrics)
-    title = (
-        f"{acq.info.get('scanner', '')}: running {100 * (1 - alpha):.0f}% anytime-valid ROI intervals, "
-        f"{args.frames} frames, {int(frames.counts.sum())} prompts" + (" (frame 1 burn-in)" if initial is None else "")
-    )
-    confidence_figure(res.frame_end_s, res.intervals, out / "bounds.png", res.truth_roi, title)
-    for n in names:
-        for r in rois:
-            iv = res.intervals[n][r]
+    result.write(out)
+    for n in result.settings["estimators"]:
+        for r in result.settings["rois"]:
+            iv = result.result.intervals[n][r]
             print(
                 f"{n:9s} {r:20s} final running interval [{iv['running_lower'][-1]:.4g}, {iv['running_upper'][-1]:.4g}]"
             )
+    cpu_s = result.metrics["cpu_seconds"]
     print(f"confidence intervals written to {out} ({json.dumps({'cpu_s': round(cpu_s, 1)})})")
     return 0

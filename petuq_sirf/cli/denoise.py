@@ -1,19 +1,12 @@
-"""``petuq denoise``: posterior mean, uncertainty and interval images of a trained denoiser."""
+"""``petuq denoise``: posterior mean, uncertainty and interval images of a trained denoiser
+(:func:`petuq_sirf.pipelines.denoising.denoise_image`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-import numpy as np
-import torch
-
-from petuq_sirf.bayes.checkpoint import checkpoint_info, load_denoiser
-from petuq_sirf.bayes.grid import check_denoiser_grid
 from petuq_sirf.cli.common import LEVEL, SAMPLES, SEED, check_out_dir, write_metrics
-from petuq_sirf.io.image_io import read_image, write_image
-from petuq_sirf.uq import calibration as cal
-from petuq_sirf.uq.figures_of_merit import nrmse, psnr
+from petuq_sirf.pipelines.denoising import DenoisingInput, denoise_image
 
 
 def register(sub) -> None:
@@ -38,44 +31,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not Path(args.input).is_file():
-        raise FileNotFoundError(f"input image {args.input} not found")
-    model = load_denoiser(args.model)
-    record = checkpoint_info(args.model)
-    scales = {float(k): v for k, v in record.get("extra", {}).get("conformal_scales", {}).items()}
-    array, geometry = read_image(args.input)
-    check_denoiser_grid(record, geometry, force=args.force, what=f"--input {args.input}")
+    inp = DenoisingInput.load(args.model, args.input, force=args.force)  # refused before --out is created
     out = check_out_dir(args.out, protect=(args.model,))
-    noisy = torch.from_numpy(np.ascontiguousarray(array)).float()
-    post = model.predict(noisy, args.samples, args.seed)  # z slices as a batch
-    paths = post.write(out, geometry, level=args.level)
-    mean, std = post.predictive_mean, post.total_std
-    level_key = min(scales, key=lambda k: abs(k - args.level)) if scales else None
-    if level_key is not None and abs(level_key - args.level) < 1e-6:
-        lo, hi = cal.gaussian_interval(mean, std, args.level, scales[level_key])
-        pct = int(round(args.level * 100))
-        paths[f"lower{pct}_conformal"] = write_image(out / f"lower{pct}_conformal.nii.gz", lo.numpy(), geometry)
-        paths[f"upper{pct}_conformal"] = write_image(out / f"upper{pct}_conformal.nii.gz", hi.numpy(), geometry)
-    if args.truth:
-        truth_array, truth_geometry = read_image(args.truth)
-        if truth_array.shape != array.shape:
-            raise ValueError(f"truth shape {truth_array.shape} differs from the input shape {array.shape}")
-        truth = torch.from_numpy(np.ascontiguousarray(truth_array)).float()
-        mask = truth > 0
-        metrics = {
-            "command": "denoise",
-            "model": str(args.model),
-            "nrmse": nrmse(mean, truth, mask),
-            "nrmse_input": nrmse(noisy, truth, mask),
-            "psnr_db": psnr(mean, truth, mask),
-            "psnr_input_db": psnr(noisy, truth, mask),
-            "uq": cal.evaluate_uq(truth, mean=mean, std=std, mask=mask),
-        }
-        if scales:
-            metrics["uq_conformal"] = cal.evaluate_uq(truth, mean=mean, std=std, mask=mask, scale=scales)
+    paths, metrics = denoise_image(inp, out, args.samples, args.level, args.seed, truth_path=args.truth)
+    if metrics is not None:
         write_metrics(out, metrics)
         print(
-            f"NRMSE {metrics['nrmse']:.3f} (input {metrics['nrmse_input']:.3f}); coverage@90 {metrics['uq']['coverage']['0.90']:.3f}"
+            f"NRMSE {metrics['nrmse']:.3f} (input {metrics['nrmse_input']:.3f}); "
+            f"coverage@90 {metrics['uq']['coverage']['0.90']:.3f}"
         )
     print(f"wrote {', '.join(sorted(paths))} to {out}")
     return 0

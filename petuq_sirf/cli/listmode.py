@@ -3,7 +3,8 @@
 The folder holds the binned prompts and delayeds, the randoms estimated from the delayeds,
 ``m`` = normalisation x attenuation factors (from ``--norm`` and ``--mu-map`` when given)
 and ``b`` = randoms (plus ``--scatter`` if given), and the events themselves, so that
-``petuq reconstruct`` and the list-mode bootstrap work on it directly.
+``petuq reconstruct`` and the list-mode bootstrap work on it directly. The pipeline is
+:func:`petuq_sirf.pipelines.listmode.acquisition_from_listmode`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,8 @@ import argparse
 from pathlib import Path
 
 from petuq_sirf.cli.common import check_out_dir, float_in, int_in, save_acquisition, write_metrics
-from petuq_sirf.io.mmr_listmode import (
-    DecodeStats,
-    bin_mmr_listmode,
-    is_mmr_header,
-    make_layout,
-    read_mmr_header,
-    read_mmr_listmode,
-)
-from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
-from petuq_sirf.pipelines.listmode import acquisition_from_sinograms
-from petuq_sirf.scanner import SinogramLayout, get_scanner
+from petuq_sirf.pipelines.listmode import acquisition_from_listmode
+from petuq_sirf.scanner import get_scanner
 
 
 def register(sub) -> None:
@@ -66,68 +58,25 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"list-mode file {path} does not exist")
     scanner = get_scanner(args.scanner) if args.scanner else None
     check_out_dir(args.out, writes_acquisition=True)
-    start = None if args.start_s is None else 1000.0 * args.start_s
-    stop = None if args.stop_s is None else 1000.0 * args.stop_s
-    info: dict = {"source": str(path)}
-    if args.frame is not None and (args.start_s is not None or args.stop_s is not None):
-        raise ValueError("give either --frame or --start-s/--stop-s, not both")
-    if is_mmr_header(path):
-        header = read_mmr_header(path, scanner=scanner)
-        if args.frame is not None:
-            start, stop = header.frame_ms(args.frame)
-        is_mmr = header.scanner.name == "Siemens mMR"
-        span = args.span if args.span is not None else (11 if is_mmr else header.span)
-        max_rd = args.max_ring_difference
-        if max_rd is None:
-            max_rd = min(60, header.max_ring_difference) if is_mmr else header.max_ring_difference
-        layout = make_layout(header.scanner, span, max_rd, args.view_mashing, header.num_projections)
-        stats = DecodeStats()
-        if args.no_events:  # stream: only the two sinograms are kept
-            prompts, delayeds = bin_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
-            events = None
-        else:
-            events = read_mmr_listmode(header, layout, start, stop, progress=not args.quiet, stats=stats)
-        info.update(format="Siemens PETLINK 32-bit", time_tags=stats.time_tags, dropped_events=stats.dropped)
-        first_ms, last_ms = stats.first_time_ms, stats.last_time_ms
-        if events is None and stats.prompts + stats.delayeds == 0:
-            raise ValueError(f"{path}: no events in the selected time interval")
-    else:
-        if args.frame is not None:
-            raise ValueError("--frame needs a list-mode header with time frames (Siemens .l.hdr)")
-        if scanner is None and (args.span or args.max_ring_difference or args.view_mashing != 1):
-            raise ValueError("give --scanner with --span/--max-ring-difference/--view-mashing for PETSIRD input")
-        layout = None
-        if scanner is not None:
-            layout = make_layout(scanner, args.span or 1, args.max_ring_difference, args.view_mashing)
-        pinfo = PetsirdInfo(scanner)
-        events = read_petsird(path, layout, pinfo)
-        layout = layout or SinogramLayout(pinfo.scanner)
-        if start is not None or stop is not None:
-            events = events.select_time(start or 0.0, stop if stop is not None else float("inf"))
-        info.update(format="PETSIRD")
-    if events is not None:
-        if len(events) == 0:
-            raise ValueError(f"{path}: no events in the selected time interval")
-        prompts = events.histogram(prompts=True)
-        delayeds = events.histogram(prompts=False)
-        first_ms, last_ms = float(events.times_ms.min()), float(events.times_ms.max())
-    acq = acquisition_from_sinograms(
-        layout,
-        prompts,
-        delayeds,
-        info,
-        events=None if args.no_events else events,
-        first_event_ms=first_ms,
-        last_event_ms=last_ms,
+    acq = acquisition_from_listmode(
+        path,
+        scanner,
+        span=args.span,
+        max_ring_difference=args.max_ring_difference,
+        view_mashing=args.view_mashing,
+        start_s=args.start_s,
+        stop_s=args.stop_s,
+        frame=args.frame,
         mu_map=args.mu_map,
         norm=args.norm,
         scatter=args.scatter,
         image_size=args.image_size,
         voxel_size_mm=args.voxel_size_mm,
+        keep_events=not args.no_events,
         progress=not args.quiet,
     )
     save_acquisition(acq, args.out)
-    write_metrics(args.out, {"command": "listmode", **info})
-    total = int(prompts.sum() + delayeds.sum())
-    print(f"petuq listmode: {total} events -> {layout.describe()} in {args.out}")
+    write_metrics(args.out, {"command": "listmode", **acq.info})
+    total = int(acq.prompts.sum() + acq.delayeds.sum())
+    print(f"petuq listmode: {total} events -> {acq.layout.describe()} in {args.out}")
     return 0

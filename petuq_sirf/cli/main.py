@@ -5,6 +5,10 @@ Each subcommand is a module of this package with ``register(subparsers)`` and ``
 Errors never end in a traceback: a bad argument, bad input or any unexpected exception prints one
 line ``petuq: error: ...`` on stderr and exits with status 2 (``--traceback`` shows the full trace);
 Ctrl-C prints one line and exits with 130. Library warnings are printed as ``petuq: warning: ...``.
+
+Every command takes ``--config FILE`` (TOML, or the ``run_config.json`` of an earlier run; flags override
+it) and, when it succeeds, writes its resolved settings to ``run_config.json`` in ``--out``
+(:mod:`petuq_sirf.cli.run_config`).
 """
 
 from __future__ import annotations
@@ -14,11 +18,23 @@ import importlib
 import sys
 import warnings
 
+from petuq_sirf.cli.run_config import (
+    add_config_argument,
+    apply_config,
+    find_config_path,
+    finish_config,
+    read_config_file,
+    resolved_options,
+    write_run_config,
+)
+
 COMMAND_MODULES = [
     "listmode",
     "simulate",
     "reconstruct",
-    "reconstruct_uq",
+    "train_unrolled",
+    "calibrate_unrolled",
+    "train_pnp_denoiser",
     "demo",
     "bootstrap",
     "train_denoiser",
@@ -86,13 +102,30 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(f"petuq_sirf.cli.{name}").register(sub)
     for p in sub.choices.values():
         p.formatter_class = _HelpFormatter
+        add_config_argument(p)
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
+        commands = _subparsers(parser)
+        appended: dict = {}
+        found = find_config_path(argv, commands)
+        if found is not None:  # the file's options become the command's defaults; flags override them
+            command, path = found
+            try:
+                appended = apply_config(commands[command], read_config_file(path, command), path, command)
+            except (ValueError, OSError) as exc:
+                print(f"petuq: error: {command}: {_one_line(exc)}", file=sys.stderr)
+                return EXIT_ERROR
         args = parser.parse_args(argv)
+        finish_config(args, appended)
     except KeyboardInterrupt:
         print("petuq: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -111,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             from petuq_sirf.operators.kernels import set_num_threads
 
             set_num_threads(args.threads)
-        return int(args.handler(args) or 0)
+        status = int(args.handler(args) or 0)
+        if status == 0 and getattr(args, "out", None):  # the resolved settings next to the outputs
+            options = resolved_options(_subparsers(parser)[args.command], args)
+            write_run_config(args.out, args.command, options)
+        return status
     except KeyboardInterrupt:
         if args.traceback:
             raise

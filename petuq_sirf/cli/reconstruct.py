@@ -1,11 +1,10 @@
-"""``petuq reconstruct``: reconstruct an acquisition folder with OSEM, MLEM or MAP-RDP."""
+"""``petuq reconstruct``: reconstruct an acquisition folder with OSEM, MLEM, MAP-RDP, PnP-ADMM, PnP-ULA or the
+unrolled network (method dispatch: :func:`petuq_sirf.pipelines.reconstruction.reconstruct`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from petuq_sirf.backends.registry import acquisition_model_for
 from petuq_sirf.cli.common import (
     FWHM_MM,
     ITERATIONS,
@@ -18,16 +17,15 @@ from petuq_sirf.cli.common import (
     load_acquisition,
     resolve_backend,
     resolve_device,
-    write_metrics,
 )
-from petuq_sirf.io.image_io import write_image
-from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
-from petuq_sirf.uq.figures_of_merit import image_metrics
-from petuq_sirf.viz.images import image_panel
-from petuq_sirf.viz.labels import activity_units, reconstruction_title
-
-CLASSICAL_METHODS = ("osem", "mlem", "map-rdp")
-UQ_METHODS = ("pnp-admm", "pnp-ula", "unrolled")
+from petuq_sirf.pipelines.reconstruction import (
+    CLASSICAL_METHODS,
+    MODEL_SPREAD_ONLY,
+    UQ_METHODS,
+    ReconstructionSettings,
+    load_method_network,
+    reconstruct,
+)
 
 
 def register(sub) -> None:
@@ -72,68 +70,32 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "pnp-ula": 1000, "unrolled": 1}
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.iterations is None:
-        args.iterations = DEFAULT_ITERATIONS[args.method]
-    if args.method in UQ_METHODS:
-        try:
-            from petuq_sirf.cli import reconstruct_uq
-        except ImportError as exc:
-            raise ValueError(f"method {args.method!r} is not available in this installation") from exc
-        return reconstruct_uq.run(args)
-    if args.iterations < 0:
-        raise ValueError("--iterations must be >= 0")
-    backend = resolve_backend(args.backend)
-    acq = load_acquisition(args.input)
-    check_out_dir(args.out, protect=(args.input,))
-    device = resolve_device(args.device)
-    model = acquisition_model_for(acq, backend, device)
-    y = acq.prompts.to(device)
-    if args.method == "mlem":
-        rec = osem(model, y, args.iterations, 1, progress=not args.quiet)
-    elif args.method == "osem":
-        rec = osem(model, y, args.iterations, args.subsets, progress=not args.quiet)
-    else:
-        init = osem(model, y, 2, args.subsets).image
-        if args.beta is not None:
-            prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=1.0)
-            prior.beta = args.beta
-        else:
-            prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=args.beta_strength)
-        rec = map_rdp(model, y, prior, args.iterations, x0=init, progress=not args.quiet)
-    image = rec.image
-    if args.postfilter_fwhm_mm > 0:
-        image = gaussian_postfilter(image, args.postfilter_fwhm_mm, acq.image.voxel_size_mm)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    arr = image.cpu().numpy()
-    write_image(out / "image.nii.gz", arr, acq.image)
-    write_image(out / "image.hv", arr, acq.image, acq.layout.scanner)  # STIR's axial origin
-    metrics = {
-        "command": "reconstruct",
-        "method": args.method,
-        "backend": backend,
-        "iterations": args.iterations,
-        "subsets": args.subsets if args.method == "osem" else 1,
-        "objective": rec.objective[-1] if rec.objective else None,
-        "projector": model.projector_settings() if hasattr(model, "projector_settings") else None,
-    }
-    label = reconstruction_title(
-        args.method,
-        args.iterations,
-        args.subsets if args.method != "mlem" else None,
-        beta=args.beta if args.method == "map-rdp" else None,
-        beta_strength=args.beta_strength if args.method == "map-rdp" else None,
+    """Parse the options into :class:`ReconstructionSettings`, run :func:`reconstruct`, write its outputs."""
+    settings = ReconstructionSettings(
+        method=args.method,
+        iterations=args.iterations,
+        subsets=args.subsets,
+        beta_strength=args.beta_strength,
+        beta=args.beta,
         postfilter_fwhm_mm=args.postfilter_fwhm_mm,
+        samples=args.samples,
+        chains=args.chains,
+        thinning=args.thinning,
+        weights=args.weights,
+        force=args.force,
+        backend=resolve_backend(args.backend) if args.method in CLASSICAL_METHODS else args.backend,
     )
-    panels = {label: image.cpu()}
-    if acq.truth is not None:
-        metrics["metrics"] = image_metrics(image.cpu(), acq.truth, acq.regions, acq.contrast)
-        panels = {"truth": acq.truth, **panels}
-    image_panel(panels, out / "image.png", shared_scale=tuple(panels), units=activity_units(acq.info))
-    write_metrics(out, metrics)
-    print(f"{args.method}: image written to {out}")
+    args.iterations = settings.iterations  # the resolved default goes into run_config.json
+    network = load_method_network(settings)  # bad weights are refused before --out is created
+    acq = load_acquisition(args.input)
+    out = check_out_dir(args.out, protect=(args.input,))
+    result = reconstruct(acq, settings, resolve_device(args.device), progress=not args.quiet, network=network)
+    result.write(out)
+    if settings.method in UQ_METHODS:
+        note = f" [std = {MODEL_SPREAD_ONLY}]" if settings.method == "pnp-admm" else ""
+        count = result.metrics["samples"]
+        print(f"{settings.method}: mean/std/interval images ({count} samples) written to {out}{note}")
+    else:
+        print(f"{settings.method}: image written to {out}")
     return 0

@@ -1,22 +1,26 @@
 """``petuq train-denoiser``: simulate training pairs, train a Bayesian denoiser, save it safely.
 
 The model folder holds ``model.safetensors`` and ``config.json`` (configuration, training data settings,
-training diagnostics, and split-conformal scale factors fitted on held-out phantoms).
+training diagnostics, and split-conformal scale factors fitted on held-out phantoms). The training is
+:func:`petuq_sirf.pipelines.denoiser_training.train_denoiser_model`.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 
 import torch
 
-from petuq_sirf.bayes.checkpoint import save_denoiser
-from petuq_sirf.bayes.denoisers import METHODS, DenoiserConfig, make_denoiser
-from petuq_sirf.bayes.evaluation import conformal_from_dataset, evaluate_on_dataset
+from petuq_sirf.bayes.denoisers import METHODS, DenoiserConfig
 from petuq_sirf.bayes.networks import NetworkConfig
-from petuq_sirf.bayes.training_data import DenoisingDataConfig, geometry_for, load_or_generate
+from petuq_sirf.bayes.training_data import DenoisingDataConfig
 from petuq_sirf.cli.common import COUNTS, LEARNING_RATE, SEED, check_out_dir, float_in, int_in, write_metrics
+from petuq_sirf.pipelines.denoiser_training import (
+    TRAINING_STATE,
+    has_interrupted_run,
+    phantom_families,
+    train_denoiser_model,
+)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -62,16 +66,6 @@ def data_config_from(args: argparse.Namespace) -> DenoisingDataConfig:
         osem_subsets=args.osem_subsets,
         seed=args.data_seed,
     )
-
-
-def _families(text: str | None) -> list[str]:
-    from petuq_sirf.simulation.phantom_families import FAMILIES
-
-    names = [v.strip() for v in (text or "").split(",") if v.strip()]
-    bad = [n for n in names if n not in FAMILIES]
-    if bad:
-        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
-    return names
 
 
 def register(sub) -> None:
@@ -127,13 +121,9 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-TRAINING_STATE = "training_state"
-
-
 def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     data_config = data_config_from(args)
-    _, image = geometry_for(data_config.scanner)
     config = DenoiserConfig(
         method=args.method,
         network=NetworkConfig(width=args.width),
@@ -153,48 +143,27 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.calibration_fraction < 1:
         raise ValueError(f"--calibration-fraction must be in (0, 1), got {args.calibration_fraction}")
     out = check_out_dir(args.out)
-    state = out / TRAINING_STATE
-    if args.restart and state.exists():
-        shutil.rmtree(state)
-    elif (state / "net.pt").is_file() or (state / "member0.pt").is_file():
-        print(f"resuming the interrupted training from its last epoch checkpoint in {state}")
-    families = _families(args.families)
-    cal_families = _families(args.calibration_families)
-    if families:
-        from petuq_sirf.bayes.anatomical import family_pairs
-
-        train = family_pairs(families, "train", args.phantoms, data_config)
-        calib = family_pairs(families, "calibration", max(2, args.calibration_phantoms // 2), data_config)
-    else:
-        data = load_or_generate(data_config, args.cache or state / "data", progress=not args.quiet)
-        train, calib = data.split_by_phantom(args.calibration_fraction, seed=args.seed)
-    model = make_denoiser(config)
-    info = model.fit(train, progress=not args.quiet, checkpoint_dir=state)
-    scales = conformal_from_dataset(model, calib)
-    report = evaluate_on_dataset(model, calib)
-    extra = {
-        "data_config": {**data_config.__dict__, "dose_fractions": list(data_config.dose_fractions)},
-        "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
-        "calibration_phantoms": sorted(set(calib.phantom.tolist())),
-        "image_grid": {"shape": list(image.shape), "voxel_size_mm": list(image.voxel_size_mm)},
-        "training_families": families or ["random ellipses"],
-    }
-    if cal_families:
-        from petuq_sirf.bayes.anatomical import family_pairs, mondrian_for_denoiser
-
-        mcal = family_pairs(cal_families, "calibration", args.calibration_phantoms, data_config)
-        extra["mondrian"] = mondrian_for_denoiser(model, mcal).to_dict()
-        extra["mondrian_calibration"] = {
-            "families": cal_families,
-            "phantoms_per_family": args.calibration_phantoms,
-            "doses": list(data_config.dose_fractions),
-        }
-    out = save_denoiser(model, out, extra)
-    shutil.rmtree(state, ignore_errors=True)  # the model is saved: the epoch checkpoints are no longer needed
-    write_metrics(out, {"command": "train-denoiser", "method": args.method, "train": info, "calibration_set": report})
+    if not args.restart and has_interrupted_run(out):
+        print(f"resuming the interrupted training from its last epoch checkpoint in {out / TRAINING_STATE}")
+    trained = train_denoiser_model(
+        out,
+        config,
+        data_config,
+        calibration_fraction=args.calibration_fraction,
+        families=phantom_families(args.families),
+        calibration_families=phantom_families(args.calibration_families),
+        calibration_phantoms=args.calibration_phantoms,
+        cache=args.cache,
+        restart=args.restart,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    info, report = trained.train, trained.report
+    metrics = {"command": "train-denoiser", "method": args.method, "train": info, "calibration_set": report}
+    write_metrics(trained.folder, metrics)
     print(
-        f"trained {args.method} in {info['train_time_s']:.1f} s on {len(train)} images; calibration set: "
-        f"NRMSE {report['nrmse']:.3f} (input {report['nrmse_input']:.3f}), coverage@90 "
-        f"{report['uq']['coverage']['0.90']:.3f}; model in {out}"
+        f"trained {args.method} in {info['train_time_s']:.1f} s on {trained.num_training_images} images; calibration "
+        f"set: NRMSE {report['nrmse']:.3f} (input {report['nrmse_input']:.3f}), coverage@90 "
+        f"{report['uq']['coverage']['0.90']:.3f}; model in {trained.folder}"
     )
     return 0

@@ -6,6 +6,8 @@ complete file or the new complete one, never a partial write; the temporary file
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -47,4 +49,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text"]
+def json_safe(value):
+    """``value`` with tensors, arrays and numpy scalars as plain lists/numbers, NaN as ``None`` and
+    infinities as ``"inf"``/``"-inf"`` (so that ``json.dumps`` writes strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "tolist") and callable(value.tolist) and not isinstance(value, (int, float)):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def atomic_write_json(path: str | os.PathLike, value) -> Path:
+    """Write ``value`` as indented JSON (through :func:`json_safe`) to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(value), indent=2, sort_keys=False))
+
+
+__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "json_safe"]

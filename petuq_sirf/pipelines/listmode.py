@@ -19,7 +19,14 @@ from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.image_io import read_image
 from petuq_sirf.io.interfile import read_projdata
 from petuq_sirf.io.listmode import ListModeEvents
-from petuq_sirf.io.mmr_listmode import DecodeStats, make_layout, read_mmr_header, read_mmr_listmode
+from petuq_sirf.io.mmr_listmode import (
+    DecodeStats,
+    bin_mmr_listmode,
+    is_mmr_header,
+    make_layout,
+    read_mmr_header,
+    read_mmr_listmode,
+)
 from petuq_sirf.io.petsird_io import PetsirdInfo, read_petsird
 from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.operators.projector import RayTracingProjector
@@ -90,11 +97,12 @@ def acquisition_from_listmode(
     voxel_size_mm: float = 4.0,
     keep_events: bool = True,
     progress: bool = True,
+    frame: int | None = None,
 ) -> Acquisition:
     """An :class:`~petuq_sirf.io.acquisition_folder.Acquisition` from a list-mode file (see the module docstring).
 
     Args:
-        path: ``.l.hdr`` (Siemens PETLINK 32-bit) or a PETSIRD file.
+        path: a Siemens PETLINK 32-bit header (``.l.hdr``, STIR's ``.l.hdr.STIR``) or a PETSIRD file.
         scanner: a named scanner or a geometry (needed for PETSIRD layouts with span/mashing; optional for mMR headers).
         span, max_ring_difference, view_mashing: the reconstruction layout (mMR default span 11, MRD 60).
         start_s, stop_s: keep events in ``[start_s, stop_s)`` seconds.
@@ -103,7 +111,9 @@ def acquisition_from_listmode(
         scatter: a scatter estimate in counts (``.hs`` in the output layout), or
         tail_fit_scatter: estimate scatter with :func:`tail_fitted_scatter` (needs ``mu_map``).
         image_size, voxel_size_mm: the image grid without a mu-map (voxels in x/y, mm).
-        keep_events: keep the events in the acquisition (bootstrap needs them; large).
+        keep_events: keep the events in the acquisition (bootstrap needs them; large); without them an mMR
+            file is streamed into the two sinograms.
+        frame: keep the events of the header's time frame ``frame`` (1-based; mMR headers only).
     """
     path = Path(path)
     if not path.is_file():
@@ -112,12 +122,16 @@ def acquisition_from_listmode(
         raise ValueError("give a scatter file or ask for the tail fit, not both")
     if tail_fit_scatter and mu_map is None:
         raise ValueError("the scatter tail fit needs a mu-map (the tails are the LORs that miss the object)")
+    if frame is not None and (start_s is not None or stop_s is not None):
+        raise ValueError("give either --frame or --start-s/--stop-s, not both")
     geometry = get_scanner(scanner) if isinstance(scanner, str) else scanner
     start = None if start_s is None else 1000.0 * start_s
     stop = None if stop_s is None else 1000.0 * stop_s
     info: dict = {"source": str(path)}
-    if path.name.endswith(".l.hdr"):
+    if is_mmr_header(path):
         header = read_mmr_header(path, scanner=geometry)
+        if frame is not None:
+            start, stop = header.frame_ms(frame)
         is_mmr = header.scanner.name == "Siemens mMR"
         span = span if span is not None else (11 if is_mmr else header.span)
         max_rd = max_ring_difference
@@ -125,11 +139,20 @@ def acquisition_from_listmode(
             max_rd = min(60, header.max_ring_difference) if is_mmr else header.max_ring_difference
         layout = make_layout(header.scanner, span, max_rd, view_mashing, header.num_projections)
         stats = DecodeStats()
-        events = read_mmr_listmode(header, layout, start, stop, progress=progress, stats=stats)
+        if keep_events:
+            events = read_mmr_listmode(header, layout, start, stop, progress=progress, stats=stats)
+        else:  # stream: only the two sinograms are kept
+            prompts, delayeds = bin_mmr_listmode(header, layout, start, stop, progress=progress, stats=stats)
+            events = None
+            if stats.prompts + stats.delayeds == 0:
+                raise ValueError(f"{path}: no events in the selected time interval")
+            first_ms, last_ms = stats.first_time_ms, stats.last_time_ms
         info.update(format="Siemens PETLINK 32-bit", time_tags=stats.time_tags, dropped_events=stats.dropped)
     else:
+        if frame is not None:
+            raise ValueError("--frame needs a list-mode header with time frames (Siemens .l.hdr)")
         if geometry is None and (span or max_ring_difference or view_mashing != 1):
-            raise ValueError("give the scanner with span / max ring difference / view mashing for PETSIRD input")
+            raise ValueError("give --scanner with --span/--max-ring-difference/--view-mashing for PETSIRD input")
         layout = None
         if geometry is not None:
             layout = make_layout(geometry, span or 1, max_ring_difference, view_mashing)
@@ -139,16 +162,19 @@ def acquisition_from_listmode(
         if start is not None or stop is not None:
             events = events.select_time(start or 0.0, stop if stop is not None else float("inf"))
         info.update(format="PETSIRD")
-    if len(events) == 0:
-        raise ValueError(f"{path}: no events in the selected time interval")
+    if events is not None:
+        if len(events) == 0:
+            raise ValueError(f"{path}: no events in the selected time interval")
+        prompts, delayeds = events.histogram(prompts=True), events.histogram(prompts=False)
+        first_ms, last_ms = float(events.times_ms.min()), float(events.times_ms.max())
     return acquisition_from_sinograms(
         layout,
-        events.histogram(prompts=True),
-        events.histogram(prompts=False),
+        prompts,
+        delayeds,
         info,
         events=events if keep_events else None,
-        first_event_ms=float(events.times_ms.min()),
-        last_event_ms=float(events.times_ms.max()),
+        first_event_ms=first_ms,
+        last_event_ms=last_ms,
         mu_map=mu_map,
         norm=norm,
         scatter=scatter,

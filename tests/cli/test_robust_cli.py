@@ -384,7 +384,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys, monkeyp
 
 # ---------------------------------------------------------------------------------- interrupts, crashes
 def test_keyboard_interrupt_and_unexpected_errors_are_one_line(acquisition, tmp_path, capsys, monkeypatch):
-    import petuq_sirf.cli.reconstruct as rec
+    import petuq_sirf.pipelines.reconstruction as rec  # the method dispatch (the CLI calls it)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
