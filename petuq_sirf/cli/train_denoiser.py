@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import shutil
 
-import torch
-
 from petuq_sirf.bayes.checkpoint import save_denoiser
 from petuq_sirf.bayes.denoisers import METHODS, DenoiserConfig, make_denoiser
 from petuq_sirf.bayes.evaluation import conformal_from_dataset, evaluate_on_dataset
@@ -131,7 +129,6 @@ TRAINING_STATE = "training_state"
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
     data_config = data_config_from(args)
     _, image = geometry_for(data_config.scanner)
     config = DenoiserConfig(
