@@ -100,6 +100,8 @@ class SVIFitter:
             self._state = store.get_state()
             store.clear()
             store.set_state(user)
+            for name in list(store.keys()):
+                store[name]  # re-attaches ``.unconstrained()`` (get_state drops it from unconstrained params)
 
     def _optim_args(self, num_steps: int) -> Callable[[str, str], dict]:
         lrd = 1.0 if self.lr_final is None else (self.lr_final / self.lr) ** (1.0 / num_steps)
