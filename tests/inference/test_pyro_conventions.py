@@ -134,8 +134,6 @@ SVI_DENOISER = DenoiserConfig(
 def test_fitting_keeps_the_users_param_store_entries(user_store):
     _fit(_net())
     _assert_store_unchanged(user_store)
-    make_denoiser(SVI_DENOISER).fit(_tiny_denoising_set())
-    _assert_store_unchanged(user_store)
     den = make_denoiser(SVI_DENOISER)
     den.fit(_tiny_denoising_set())
     den.predict(_tiny_denoising_set().noisy, num_samples=2)
@@ -181,10 +179,9 @@ def test_global_rng_is_unchanged_by_constructing_fitting_and_predicting():
     den = make_denoiser(SVI_DENOISER)
     den.fit(_tiny_denoising_set())
     den.predict(_tiny_denoising_set().noisy, num_samples=2)
-    for method in ("mc_dropout", "ensemble"):
-        other = make_denoiser(DenoiserConfig(**{**SVI_DENOISER.__dict__, "method": method, "ensemble_size": 2}))
-        other.fit(_tiny_denoising_set())
-        other.predict(_tiny_denoising_set().noisy, num_samples=2)
+    dropout = make_denoiser(DenoiserConfig(**{**SVI_DENOISER.__dict__, "method": "mc_dropout"}))
+    dropout.fit(_tiny_denoising_set())
+    dropout.predict(_tiny_denoising_set().noisy, num_samples=2)
     image = ImageGeometry((1, 12, 12), (4.0, 4.0, 4.0))
     ne_cfg = NonexpansiveTrainingConfig(num_images=2, num_steps=2, batch_size=2, patch=8, power_iterations=2)
     res = train_nonexpansive_denoiser(image, ne_cfg, NonexpansiveDenoiserConfig(channels=4, depth=2))
