@@ -5,14 +5,20 @@ Methods (``DenoiserConfig.method``):
 - ``cnn``: the heteroscedastic CNN, a point estimate (aleatoric uncertainty only).
 - ``mc_dropout``: the same network with dropout kept on at prediction time.
 - ``ensemble``: ``ensemble_size`` independently initialised networks.
-- ``svi``: a Pyro BNN (``PyroSample`` priors ``N(0, prior_scale^2)`` on every weight) fitted by SVI with
-  a mean-field ``AutoNormal`` guide, ``Trace_ELBO`` scaled to the data-set size, minibatches; the guide
-  starts at a trained point estimate.
+- ``svi``: a Pyro BNN (:class:`DenoiserBNN`, a ``PyroModule`` with ``PyroSample`` priors
+  ``N(0, prior_scale^2)`` on every weight) fitted by the shared :class:`~petuq_sirf.inference.svi.SVIFitter`
+  with a mean-field ``AutoNormal`` guide object, ``Trace_ELBO`` scaled to the data-set size, minibatches; the
+  guide starts at a trained point estimate. Predictions run ``pyro.infer.Predictive`` on weight draws.
 - ``ais``: PMCnet adaptive importance sampling (:mod:`petuq_sirf.inference.ais`, light diagonal version,
   minibatch gradients) of the 1x1 output head around a trained point estimate, the body fixed.
 
 ``predict`` returns :class:`PosteriorSamples`: per posterior sample ``s`` a mean image and an aleatoric
 variance, in the units of the input (each image is normalised by its mean internally).
+
+Seeds: ``DenoiserConfig.seed`` (initialisation, training) and ``predict(seed=...)``; torch's global RNG
+(weight initialisation, dropout masks, Pyro's samplers) is used only on a seeded fork
+(:func:`~petuq_sirf.inference.rng.seeded`), so the caller's RNG state is unchanged by constructing, fitting
+or predicting, and Pyro's global param store is never touched.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from torch.func import functional_call
+from pyro.infer import Predictive
+from pyro.infer.autoguide import AutoNormal
+from pyro.nn import PyroModule
 from tqdm.auto import tqdm
 
 from petuq_sirf.bayes.networks import HeteroscedasticCNN, NetworkConfig
@@ -35,7 +43,8 @@ from petuq_sirf.bayes.resume import EpochCheckpoint, tensor_digest
 from petuq_sirf.bayes.training_data import DenoisingDataset, slice_mean_scale
 from petuq_sirf.inference.ais import PMCConfig, pmc_sample
 from petuq_sirf.inference.predictive import PosteriorSamples
-from petuq_sirf.inference.svi import bayesianize, fit_svi, guide_posterior, make_guide
+from petuq_sirf.inference.rng import seeded
+from petuq_sirf.inference.svi import SVIFitter, bayesianize, guide_posterior, make_guide
 from petuq_sirf.networks.blocks import heteroscedastic_nll_loss
 
 METHODS = ("cnn", "mc_dropout", "ensemble", "svi", "ais")
@@ -144,9 +153,22 @@ def train_point_network(
 
     ``checkpoint``: the state is saved atomically after every epoch, and a run finding a checkpoint of the
     same settings and data resumes after its last epoch, reaching the weights of an uninterrupted run.
+    ``seed``: minibatch order and dropout masks (drawn on a seeded fork of the global RNG).
     """
     if len(data) == 0:
         raise ValueError("empty training set")
+    with seeded(seed):
+        return _train_point_network(net, data, config, seed, progress, checkpoint)
+
+
+def _train_point_network(
+    net: HeteroscedasticCNN,
+    data: DenoisingDataset,
+    config: DenoiserConfig,
+    seed: int,
+    progress: bool,
+    checkpoint: EpochCheckpoint | None,
+) -> list[float]:
     gen = torch.Generator().manual_seed(seed)
     x, t = _normalised(data)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -245,9 +267,9 @@ class Denoiser:
         resumes from it when re-run with the same settings and data (see :mod:`petuq_sirf.bayes.resume`).
         """
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        torch.manual_seed(self.config.seed)
         start = time.perf_counter()
-        self._fit(data, progress)
+        with seeded(self.config.seed):
+            self._fit(data, progress)
         self.info["train_time_s"] = time.perf_counter() - start
         self.info["num_training_images"] = len(data)
         return self.info
@@ -269,7 +291,7 @@ class Denoiser:
         s = slice_mean_scale(x)
         gen = torch.Generator().manual_seed(seed)
         means, variances = [], []
-        with torch.no_grad():
+        with torch.no_grad(), seeded(seed):
             if self.config.network.dose_input:
                 from petuq_sirf.bayes.networks import dose_channel
 
@@ -289,8 +311,8 @@ class PointDenoiser(Denoiser):
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__(config)
-        torch.manual_seed(config.seed)
-        self.net = HeteroscedasticCNN(config.net_config())
+        with seeded(config.seed):
+            self.net = HeteroscedasticCNN(config.net_config())
 
     def _fit(self, data: DenoisingDataset, progress: bool) -> None:
         self.info["loss"] = train_point_network(
@@ -303,8 +325,9 @@ class PointDenoiser(Denoiser):
         count = num_samples if dropout else 1
         try:
             for i in range(count):
-                torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)) + i)
-                yield self.net(x, dose)
+                with seeded(int(torch.randint(2**31 - 1, (1,), generator=gen)) + i):  # the dropout masks
+                    out = self.net(x, dose)
+                yield out
         finally:
             self.net.eval()
 
@@ -322,8 +345,8 @@ class EnsembleDenoiser(Denoiser):
         super().__init__(config)
         self.members = []
         for m in range(config.ensemble_size):
-            torch.manual_seed(config.seed + 1000 * m)
-            self.members.append(HeteroscedasticCNN(config.net_config()))
+            with seeded(config.seed + 1000 * m):
+                self.members.append(HeteroscedasticCNN(config.net_config()))
 
     def _fit(self, data, progress):
         self.info["loss"] = [
@@ -347,15 +370,59 @@ class EnsembleDenoiser(Denoiser):
             net.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
 
 
+class DenoiserBNN(PyroModule):
+    """Pyro model of the ``svi`` denoiser: a bayesianized :class:`HeteroscedasticCNN` (``PyroSample`` weights,
+    site names = parameter names) and the heteroscedastic Gaussian likelihood of the normalised targets.
+
+    ``forward(x, dose, target=None, idx=None)``: images ``x (B, y, x)``; the outputs are recorded as the
+    deterministic sites ``"mean"`` and ``"log_var"``; with ``target`` the images ``idx`` of a data set of
+    ``num_images`` are observed (a subsampled plate, so the ELBO is that of the whole set).
+    """
+
+    def __init__(self, net: HeteroscedasticCNN, prior_scale: float, num_images: int = 1) -> None:
+        super().__init__()
+        # a top-level PyroModule of its own (not a child), so its sites keep the bare parameter names
+        self._wrapped = (bayesianize(copy.deepcopy(net), prior_scale),)
+        self.num_images = num_images
+
+    @property
+    def bnn(self) -> PyroModule:
+        """The bayesianized network (sample sites named as the network's parameters)."""
+        return self._wrapped[0]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        dose: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        idx: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_var = self.bnn(x, dose)
+        pyro.deterministic("mean", mean)
+        pyro.deterministic("log_var", log_var)
+        if target is not None:
+            with pyro.plate("images", self.num_images, subsample=idx):
+                pyro.sample("obs", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(2), obs=target)
+        return mean, log_var
+
+
 class SVIDenoiser(Denoiser):
-    """``svi``: Pyro BNN with mean-field Gaussian posterior; prediction samples all weights."""
+    """``svi``: Pyro BNN with mean-field Gaussian posterior; prediction samples all weights.
+
+    After :meth:`fit`, ``model`` (:class:`DenoiserBNN`), ``guide`` (the fitted ``AutoNormal``) and
+    ``fitter`` (:class:`~petuq_sirf.inference.svi.SVIFitter`, holding the guide's param store) are kept;
+    ``loc`` / ``scale`` are the posterior as plain tensors (what a checkpoint stores).
+    """
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__(config)
-        torch.manual_seed(config.seed)
-        self.net = HeteroscedasticCNN(config.net_config())
+        with seeded(config.seed):
+            self.net = HeteroscedasticCNN(config.net_config())
         self.loc = {k: v.detach().clone() for k, v in self.net.named_parameters()}
         self.scale = {k: torch.zeros_like(v) for k, v in self.loc.items()}
+        self.model: DenoiserBNN | None = None
+        self.guide: AutoNormal | None = None
+        self.fitter: SVIFitter | None = None
 
     def _fit(self, data, progress):
         cfg = self.config
@@ -363,30 +430,30 @@ class SVIDenoiser(Denoiser):
             self.net, data, cfg, cfg.seed, progress, self._checkpoint("net")
         )
         init = {k: v.detach().clone() for k, v in self.net.named_parameters()}
-        bnn = bayesianize(copy.deepcopy(self.net), cfg.prior_scale)
         n_total = len(data)
+        self.model = DenoiserBNN(self.net, cfg.prior_scale, n_total)
         x, t = _normalised(data)
-        dose_all = data.dose
-
-        def model(xb: torch.Tensor, tb: torch.Tensor, idx: torch.Tensor) -> None:
-            mean, log_var = bnn(xb, dose_all[idx])
-            with pyro.plate("images", n_total, subsample=idx):
-                pyro.sample("obs", dist.Normal(mean, torch.exp(0.5 * log_var)).to_event(2), obs=tb)
-
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        batches = ((x[i], t[i], i) for i in _minibatches(n_total, min(cfg.batch_size, n_total), gen))
-        guide = make_guide(model, init, cfg.svi_init_scale)
-        losses = fit_svi(
-            model, guide, batches, cfg.svi_steps, cfg.svi_lr, progress, lr_final=cfg.svi_lr / 10, scale_lr_factor=20.0
+        batches = ((x[i], data.dose[i], t[i], i) for i in _minibatches(n_total, min(cfg.batch_size, n_total), gen))
+        self.guide = make_guide(self.model, init, cfg.svi_init_scale)
+        # seed None: continue the RNG fork that fit() seeded for the whole training
+        self.fitter = SVIFitter(
+            self.model, self.guide, lr=cfg.svi_lr, scale_lr=20.0 * cfg.svi_lr, lr_final=cfg.svi_lr / 10, seed=None
         )
-        self.loc, self.scale = guide_posterior(guide)
+        losses = self.fitter.fit(batches, cfg.svi_steps, progress)
+        self.loc, self.scale = guide_posterior(self.guide)
         self.info["elbo"] = [-v for v in losses[-10:]]
         self.info["posterior_scale_mean"] = float(torch.cat([v.reshape(-1) for v in self.scale.values()]).mean())
 
     def _sample_outputs(self, x, num_samples, gen, dose=None):
-        for _ in range(num_samples):
-            params = {k: self.loc[k] + self.scale[k] * torch.randn(self.loc[k].shape, generator=gen) for k in self.loc}
-            yield functional_call(self.net, params, (x, dose))
+        draws = [
+            {k: self.loc[k] + self.scale[k] * torch.randn(self.loc[k].shape, generator=gen) for k in self.loc}
+            for _ in range(num_samples)
+        ]
+        samples = {k: torch.stack([d[k] for d in draws]) for k in self.loc}
+        model = DenoiserBNN(self.net, self.config.prior_scale)
+        out = Predictive(model, posterior_samples=samples, return_sites=("mean", "log_var"))(x, dose)
+        yield from zip(out["mean"], out["log_var"])
 
     def state_tensors(self):
         return {**{f"loc.{k}": v for k, v in self.loc.items()}, **{f"scale.{k}": v for k, v in self.scale.items()}}
@@ -406,8 +473,8 @@ class AISDenoiser(Denoiser):
 
     def __init__(self, config: DenoiserConfig) -> None:
         super().__init__(config)
-        torch.manual_seed(config.seed)
-        self.net = HeteroscedasticCNN(config.net_config())
+        with seeded(config.seed):
+            self.net = HeteroscedasticCNN(config.net_config())
         width = config.network.width
         self.particles = torch.cat([self.net.head.weight.detach().reshape(-1), self.net.head.bias.detach()])[None]
         self._width = width

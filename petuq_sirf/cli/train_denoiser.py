@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from petuq_sirf.bayes.denoisers import METHODS, DenoiserConfig
 from petuq_sirf.bayes.networks import NetworkConfig
 from petuq_sirf.bayes.training_data import DenoisingDataConfig
@@ -122,7 +120,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
     data_config = data_config_from(args)
     config = DenoiserConfig(
         method=args.method,

@@ -16,21 +16,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Predictive
+from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
 from torch.func import functional_call
-from tqdm.auto import tqdm
 
+from petuq_sirf.inference.rng import seeded
+from petuq_sirf.inference.svi import SVIFitter
 from petuq_sirf.io.weights import WeightsError, load_weights, read_record, save_weights
 
 _SITE = "w:"
-_LOC = "loc:"
-_LOG_SCALE = "log_scale:"
 
 
 @dataclass
@@ -152,7 +153,8 @@ class SVIConfig:
     ``prior_scale``: std of the ``N(0, s^2)`` weight priors; ``init_scale``: initial std of the guide;
     ``lr`` / ``scale_lr``: Adam rates of the locations and the log-scales; ``learn_loc`` False keeps
     the locations at the trained weights and learns only the scales (a variational Laplace-type
-    posterior; it keeps draws close to a network known to satisfy a constraint).
+    posterior; it keeps draws close to a network known to satisfy a constraint); ``seed``: Pyro's
+    sampling (on a fork of torch's global RNG, see :class:`~petuq_sirf.inference.svi.SVIFitter`).
     """
 
     num_steps: int = 200
@@ -168,6 +170,124 @@ class SVIConfig:
             raise ValueError("num_steps >= 1, prior_scale > 0 and init_scale > 0 are required")
 
 
+def _nested_set(root: PyroModule, dotted: str, value) -> None:
+    """``root.a.b.c = value`` for ``dotted = "a.b.c"``, creating the intermediate ``PyroModule``s."""
+    *parents, last = dotted.split(".")
+    module = root
+    for part in parents:
+        if not isinstance(getattr(module, part, None), PyroModule):
+            setattr(module, part, PyroModule())
+        module = getattr(module, part)
+    setattr(module, last, value)
+
+
+class BayesianNetwork(PyroModule):
+    """Pyro model of ``net`` with independent ``Normal(0, prior_scale^2)`` priors on its parameters ``names``.
+
+    The sample sites are ``"w:" + name``; the network runs with the sampled weights through
+    ``torch.func.functional_call`` (the other parameters keep their values).
+
+    - ``forward(*batch)``: the training model; ``likelihood(call, *batch)`` adds the (minibatch-scaled)
+      log-likelihood to the trace (``pyro.factor`` or an observed ``pyro.sample``), ``call(*args)`` running
+      ``net`` with the sampled weights.
+    - :meth:`predictive` ``(*args)``: runs ``net(*args)`` with the sampled weights and records its output
+      ``(mean, log_var)`` as the deterministic sites ``"mean"`` and ``"log_var"``; the model that
+      ``pyro.infer.Predictive`` conditions on weight draws (:func:`predictive_outputs`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        names: list[str],
+        prior_scale: float = 1.0,
+        likelihood: Callable[..., None] | None = None,
+    ) -> None:
+        super().__init__()
+        params = dict(net.named_parameters())
+        missing = [n for n in names if n not in params]
+        if missing or not names:
+            raise ValueError(f"unknown or no parameter names for the posterior: {missing or names}")
+        if not prior_scale > 0:
+            raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
+        self._wrapped = (net,)  # not a sub-module: Pyro would register a plain sub-module's parameters
+        self.names = list(names)
+        self.prior_scale = prior_scale
+        self.likelihood = likelihood
+
+    @property
+    def net(self) -> nn.Module:
+        """The network (held, not owned: its parameters never enter a Pyro param store)."""
+        return self._wrapped[0]
+
+    def sample_weights(self) -> dict[str, torch.Tensor]:
+        """One draw of the weights from the prior (or whatever the enclosing Pyro handlers put there)."""
+        params = dict(self.net.named_parameters())
+        weights = {}
+        for n in self.names:
+            p = params[n]
+            zero = torch.zeros((), dtype=p.dtype, device=p.device)
+            prior = dist.Normal(zero, torch.full((), self.prior_scale, dtype=p.dtype, device=p.device))
+            weights[n] = pyro.sample(_SITE + n, prior.expand(p.shape).to_event(p.dim()))
+        return weights
+
+    def forward(self, *batch) -> None:
+        if self.likelihood is None:
+            raise ValueError("this BayesianNetwork has no likelihood: pass one to fit, or use predictive()")
+        weights = self.sample_weights()
+        self.likelihood(lambda *a, **k: call_with(self.net, weights, *a, **k), *batch)
+
+    @pyro_method
+    def predictive(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        weights = self.sample_weights()
+        mean, log_var = call_with(self.net, weights, *args, **kwargs)
+        pyro.deterministic("mean", mean)
+        pyro.deterministic("log_var", log_var)
+        return mean, log_var
+
+
+class MeanFieldWeightGuide(PyroModule):
+    """Guide object of a :class:`BayesianNetwork`: ``w:name ~ N(locs.name, exp(log_scales.name)^2)``.
+
+    The locations start at the network's current (trained) weights, the scales at ``init_scale``;
+    ``learn_loc`` False keeps the locations fixed there (they are then plain tensors, not parameters).
+    After fitting, :meth:`posterior` is the plain-tensor :class:`WeightPosterior`.
+    """
+
+    def __init__(self, model: BayesianNetwork, init_scale: float = 1e-3, learn_loc: bool = True) -> None:
+        super().__init__()
+        if not init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {init_scale}")
+        params = dict(model.net.named_parameters())
+        self.names = list(model.names)
+        self.learn_loc = learn_loc
+        self.point = {n: params[n].detach().clone() for n in self.names}
+        self.locs = PyroModule()
+        self.log_scales = PyroModule()
+        for n, p in self.point.items():
+            _nested_set(self.log_scales, n, PyroParam(torch.full_like(p, math.log(init_scale))))
+            if learn_loc:
+                _nested_set(self.locs, n, PyroParam(p.clone()))
+
+    def loc(self, name: str) -> torch.Tensor:
+        return attrgetter(name)(self.locs) if self.learn_loc else self.point[name]
+
+    def scale(self, name: str) -> torch.Tensor:
+        return torch.exp(attrgetter(name)(self.log_scales))
+
+    def forward(self, *batch) -> None:
+        for n, p in self.point.items():
+            log_scale = attrgetter(n)(self.log_scales)
+            pyro.sample(_SITE + n, dist.Normal(self.loc(n), torch.exp(log_scale)).to_event(p.dim()))
+
+    def posterior(self) -> WeightPosterior:
+        """The fitted posterior as detached tensors."""
+        with torch.no_grad():
+            return WeightPosterior(
+                {n: self.loc(n).detach().clone() for n in self.names},
+                {n: self.scale(n).detach().clone() for n in self.names},
+            )
+
+
 def fit_weight_posterior(
     net: nn.Module,
     names: list[str],
@@ -180,48 +300,48 @@ def fit_weight_posterior(
 
     ``likelihood(call, *batch)`` must add the (minibatch-scaled) log-likelihood to the Pyro trace;
     ``call(*args)`` runs ``net`` with the sampled weights. ``batches`` yields the ``batch`` tuples.
-    Returns the posterior and the loss (negative ELBO) per step. Clears Pyro's parameter store.
+    The model is a :class:`BayesianNetwork`, the guide a :class:`MeanFieldWeightGuide`, fitted by an
+    :class:`~petuq_sirf.inference.svi.SVIFitter` (its own param store; seeded by ``config.seed`` on a fork
+    of the global RNG). Returns the posterior and the loss (negative ELBO) per step.
     """
     cfg = config or SVIConfig()
-    params = dict(net.named_parameters())
-    missing = [n for n in names if n not in params]
-    if missing or not names:
-        raise ValueError(f"unknown or no parameter names for the posterior: {missing or names}")
-    point = {n: params[n].detach().clone() for n in names}
+    model = BayesianNetwork(net, names, cfg.prior_scale, likelihood)
+    guide = MeanFieldWeightGuide(model, cfg.init_scale, cfg.learn_loc)
+    grads = {n: p.requires_grad for n, p in net.named_parameters()}
     for p in net.parameters():
         p.requires_grad_(False)
+    try:
+        fitter = SVIFitter(model, guide, lr=cfg.lr, scale_lr=cfg.scale_lr, clip_norm=10.0, seed=cfg.seed)
+        losses = fitter.fit(batches, cfg.num_steps, progress, desc="SVI (weight posterior)")
+    finally:
+        for n, p in net.named_parameters():
+            p.requires_grad_(grads[n])
+    return guide.posterior(), losses
 
-    def model(*batch):
-        weights = {}
-        for n, p in point.items():
-            prior = dist.Normal(torch.zeros((), dtype=p.dtype), torch.tensor(cfg.prior_scale, dtype=p.dtype))
-            weights[n] = pyro.sample(_SITE + n, prior.expand(p.shape).to_event(p.dim()))
-        likelihood(lambda *a, **k: call_with(net, weights, *a, **k), *batch)
 
-    def guide(*batch):
-        for n, p in point.items():
-            log_scale = pyro.param(_LOG_SCALE + n, torch.full_like(p, math.log(cfg.init_scale)))
-            loc = pyro.param(_LOC + n, p.clone()) if cfg.learn_loc else p
-            pyro.sample(_SITE + n, dist.Normal(loc, torch.exp(log_scale)).to_event(p.dim()))
+def predictive_outputs(
+    net: nn.Module,
+    draws: dict[str, torch.Tensor],
+    *args,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, log_var)`` of ``net(*args)`` for each weight draw, each ``(S, *output shape)``.
 
-    def optim_args(_module: str, param: str) -> dict:
-        lr = cfg.scale_lr if param.startswith(_LOG_SCALE) else cfg.lr
-        return {"lr": lr, "clip_norm": 10.0}
-
-    pyro.clear_param_store()
-    pyro.set_rng_seed(cfg.seed)
-    svi = SVI(model, guide, pyro.optim.ClippedAdam(optim_args), loss=Trace_ELBO())
-    steps = tqdm(range(cfg.num_steps), desc="SVI (weight posterior)", disable=not progress or None)
-    losses = [float(svi.step(*next(batches))) for _ in steps]
-    store = pyro.get_param_store()
-    loc, scale = {}, {}
-    for n, p in point.items():
-        loc[n] = store[_LOC + n].detach().clone() if cfg.learn_loc else p.clone()
-        scale[n] = torch.exp(store[_LOG_SCALE + n]).detach().clone()
-    pyro.clear_param_store()
-    for p in net.parameters():
-        p.requires_grad_(True)
-    return WeightPosterior(loc, scale), losses
+    ``draws[name]`` ``(S, *shape)`` are posterior draws of some parameters of ``net`` (the others keep
+    their values). Runs ``pyro.infer.Predictive`` on the :class:`BayesianNetwork` of ``net`` conditioned
+    on the draws (no gradients; Pyro's internal draws on a fork of the global RNG, which is left as it was).
+    """
+    if not draws:
+        raise ValueError("no weight draws")
+    counts = {v.shape[0] for v in draws.values()}
+    if len(counts) != 1:
+        raise ValueError(f"weight draws of different counts: {sorted(counts)}")
+    model = BayesianNetwork(net, list(draws))
+    samples = {_SITE + n: v for n, v in draws.items()}
+    predictive = Predictive(model.predictive, posterior_samples=samples, return_sites=("mean", "log_var"))
+    with seeded(None):
+        out = predictive(*args, **kwargs)
+    return out["mean"], out["log_var"]
 
 
 WEIGHTS_FORMAT = "petuq-network-weights"

@@ -31,6 +31,7 @@ from petuq_sirf.inference.network_limits import (
     check_range,
     conv_stack_parameters,
 )
+from petuq_sirf.inference.rng import seeded
 from petuq_sirf.inference.weight_posterior import SVIConfig, WeightPosterior, fit_weight_posterior
 from petuq_sirf.networks.blocks import conv_stack
 from petuq_sirf.scanner.image_geometry import ImageGeometry
@@ -178,11 +179,21 @@ def train_nonexpansive_denoiser(
     """Train :class:`ResidualDenoiser` by MSE denoising plus the firm-nonexpansiveness penalty.
 
     ``clean`` (optional): normalised training images ``(n, z, y, x)``; default random ellipses.
+    ``config.seed`` seeds the initialisation (on a fork of torch's global RNG) and the training pairs.
     """
     cfg = config or NonexpansiveTrainingConfig()
-    torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):  # initial weights (global RNG) on a fork: the caller's RNG state is unchanged
+        return _train_nonexpansive(image, cfg, ResidualDenoiser(denoiser_config), clean, progress)
+
+
+def _train_nonexpansive(
+    image: ImageGeometry,
+    cfg: NonexpansiveTrainingConfig,
+    net: ResidualDenoiser,
+    clean: torch.Tensor | None,
+    progress: bool,
+) -> NonexpansiveTrainingResult:
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = ResidualDenoiser(denoiser_config)
     if clean is None:
         clean = clean_ellipse_images(image, cfg.num_images, cfg.seed)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)

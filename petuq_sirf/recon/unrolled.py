@@ -14,8 +14,10 @@ through ``model.forward`` / ``model.adjoint``: (1) Adam on the mean (MSE), (2) t
 Gaussian NLL, (3) SVI with a mean-field Normal posterior over the regulariser weights
 (:mod:`petuq_sirf.inference.weight_posterior`) under the heteroscedastic Gaussian likelihood.
 
-Prediction draws weight samples (epistemic) and adds the aleatoric noise: per sample
-``x_s = mean_s + c exp(lv_s / 2) eps``; the summary has mean, total std and its two parts.
+Prediction draws weight samples (epistemic), runs the network on them through ``pyro.infer.Predictive``
+(:func:`~petuq_sirf.inference.weight_posterior.predictive_outputs`) and adds the aleatoric noise: per sample
+``x_s = mean_s + c exp(lv_s / 2) eps``; the summary has mean, total std and its two parts. Training and
+prediction take seeds and leave torch's global RNG and Pyro's param store as they were.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from petuq_sirf.inference.network_limits import (
     check_range,
     conv_stack_parameters,
 )
+from petuq_sirf.inference.rng import seeded
 from petuq_sirf.inference.weight_posterior import (
     ParticlePosterior,
     PosteriorImage,
     SVIConfig,
     WeightPosterior,
-    call_with,
     fit_weight_posterior,
+    predictive_outputs,
 )
 from petuq_sirf.networks.blocks import conv_stack, heteroscedastic_nll_loss
 from petuq_sirf.operators.acquisition import AcquisitionModel
@@ -184,9 +187,23 @@ def train_unrolled(
 
     ``validation``: the validation loss is recorded before training and after each stage.
     ``net``: continue training an existing network. ``progress``: bars over the steps (on a terminal).
+    ``config.seed`` seeds the initialisation (on a fork of torch's global RNG, left unchanged), the
+    minibatches and the SVI stage.
     """
     cfg = config or UnrolledTrainingConfig()
-    torch.manual_seed(cfg.seed)
+    with seeded(cfg.seed):
+        return _train_unrolled(data, geometric, cfg, net_config, validation, net, progress)
+
+
+def _train_unrolled(
+    data: LowDoseSet,
+    geometric: AcquisitionModel,
+    cfg: UnrolledTrainingConfig,
+    net_config: UnrolledConfig | None,
+    validation: LowDoseSet | None,
+    net: UnrolledFBSEM | None,
+    progress: bool,
+) -> UnrolledTrainingResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     net = (net or UnrolledFBSEM(net_config)).to(geometric.device)
     result = UnrolledTrainingResult(net, None)
@@ -253,24 +270,23 @@ def predict_unrolled(
 ) -> PosteriorImage:
     """Posterior predictive of the unrolled network (point weights when ``posterior`` is None).
 
-    ``posterior``: a mean-field SVI posterior or AIS weight draws (:class:`ParticlePosterior`).
+    ``posterior``: a mean-field SVI posterior or AIS weight draws (:class:`ParticlePosterior`); its
+    ``num_samples`` weight draws (from a generator seeded with ``seed``) go through ``pyro.infer.Predictive``.
+    Returns the summary over ``num_samples`` samples ``(S, ..., z, y, x)`` (a point network repeats its mean).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     gen = torch.Generator().manual_seed(seed)
-    means, variances = [], []
     with torch.no_grad():
         c = volume_mean_scale(x0)
-        for _ in range(num_samples if posterior is not None else 1):
-            weights = posterior.sample(gen) if posterior is not None else {}
-            mean, log_var = call_with(net, weights, model, y, x0)
-            means.append(mean)
-            variances.append(torch.exp(log_var) * c**2 if aleatoric else torch.zeros_like(mean))
-        means_t = torch.stack(means)
-        while means_t.shape[0] < num_samples:  # point network: repeat the one mean
-            means_t = torch.cat([means_t, means_t[:1]])
-            variances.append(variances[0])
-        var_a = torch.stack(variances)
+        if posterior is not None:
+            per_draw = [posterior.sample(gen) for _ in range(num_samples)]
+            draws = {k: torch.stack([d[k] for d in per_draw]) for k in per_draw[0]}
+            means_t, log_var = predictive_outputs(net, draws, model, y, x0)
+        else:
+            mean, lv = net(model, y, x0)
+            means_t, log_var = mean.expand(num_samples, *mean.shape).clone(), lv.expand(num_samples, *lv.shape).clone()
+        var_a = torch.exp(log_var) * c**2 if aleatoric else torch.zeros_like(means_t)
         noise = torch.randn(means_t.shape, generator=gen).to(means_t) * var_a.sqrt()
         samples = (means_t + noise).clamp_min(0) if aleatoric else means_t
         epi = means_t.std(0, unbiased=True) if num_samples > 1 else torch.zeros_like(means_t[0])
