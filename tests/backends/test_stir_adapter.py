@@ -117,4 +117,6 @@ def test_projection_data_outlives_its_template_real(n):
     """Against real STIR, in a child process (before the fix this segfaulted)."""
     proc = run_isolated(SMOKE.format(backend="stir", n=n))
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    assert any(line.startswith("ok") for line in proc.stdout.splitlines()), proc.stdout[-2000:]  # STIR logs to stdout too
+    assert any(line.startswith("ok") for line in proc.stdout.splitlines()), proc.stdout[
+        -2000:
+    ]  # STIR logs to stdout too
