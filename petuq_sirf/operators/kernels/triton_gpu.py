@@ -12,6 +12,7 @@ the first call), which is how the tests check it. Kernels are compiled on first 
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import torch
@@ -19,8 +20,14 @@ import torch
 from petuq_sirf.operators.kernels.plan import SinogramPlan, steps_along_x
 
 
-@functools.cache
 def _kernels():
+    """The jitted kernels; built separately for Triton's interpreter (``TRITON_INTERPRET=1``, read by
+    ``triton.jit`` when it decorates) and for the GPU, so switching modes in one process never mixes them."""
+    return _build_kernels(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@functools.cache
+def _build_kernels(interpret: bool):
     import triton
     import triton.language as tl
 
