@@ -4,8 +4,8 @@ Run:  python benchmarks/bench_osem_mmr.py [--iterations 3] [--subsets 21] [--thr
 
 Geometry: mMR span 11, maximum ring difference 60, no view mashing: 837 x 252 x 344 = 72.6 M LORs;
 image 127 x 344 x 344 voxels (2.03 x 2.09 x 2.09 mm), STIR's default mMR image. Data: Poisson
-counts of the NEMA IEC-like phantom, ``--counts`` expected trues, a smooth multiplicative term
-(uniform 0.3-0.5, standing in for attenuation x normalisation: its values do not change the cost)
+counts of the NEMA IEC-like phantom, ``--counts`` expected trues, a multiplicative term drawn
+uniformly in 0.3-0.5 per bin (standing in for attenuation x normalisation: its values do not change the cost)
 and a flat additive term of 20 % of the mean. Timed: the whole ``osem`` call, i.e. building the
 ``--subsets`` subset projectors, their sensitivity images and ``--iterations`` full passes; the data
 simulation (one forward projection) is setup and reported separately. Peak memory is the process's

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.bayes.denoisers import Denoiser
 from petuq_sirf.bayes.training_data import DenoisingDataConfig, DenoisingDataset, geometry_for
@@ -48,15 +46,8 @@ def family_pairs(
                     mask.append(ph.regions["object"][z])
                     dose.append(fraction)
                     index.append(FAMILIES.index(family) * 1_000_000 + s)
-    return DenoisingDataset(
-        torch.stack(noisy).float(),
-        torch.stack(target).float(),
-        torch.stack(mask).bool(),
-        torch.tensor(dose, dtype=torch.float32),
-        torch.tensor(index, dtype=torch.long),
-        tuple(image.voxel_size_mm),
-        {"families": list(families), "split": split, "num_per_family": num_per_family},
-    )
+    meta = {"families": list(families), "split": split, "num_per_family": num_per_family}
+    return DenoisingDataset.from_slices(noisy, target, mask, dose, index, image.voxel_size_mm, meta)
 
 
 def mondrian_for_denoiser(

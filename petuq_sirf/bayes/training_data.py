@@ -91,6 +91,28 @@ class DenoisingDataset:
     def __len__(self) -> int:
         return self.noisy.shape[0]
 
+    @classmethod
+    def from_slices(
+        cls,
+        noisy: list[torch.Tensor],
+        target: list[torch.Tensor],
+        mask: list[torch.Tensor],
+        dose: list[float],
+        phantom: list[int],
+        voxel_size_mm: tuple[float, ...],
+        meta: dict,
+    ) -> DenoisingDataset:
+        """Stack per-slice ``(y, x)`` images and their dose fraction / phantom index into a dataset."""
+        return cls(
+            torch.stack(noisy).float(),
+            torch.stack(target).float(),
+            torch.stack(mask).bool(),
+            torch.tensor(dose, dtype=torch.float32),
+            torch.tensor(phantom, dtype=torch.long),
+            tuple(voxel_size_mm),
+            meta,
+        )
+
     def subset(self, index: torch.Tensor | np.ndarray | list[int]) -> DenoisingDataset:
         idx = torch.as_tensor(index, dtype=torch.long)
         return DenoisingDataset(
@@ -164,14 +186,8 @@ def generate_pairs(config: DenoisingDataConfig, progress: bool = False) -> Denoi
                     mask.append(body[z])
                     dose.append(fraction)
                     index.append(p)
-    return DenoisingDataset(
-        torch.stack(noisy).float(),
-        torch.stack(target).float(),
-        torch.stack(mask).bool(),
-        torch.tensor(dose, dtype=torch.float32),
-        torch.tensor(index, dtype=torch.long),
-        tuple(image.voxel_size_mm),
-        {"config": asdict(config)},
+    return DenoisingDataset.from_slices(
+        noisy, target, mask, dose, index, image.voxel_size_mm, {"config": asdict(config)}
     )
 
 

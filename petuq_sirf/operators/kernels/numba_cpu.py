@@ -10,7 +10,8 @@ sinogram ranges axially). Segments without the symmetry use a per-sample axial f
 
 The back projection runs the same loops with the reads turned into adds, one pass per stepping
 axis; each thread owns a band of planes of that axis, so the threads add into disjoint voxels of
-one image (no atomics, no per-thread images; deterministic for a given thread count). LOR-list kernels (explicit LORs, list mode) project LOR by LOR.
+one image (no atomics, no per-thread images; deterministic for a given thread count).
+LOR-list kernels (explicit LORs, list mode) project LOR by LOR.
 
 Images are passed as ``(y * x, z)`` arrays (z contiguous) for the sinogram kernels and as flat
 ``(z * y * x)`` arrays for the LOR-list kernels. JIT-compiled on first use and cached on disk.
@@ -23,6 +24,8 @@ import math
 import numba
 import numpy as np
 from numba import njit, prange
+
+from petuq_sirf.operators.kernels.plan import DIAGONAL_TIE_REL
 
 _Q_BLOCK = 16
 
@@ -296,7 +299,7 @@ def _lor_setup(pa, pb, nx, ny, nz, first, vox, off_z):
     dx = pb[0] - pa[0]
     dy = pb[1] - pa[1]
     dzl = pb[2] - pa[2]
-    if abs(dx) >= abs(dy) * (1.0 - 1e-6):  # diagonal ties to x, as plan.steps_along_x
+    if abs(dx) >= abs(dy) * (1.0 - DIAGONAL_TIE_REL):  # diagonal ties to x, as plan.steps_along_x
         ax, cp, co, n_planes, vp, vo, fp, fo = 2, 0, 1, nx, vox[2], vox[1], first[2], first[1]
         dp, do = dx, dy
     else:

@@ -31,7 +31,7 @@ from petuq_sirf.scanner.layout import SinogramLayout
 
 _SLAB_TOL_MM = 1e-9
 _SHIFT_TOL = 1e-6
-_DIAGONAL_TIE_REL = 1e-6
+DIAGONAL_TIE_REL = 1e-6
 
 
 def steps_along_x(dx, dy):
@@ -42,7 +42,7 @@ def steps_along_x(dx, dy):
     them) round a tie either way, which changes that LOR's samples by a few per cent. Ties within
     a relative ``1e-6`` therefore always go to x, so every path and precision samples the same planes.
     """
-    return abs(dx) >= abs(dy) * (1.0 - _DIAGONAL_TIE_REL)
+    return abs(dx) >= abs(dy) * (1.0 - DIAGONAL_TIE_REL)
 
 
 @dataclass
