@@ -11,8 +11,11 @@ term (randoms + scatter), so only Poisson noise differs between realisations.
 Splits (``petuq_sirf.simulation.phantom_families``): the Bayesian denoiser is trained on *train* seeds
 of the in-family families (thorax, ellipses); every calibration (conformal, Mondrian, ROI) uses
 *calibration* seeds of those families at the same dose; test phantoms use *test* seeds: thorax
-(in-family) and brain (out-of-family: never seen in training or calibration). The shipped unrolled
-network was trained on random ellipses at 5e4 counts (not retrained here: see docs/reconstruction_uq.md).
+(in-family) and brain (out-of-family: never seen in training or calibration). Unrolled networks come
+from ``--unrolled NAME=WEIGHTS`` (``shipped`` = the packaged test-2d weights; repeat the option to compare
+networks, e.g. the FBSEM and the DBFB architectures trained with ``petuq train-unrolled --families
+thorax,ellipses --counts-range 1e4,1e6 --dose-input``); their training seeds never overlap the
+calibration or test seeds. The Bayesian denoiser is dose-conditioned (``--denoiser-dose-input``, default on).
 References: OSEM with the NRMSE-optimal iterations and post-filter, and MAP-RDP with the NRMSE-optimal
 strength, both searched per family and dose on that family's *calibration* seeds (never the test truth),
 cached in ``<out>/reference_tuning.json``.
@@ -50,13 +53,25 @@ def parse() -> argparse.Namespace:
     p.add_argument("--calibration-phantoms", type=int, default=None, help="calibration phantoms per family")
     p.add_argument("--samples", type=int, default=None, help="posterior samples per reconstruction")
     p.add_argument("--markdown", default=None, help="only print markdown tables of an existing results.json")
+    p.add_argument(
+        "--unrolled",
+        action="append",
+        default=None,
+        metavar="NAME=WEIGHTS",
+        help="an unrolled network to evaluate (WEIGHTS a weights folder or 'shipped'); repeatable",
+    )
+    p.add_argument(
+        "--no-denoiser-dose-input", dest="denoiser_dose_input", action="store_false", help="denoiser without dose input"
+    )
     return p.parse_args()
 
 
 def main() -> None:  # noqa: C901 - one linear protocol
     args = parse()
     if args.markdown:
-        markdown_tables(json.loads(Path(args.markdown).read_text()))
+        res = json.loads(Path(args.markdown).read_text())
+        markdown_tables(res)
+        lesion_table(res)
         return
     torch.set_num_threads(args.threads)
     quick = args.quick
@@ -146,7 +161,11 @@ def main() -> None:  # noqa: C901 - one linear protocol
             )
 
     # ---------------------------------------------------------------- 2. Bayesian denoiser on anatomical train seeds
-    den_cfg = DenoiserConfig(method="mc_dropout", epochs=epochs, seed=0)
+    from petuq_sirf.bayes import NetworkConfig
+
+    den_cfg = DenoiserConfig(
+        method="mc_dropout", epochs=epochs, seed=0, network=NetworkConfig(dose_input=args.denoiser_dose_input)
+    )
     noisy, target, mask, dose_l, index = [], [], [], [], []
     for fi, family in enumerate(in_family):
         for s in seeds("train", n_train):
@@ -170,17 +189,24 @@ def main() -> None:  # noqa: C901 - one linear protocol
     denoiser.fit(train)
     log(f"trained mc_dropout denoiser on {len(train)} anatomical training images")
 
-    unet, upost, uinfo = load_weights("unrolled")
-    shipped_scales = conformal_scales_of(uinfo)
+    unrolled = {}
+    for spec in args.unrolled or ["unrolled=shipped"]:
+        name, _, path = spec.partition("=")
+        net, post, info = load_weights("unrolled", None if path in ("", "shipped") else path)
+        unrolled[name] = (net, post, info, conformal_scales_of(info))
+        trained_on = info.get("families", ["random ellipses"])
+        log(f"unrolled {name}: {info['net_config']} trained on {trained_on}, counts {info.get('counts_range')}")
 
     # ---------------------------------------------------------------- 3. per-dose calibration on anatomical phantoms
-    def run_unrolled(model, y, x0, seed):
-        pred = predict_unrolled(unet, model, y, x0, upost, n_samples, seed=seed)
+    def run_unrolled(name, model, y, x0, seed):
+        net, post = unrolled[name][:2]
+        pred = predict_unrolled(net, model, y, x0, post, n_samples, seed=seed)
         return pred.samples.cpu(), pred.mean.cpu(), pred.std.cpu()
 
-    def run_denoiser(x, seed):
+    def run_denoiser(x, seed, dose):
         m, z, ny, nx = x.shape
-        post = denoiser.predict(x.reshape(m * z, ny, nx), max(n_samples, 8), seed)
+        dose_arg = torch.full((m * z,), float(dose)) if args.denoiser_dose_input else None
+        post = denoiser.predict(x.reshape(m * z, ny, nx), max(n_samples, 8), seed, dose=dose_arg)
         mean = post.predictive_mean.reshape(m, z, ny, nx)
         std = post.total_std.reshape(m, z, ny, nx)
         samples = post.draw(per_sample=1, seed=seed).reshape(-1, m, z, ny, nx)
@@ -190,7 +216,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     for dose in doses:
         cal = family_low_dose_set(layout, image, in_family, "calibration", n_cal, dose * STANDARD_COUNTS, geometric)
         bm = cal.model(geometric)
-        u_s, u_m, u_sd = run_unrolled(bm, cal.prompts, cal.init, 1)
+        outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1) for name in unrolled}
         x_den = torch.stack(
             [
                 osem_realisations(
@@ -199,9 +225,9 @@ def main() -> None:  # noqa: C901 - one linear protocol
                 for i in range(len(cal))
             ]
         )
-        d_s, d_m, d_sd = run_denoiser(x_den, 1)
+        outs["denoiser"] = run_denoiser(x_den, 1, dose)
         entry = {}
-        for name, (s_, m_, sd_) in {"unrolled": (u_s, u_m, u_sd), "denoiser": (d_s, d_m, d_sd)}.items():
+        for name, (s_, m_, sd_) in outs.items():
             cls = voxel_classes(m_, vox)
             body = cls < MondrianConformal().spec.num_classes
             entry[name] = {
@@ -266,7 +292,17 @@ def main() -> None:  # noqa: C901 - one linear protocol
             "calibration_phantoms_per_family": n_cal,
             "posterior_samples": n_samples,
             "denoiser": f"mc_dropout trained on {len(train)} images ({n_train} train seeds x {in_family} x doses)",
-            "unrolled": "shipped weights (random ellipses, 5e4 counts)",
+            "unrolled": {
+                n: {
+                    "net_config": v[2]["net_config"],
+                    "families": v[2].get("families", ["random ellipses"]),
+                    "counts_range": v[2].get("counts_range"),
+                    "true_counts": v[2].get("true_counts"),
+                    "command": v[2].get("command"),
+                }
+                for n, v in unrolled.items()
+            },
+            "denoiser_dose_input": args.denoiser_dose_input,
             "map_rdp_realisations": n_map,
             "in_family": in_family,
             "out_of_family": OUT_OF_FAMILY["held_out"],
@@ -297,21 +333,22 @@ def main() -> None:  # noqa: C901 - one linear protocol
                     "MAP-RDP (tuned)": nrmse_of(ref_map),
                 }
                 x0 = osem_realisations(model, y, 10, 1)
-                u_s, u_m, u_sd = run_unrolled(model, y, x0, seed)
+                outs = {name: run_unrolled(name, model, y, x0, seed) for name in unrolled}
                 x_den = osem_realisations(model, y, 4, 8)
-                d_s, d_m, d_sd = run_denoiser(x_den, seed)
-                row["nrmse"]["unrolled (mean)"] = nrmse_of(u_m)
-                row["nrmse"]["denoiser mc_dropout (mean)"] = nrmse_of(d_m)
+                outs["denoiser"] = run_denoiser(x_den, seed, dose)
+                for name, o in outs.items():
+                    row["nrmse"][f"{name} (mean)"] = nrmse_of(o[1])
                 methods = {}
-                for name, (s_, m_, sd_) in {"unrolled": (u_s, u_m, u_sd), "denoiser": (d_s, d_m, d_sd)}.items():
+                for name, (s_, m_, sd_) in outs.items():
                     cls = voxel_classes(m_, vox)
                     cals = calibrators[dose][name]
                     variants = {}
-                    if name == "unrolled":
+                    if name in unrolled:
                         q = {lv: torch.quantile(s_, torch.tensor([0.5 - lv / 2, 0.5 + lv / 2]), dim=0) for lv in LEVELS}
                         variants["raw"] = ({lv: (v[0], v[1]) for lv, v in q.items()}, sd_)
+                        shipped_scales = unrolled[name][3]
                         if shipped_scales:
-                            variants["global conformal (shipped, ellipses)"] = (
+                            variants["global conformal (stored with the weights)"] = (
                                 {
                                     lv: (
                                         m_ - shipped_scales[lv] * gaussian_quantile(lv) * sd_,
@@ -367,7 +404,8 @@ def main() -> None:  # noqa: C901 - one linear protocol
                         "lesion_roi": lesion_rows,
                         "roi_calibration_lesions": calibrators[dose][name]["roi_n"],
                     }
-                    if family == "brain" and ti == 0 and math.isclose(dose, doses[0]) and name == "unrolled":
+                    first = next(iter(unrolled))
+                    if family == "brain" and ti == 0 and math.isclose(dose, doses[0]) and name == first:
                         lo90, hi90 = cals["mondrian"].interval(cls, 0.9, mean=m_, std=sd_)
                         example_maps = {
                             "truth": truth[0],
@@ -377,6 +415,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
                             "coverage90 (Mondrian)": ((truth >= lo90) & (truth <= hi90)).double().mean(0)[0],
                             "classes": cls[0, 0],
                         }
+                        results["settings"]["map_method"] = name
                 row["methods"] = methods
                 results["cases"][f"{family}-{seed}@{dose:g}"] = row
                 log(f"{family} {seed} dose {dose:g} done")
@@ -475,6 +514,21 @@ def markdown_tables(results: dict) -> None:
             )
 
 
+def lesion_table(results: dict) -> None:
+    """Per test lesion (size, contrast) and method: ROI-mean bias and 90 % ROI-mean coverage (markdown)."""
+    print("\n**Lesion ROI means per lesion** (bias of the mean image's ROI mean; coverage over realisations)\n")
+    print("| phantom | dose | lesion Ø (mm) | contrast | voxels | method | ROI bias | raw 90 % | ROI conformal 90 % |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for key, row in results["cases"].items():
+        for name, m in row["methods"].items():
+            for les in m["lesion_roi"]:
+                print(
+                    f"| {key.split('@')[0]} | {row['dose'] * 100:g} % | {les['diameter_mm']:.1f} | "
+                    f"{les['contrast']:.2f} | {les['voxels']} | {name} | {les['roi_bias']:+.2f} | "
+                    f"{les['coverage90_raw']:.2f} | {les['coverage90_roi_conformal']:.2f} |"
+                )
+
+
 def figure(results: dict, maps: dict, path: Path) -> None:
     import matplotlib
 
@@ -500,7 +554,7 @@ def figure(results: dict, maps: dict, path: Path) -> None:
     axes[0][0].legend(fontsize=6)
     for ax, (name, img) in zip(axes[1], maps.items()):
         im = ax.imshow(img.numpy(), cmap="RdBu_r" if name == "bias" else "viridis")
-        ax.set_title(f"unrolled, brain 5 %: {name}", fontsize=8)
+        ax.set_title(f"{results['settings'].get('map_method', 'unrolled')}, brain 5 %: {name}", fontsize=8)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046)
     for ax in list(axes[0][len(keys) :]) + list(axes[1][len(maps) :]):

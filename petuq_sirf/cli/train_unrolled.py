@@ -37,6 +37,30 @@ def register(sub) -> None:
         help="Validation phantoms (seeds from seed + 1000).",
     )
     p.add_argument("--counts", type=COUNTS, default=5e4, help="Expected true counts per acquisition.")
+    p.add_argument(
+        "--families",
+        default="",
+        help="Comma-separated anatomical phantom families (brain, thorax, ellipses) to train on, from their "
+        "training seeds; default: random ellipses.",
+    )
+    p.add_argument(
+        "--counts-range",
+        default=None,
+        help="LOW,HIGH expected true counts: each training phantom's counts drawn log-uniformly in the range "
+        "(needs --families); --counts is then the count level of the stored calibration.",
+    )
+    p.add_argument(
+        "--dose-input",
+        action="store_true",
+        help="Give the network the count level (a noise-level map) as an input (for --counts-range training).",
+    )
+    p.add_argument(
+        "--regulariser",
+        choices=("cnn", "dbfb"),
+        default="cnn",
+        help="Regulariser of each unrolled step: cnn (residual CNN, FBSEM) or dbfb (unfolded dual "
+        "block-coordinate forward-backward prox of a learned sparsity prior).",
+    )
     p.add_argument("--unrolled-iterations", type=int_in(1, 100), default=6, help="Unrolled iterations K.")
     p.add_argument(
         "--channels", type=int_in(1, 512), default=16, help="Channels of the regulariser CNN in each iteration."
@@ -77,7 +101,18 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from petuq_sirf.pipelines.network_training import UnrolledTrainingSettings, train_unrolled_network
 
+    counts_range = None
+    if args.counts_range:
+        try:
+            lo, hi = (float(v) for v in args.counts_range.split(","))
+        except ValueError:
+            raise ValueError(f"--counts-range must be LOW,HIGH (two numbers), got {args.counts_range!r}") from None
+        counts_range = (lo, hi)
     settings = UnrolledTrainingSettings(
+        families=tuple(f for f in args.families.split(",") if f),
+        counts_range=counts_range,
+        dose_input=args.dose_input,
+        regulariser=args.regulariser,
         scanner=args.scanner,
         phantoms=args.phantoms,
         validation_phantoms=args.validation_phantoms,

@@ -146,10 +146,23 @@ class UnrolledTrainingSettings:
     batch_size: int = 4
     seed: int = 0
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    families: tuple[str, ...] = ()
+    counts_range: tuple[float, float] | None = None
+    dose_input: bool = False
+    regulariser: str = "cnn"
 
     def __post_init__(self) -> None:
         if self.phantoms < 1 or self.validation_phantoms < 1:
             raise ValueError("--phantoms and --validation-phantoms must be >= 1")
+        if self.regulariser not in ("cnn", "dbfb"):
+            raise ValueError(f"unknown --regulariser {self.regulariser!r}: choose cnn or dbfb")
+        if self.counts_range is not None and not 0 < self.counts_range[0] <= self.counts_range[1]:
+            raise ValueError(f"--counts-range must be LOW,HIGH with 0 < LOW <= HIGH, got {self.counts_range}")
+        from petuq_sirf.simulation.phantom_families import FAMILIES
+
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
         if self.posterior not in ("svi", "ais"):
             raise ValueError(f"unknown weight posterior {self.posterior!r}: choose svi or ais")
         if self.posterior == "ais" and (self.ais_iterations < 1 or self.ais_draws < 2 or not self.ais_sigma > 0):
@@ -176,17 +189,31 @@ def train_unrolled_network(
     layout, image = scanner_geometry(s.scanner)
     geometric = geometric_model(layout, image, PSF_FWHM_MM, device=device)
     t0 = time.perf_counter()
-    train = make_low_dose_set(layout, image, LowDoseConfig(s.phantoms, s.counts, seed=s.seed), geometric)
-    val = make_low_dose_set(
-        layout, image, LowDoseConfig(s.validation_phantoms, s.counts, seed=s.seed + 1000), geometric
+    if s.families:  # anatomical families: training seeds, validation from the training split's later seeds
+        from petuq_sirf.recon.family_data import family_low_dose_set
+
+        kw = {"counts_range": s.counts_range}
+        train = family_low_dose_set(layout, image, s.families, "train", s.phantoms, s.counts, geometric, **kw)
+        val = family_low_dose_set(
+            layout, image, s.families, "train", s.validation_phantoms, s.counts, geometric, start=s.phantoms, **kw
+        )
+    else:
+        if s.counts_range is not None:
+            raise ValueError("--counts-range needs --families (the random-ellipse sets have one count level)")
+        train = make_low_dose_set(layout, image, LowDoseConfig(s.phantoms, s.counts, seed=s.seed), geometric)
+        val = make_low_dose_set(
+            layout, image, LowDoseConfig(s.validation_phantoms, s.counts, seed=s.seed + 1000), geometric
+        )
+    net_cfg = UnrolledConfig(
+        num_iterations=s.unrolled_iterations, channels=s.channels, dose_input=s.dose_input, regulariser=s.regulariser
     )
-    net_cfg = UnrolledConfig(num_iterations=s.unrolled_iterations, channels=s.channels)
     cfg = UnrolledTrainingConfig(
         num_steps=s.steps,
         head_steps=s.head_steps,
         svi_steps=s.svi_steps if s.posterior == "svi" else 0,
         batch_size=s.batch_size,
         seed=s.seed,
+        relative_loss=s.counts_range is not None,
     )
     res = train_unrolled(train, geometric, cfg, net_cfg, validation=val, progress=progress)
     posterior = res.posterior
@@ -221,6 +248,8 @@ def train_unrolled_network(
         "true_counts": s.counts,
         "psf_fwhm_mm": PSF_FWHM_MM,
         "phantoms": s.phantoms,
+        "families": list(s.families) or ["random ellipses"],
+        "counts_range": list(s.counts_range) if s.counts_range else None,
         "training": vars(cfg),
         "validation_mse": res.val_losses,
         "posterior": s.posterior,

@@ -9,6 +9,7 @@ calibration set (classes from the network's own mean image).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,14 +32,27 @@ def family_low_dose_set(
     geometric: AcquisitionModel,
     init_iterations: int = 10,
     start: int = 0,
+    counts_range: tuple[float, float] | None = None,
 ) -> LowDoseSet:
     """``num_per_family`` phantoms of each family from ``split``'s seeds (from the ``start``-th), one noise
-    realisation each at ``true_counts``; ``init`` = ``init_iterations`` MLEM (the unrolled network's input)."""
+    realisation each at ``true_counts``; ``init`` = ``init_iterations`` MLEM (the unrolled network's input).
+
+    ``counts_range`` ``(low, high)``: instead, each phantom's expected true counts are drawn log-uniformly
+    from that range (deterministically from its seed), for networks trained over a range of doses.
+    """
+    if counts_range is not None:
+        lo, hi = (float(v) for v in counts_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"counts range must satisfy 0 < low <= high, got {counts_range}")
     truth, prompts, mult, add, regions = [], [], [], [], []
-    for family in families:
+    for f, family in enumerate(families):
         for s in seeds(split, num_per_family, start):
             ph = family_phantom(family, image, s)
-            sim = simulate(ph, layout, SimulationConfig(true_counts=true_counts, seed=s), model=geometric)
+            counts = true_counts
+            if counts_range is not None:
+                u = float(torch.rand((), generator=torch.Generator().manual_seed(s + 7919 * (f + 1))))
+                counts = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            sim = simulate(ph, layout, SimulationConfig(true_counts=counts, seed=s), model=geometric)
             truth.append(sim.truth)
             prompts.append(sim.prompts.cpu())
             mult.append(sim.multiplicative.cpu())

@@ -59,26 +59,56 @@ _TINY = 1e-12
 
 @dataclass(frozen=True)
 class UnrolledConfig:
-    """Architecture: ``num_iterations`` unrolled steps; CNN ``depth`` x 3x3 convolutions, ``channels`` wide."""
+    """Architecture: ``num_iterations`` unrolled steps and the regulariser of each step.
+
+    ``regulariser``: ``"cnn"`` (residual CNN, ``depth`` x 3x3 convolutions ``channels`` wide: FBSEM) or
+    ``"dbfb"`` (the unfolded dual block-coordinate forward-backward prox of
+    :class:`~petuq_sirf.networks.dual_fb.UnfoldedDualFBProx`, ``dbfb_layers`` dual iterations over
+    ``dbfb_filters`` filters in ``dbfb_blocks`` blocks). ``dose_input``: the regulariser, the fusion
+    strengths and the variance head also see the count level (see :meth:`UnrolledFBSEM.noise_level`),
+    for networks trained over a range of doses. The aleatoric log-variance (normalised units) is kept in
+    ``(min_log_var, max_log_var)`` by smooth bounds; the upper one (std at most 10x the mean level) stops the
+    head from extrapolating to absurd values on inputs far outside its training range (a hot lesion in an
+    otherwise cold image gave std 6.5e4 with the ellipse-trained head).
+    """
 
     num_iterations: int = 6
     channels: int = 16
     depth: int = 4
     init_log_beta: float = -1.0
     min_log_var: float = -12.0
+    max_log_var: float = 4.6
+    dose_input: bool = False
+    regulariser: str = "cnn"
+    dbfb_layers: int = 6
+    dbfb_filters: int = 16
+    dbfb_blocks: int = 2
 
     def __post_init__(self) -> None:
         if self.num_iterations < 1 or self.channels < 1 or self.depth < 2:
             raise ValueError(f"invalid unrolled network {self}")
+        if self.regulariser not in ("cnn", "dbfb"):
+            raise ValueError(f"unknown unrolled regulariser {self.regulariser!r}: choose cnn or dbfb")
         check_range("unrolled iterations", self.num_iterations, 1, MAX_UNROLLED_ITERATIONS)
         check_range("unrolled CNN channels", self.channels, 1, MAX_CHANNELS)
         check_range("unrolled CNN depth", self.depth, 2, MAX_LAYERS)
-        regulariser = conv_stack_parameters(1, self.channels, self.depth, 1)
-        head = conv_stack_parameters(2, self.channels, 3, 1)
-        check_parameter_count("the unrolled network", regulariser + head + self.num_iterations)
+        check_range("DBFB layers", self.dbfb_layers, 1, MAX_LAYERS)
+        check_range("DBFB filters", self.dbfb_filters, 1, MAX_CHANNELS)
+        extra = 1 if self.dose_input else 0
+        if self.regulariser == "cnn":
+            regulariser = conv_stack_parameters(1 + extra, self.channels, self.depth, 1)
+        else:
+            regulariser = self.dbfb_filters * 9 + 3 * self.dbfb_layers * self.dbfb_blocks
+        head = conv_stack_parameters(2 + extra, self.channels, 3, 1)
+        check_parameter_count("the unrolled network", regulariser + head + (1 + extra) * self.num_iterations)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# count level of the dose input: log(expected counts per voxel at the mean activity), centred and scaled
+LOG_COUNTS_CENTRE = 3.0
+LOG_COUNTS_SCALE = 2.0
 
 
 class UnrolledFBSEM(nn.Module):
@@ -86,19 +116,48 @@ class UnrolledFBSEM(nn.Module):
 
     ``model`` implements forward/adjoint/sensitivity (an acquisition model or a
     :class:`~petuq_sirf.recon.lowdose.BatchedAcquisition`), ``y`` the prompts, ``x0`` the initial
-    image (e.g. a few MLEM iterations).
+    image (e.g. a few MLEM iterations). With ``config.dose_input`` the per-iteration fusion strength is
+    ``beta_k = exp(log_beta_k + beta_slope_k * mean(n))`` and the regulariser and the head get the noise-level
+    map ``n`` as an extra channel (:meth:`noise_level`).
     """
 
     def __init__(self, config: UnrolledConfig | None = None) -> None:
         super().__init__()
         self.config = config or UnrolledConfig()
         c = self.config
-        self.regulariser = conv_stack(1, c.channels, 1, c.depth, nn.SiLU, last_weight_scale=0.1)  # smooth: FD checks
+        extra = 1 if c.dose_input else 0
+        if c.regulariser == "cnn":  # SiLU: smooth, for finite-difference checks
+            self.regulariser = conv_stack(1 + extra, c.channels, 1, c.depth, nn.SiLU, last_weight_scale=0.1)
+        else:
+            from petuq_sirf.networks.dual_fb import UnfoldedDualFBProx
+
+            self.regulariser = UnfoldedDualFBProx(c.dbfb_layers, c.dbfb_filters, c.dbfb_blocks)
         self.log_beta = nn.Parameter(torch.full((c.num_iterations,), c.init_log_beta))
-        self.head = conv_stack(2, c.channels, 1, 3, nn.SiLU, last_weight_scale=0.1)
+        if c.dose_input:
+            self.beta_slope = nn.Parameter(torch.full((c.num_iterations,), -0.5))
+        self.head = conv_stack(2 + extra, c.channels, 1, 3, nn.SiLU, last_weight_scale=0.1)
 
     def _slices(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1, *x.shape[-2:])
+
+    @staticmethod
+    def noise_level(sens: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Noise-level map ``n = (log(c * sens) - 3) / 2``, ``sens`` the sensitivity (counts per unit activity).
+
+        ``c * sens`` is the expected number of counts a voxel at the image's mean activity ``c`` contributes:
+        it grows with the dose (and with the scanner's sensitivity), so ``n`` tells the network the count
+        level; voxels the scanner does not see get the value of one count in a thousand.
+        """
+        return (torch.log((c * sens).clamp_min(1e-3)) - LOG_COUNTS_CENTRE) / LOG_COUNTS_SCALE
+
+    def _regularise(self, xn: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """The regulariser's target image (normalised units) for the normalised image ``xn``."""
+        s = self._slices(xn)
+        n = None if noise is None else self._slices(noise.expand_as(xn))
+        if self.config.regulariser == "dbfb":
+            return self.regulariser(s, n).reshape(xn.shape)
+        inp = s if n is None else torch.cat([s, n], dim=1)
+        return xn - self.regulariser(inp).reshape(xn.shape)
 
     def forward(self, model, y: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sens = model.sensitivity()
@@ -106,28 +165,44 @@ class UnrolledFBSEM(nn.Module):
         s_mean = sens.mean(dim=(-3, -2, -1), keepdim=True)
         seen = sens > 0  # voxels outside the field of view take the regulariser's value
         inv = torch.where(seen, s_mean / (c * sens.clamp_min(_TINY)), torch.zeros_like(sens))
+        noise = self.noise_level(sens, c) if self.config.dose_input else None
+        if noise is not None:
+            seen_f = seen.to(noise.dtype)
+            level = (noise * seen_f).sum(dim=(-3, -2, -1), keepdim=True) / seen_f.sum(
+                dim=(-3, -2, -1), keepdim=True
+            ).clamp_min(1)
         x = x0
         for k in range(self.config.num_iterations):
             x_em = em_update(model, y, x, sens)
-            xn = x / c
-            r = c * (xn - self.regulariser(self._slices(xn)).reshape(x.shape))
-            x = torch.where(seen, em_quadratic_fusion(x_em, r, torch.exp(self.log_beta[k]) * inv), r.clamp_min(0))
-        feats = torch.cat([self._slices(x / c), self._slices(x0 / c)], dim=1)
-        raw = self.head(feats).reshape(x.shape)
+            r = c * self._regularise(x / c, noise)
+            log_beta = self.log_beta[k] if noise is None else self.log_beta[k] + self.beta_slope[k] * level
+            x = torch.where(seen, em_quadratic_fusion(x_em, r, torch.exp(log_beta) * inv), r.clamp_min(0))
+        feats = [self._slices(x / c), self._slices(x0 / c)]
+        if noise is not None:
+            feats.append(self._slices(noise.expand_as(x)))
+        raw = self.head(torch.cat(feats, dim=1)).reshape(x.shape)
         lo = self.config.min_log_var
         log_var = lo + F.softplus(raw - 4.0 - lo)  # starts near exp(-4): std 0.14 of the mean level
+        hi = self.config.max_log_var  # smooth cap: std <= 10 x the mean level (no blow-up off the training range)
+        log_var = hi - F.softplus(hi - log_var)
         return x, log_var
 
 
 def bayesian_parameter_names(net: UnrolledFBSEM) -> list[str]:
-    """The parameters given a posterior: the regulariser CNN's weights and biases."""
+    """The parameters given a posterior: the regulariser CNN's weights and biases (DBFB: its filters)."""
+    if net.config.regulariser == "dbfb":
+        return ["regulariser.filters"]
     return [n for n, _ in net.named_parameters() if n.startswith("regulariser.")]
 
 
 # -------------------------------------------------------------------------------------------- training
 @dataclass
 class UnrolledTrainingConfig:
-    """Three-stage training (see the module docstring); ``svi_steps`` 0 skips the posterior."""
+    """Three-stage training (see the module docstring); ``svi_steps`` 0 skips the posterior.
+
+    ``relative_loss``: the mean-image loss of each item is its MSE divided by the MSE of its initial
+    image (so items at every count level weigh alike; for training over a range of doses).
+    """
 
     num_steps: int = 300
     head_steps: int = 100
@@ -137,6 +212,7 @@ class UnrolledTrainingConfig:
     svi_lr: float = 1e-3
     prior_scale: float = 1.0
     seed: int = 0
+    relative_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.num_steps < 0 or self.head_steps < 0 or self.svi_steps < 0 or self.batch_size < 1:
@@ -164,6 +240,13 @@ def _batches(data: LowDoseSet, geometric: AcquisitionModel, size: int, gen: torc
 def _normalised_mse(mean: torch.Tensor, truth: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     c = volume_mean_scale(x0)
     return F.mse_loss(mean / c, truth / c)
+
+
+def _relative_mse(mean: torch.Tensor, truth: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Mean over items of MSE(mean, truth) / MSE(x0, truth)."""
+    dims = (-3, -2, -1)
+    ref = ((x0 - truth) ** 2).mean(dim=dims).clamp_min(_TINY)
+    return (((mean - truth) ** 2).mean(dim=dims) / ref).mean()
 
 
 def validation_loss(net: UnrolledFBSEM, data: LowDoseSet, geometric: AcquisitionModel) -> float:
@@ -217,7 +300,7 @@ def _train_unrolled(
         for _ in tqdm(range(cfg.num_steps), desc="unrolled training (mean, MSE)", disable=not progress or None):
             model, y, x0, truth = next(batches)
             mean, _ = net(model, y, x0)
-            loss = _normalised_mse(mean, truth, x0)
+            loss = (_relative_mse if cfg.relative_loss else _normalised_mse)(mean, truth, x0)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -1,0 +1,154 @@
+"""Unrolled network variants: the dose input (count-level awareness) and the DBFB regulariser."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.recon.family_data import family_low_dose_set
+from petuq_sirf.recon.unrolled import (
+    UnrolledConfig,
+    UnrolledFBSEM,
+    UnrolledTrainingConfig,
+    bayesian_parameter_names,
+    predict_unrolled,
+    train_unrolled,
+)
+from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.simulate import geometric_model
+
+
+def _tiny_problem():
+    scanner = get_scanner("test-2d").with_(detectors_per_ring=24, num_tangential_bins=10)
+    layout = SinogramLayout(scanner)
+    image = ImageGeometry((1, 8, 8), (4.0, 20.0, 20.0))
+    g = torch.Generator().manual_seed(0)
+    model = EmbeddedAcquisitionModel(
+        layout,
+        image,
+        multiplicative=0.5 + torch.rand(layout.shape, generator=g),
+        additive=0.2 * torch.rand(layout.shape, generator=g),
+    )
+    x = 0.5 + torch.rand(image.shape, generator=g)
+    y = torch.poisson(model.forward(x), generator=g)
+    return model, y, x
+
+
+@pytest.mark.parametrize("regulariser", ["cnn", "dbfb"])
+def test_the_dose_input_breaks_the_count_scale_equivariance_on_purpose(regulariser):
+    """Without the dose input the network maps ``(a y, a b, a x0)`` to ``a`` times its output (it applies the
+    same relative smoothing at every count level); with it, the output depends on the count level."""
+    model, y, x0 = _tiny_problem()
+    a = 20.0
+    scaled = model.with_terms(model.multiplicative, a * model.additive)
+    outs = {}
+    for dose_input in (False, True):
+        torch.manual_seed(0)
+        cfg = UnrolledConfig(num_iterations=2, channels=4, depth=2, dose_input=dose_input, regulariser=regulariser)
+        net = UnrolledFBSEM(cfg)
+        if dose_input:
+            with torch.no_grad():
+                net.beta_slope.fill_(-1.0)
+        with torch.no_grad():
+            m1, lv1 = net(model, y, x0)
+            m2, lv2 = net(scaled, a * y, a * x0)
+        outs[dose_input] = (float((m2 / a - m1).abs().max() / m1.abs().max()), float((lv2 - lv1).abs().max()))
+    assert outs[False][0] < 1e-4 and outs[False][1] < 1e-4, outs
+    assert outs[True][0] > 1e-2 and outs[True][1] > 1e-3, outs
+
+
+def test_noise_level_rises_with_the_count_level():
+    sens = torch.tensor([0.0, 1.0, 10.0])
+    n = UnrolledFBSEM.noise_level(sens, torch.tensor(2.0))
+    assert n[0] < n[1] < n[2]
+    assert float(n[2] - n[1]) == pytest.approx(float(np.log(10.0)) / 2, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def family_sets(layout_2d, image_2d):
+    geometric = geometric_model(layout_2d, image_2d)
+    kw = {"counts_range": (2e4, 5e5)}
+    train = family_low_dose_set(layout_2d, image_2d, ("thorax", "ellipses"), "train", 4, 5e4, geometric, **kw)
+    val = family_low_dose_set(layout_2d, image_2d, ("thorax",), "train", 2, 5e4, geometric, start=4, **kw)
+    return geometric, train, val
+
+
+def test_counts_range_draws_log_uniform_counts_deterministically(layout_2d, image_2d, family_sets):
+    geometric, train, _ = family_sets
+    again = family_low_dose_set(
+        layout_2d, image_2d, ("thorax", "ellipses"), "train", 4, 5e4, geometric, counts_range=(2e4, 5e5)
+    )
+    assert torch.equal(again.prompts, train.prompts)
+    # expected trues between the bounds; prompts include 50 % more (randoms + scatter) on average
+    totals = train.prompts.sum(dim=(1, 2, 3))
+    assert float(totals.min()) > 2e4 and float(totals.max()) < 5e5 * 2
+    assert float(totals.max() / totals.min()) > 3  # spread over the range, not one level
+    with pytest.raises(ValueError, match="counts range"):
+        family_low_dose_set(layout_2d, image_2d, ("thorax",), "train", 1, 5e4, geometric, counts_range=(5, 1))
+
+
+def test_dbfb_network_trains_and_its_posterior_is_over_the_filters(family_sets):
+    geometric, train, val = family_sets
+    cfg = UnrolledTrainingConfig(num_steps=12, head_steps=4, svi_steps=4, batch_size=2, lr=2e-2, relative_loss=True)
+    net_cfg = UnrolledConfig(num_iterations=2, regulariser="dbfb", dbfb_layers=3, dbfb_filters=8, dose_input=True)
+    res = train_unrolled(train, geometric, cfg, net_cfg, val)
+    assert res.val_losses[-1] < 0.99 * res.val_losses[0], res.val_losses  # 12 steps: a small but real gain
+    assert bayesian_parameter_names(res.net) == ["regulariser.filters"]
+    assert set(res.posterior.loc) == {"regulariser.filters"}
+    pred = predict_unrolled(res.net, val.model(geometric), val.prompts, val.init, res.posterior, 3, seed=0)
+    assert float(pred.epistemic_std.max()) > 0 and bool((pred.mean >= 0).all())
+
+
+def test_unknown_regulariser_is_refused():
+    with pytest.raises(ValueError, match="unknown unrolled regulariser"):
+        UnrolledConfig(regulariser="unet")
+
+
+def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, image_2d):
+    """The shipped (dose-aware) network on a held-out brain phantom (a family it never saw) at 5 % and
+    100 % of the standard dose: its relative std and its actual error both fall with the counts."""
+    from petuq_sirf.recon import weights as recon_weights
+    from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+    from petuq_sirf.simulation.simulate import SimulationConfig, simulate
+
+    net, posterior, info = recon_weights.load_network("unrolled")
+    if not net.config.dose_input:
+        pytest.fail("the shipped unrolled network is expected to be dose-aware")
+    geometric = geometric_model(layout_2d, image_2d)
+    seed = seeds("test", 1, start=3)[0]
+    ph = family_phantom("brain", image_2d, seed)
+    body = ph.regions["object"]
+    rel_std, rel_err = [], []
+    for counts in (5e4, 1e6):
+        sim = simulate(ph, layout_2d, SimulationConfig(true_counts=counts, seed=seed), model=geometric)
+        model = geometric.with_terms(sim.multiplicative, sim.additive_true)
+        from petuq_sirf.recon.lowdose import BatchedAcquisition, batched_mlem
+
+        bm = BatchedAcquisition(geometric, sim.multiplicative[None], sim.additive_true[None])
+        x0 = batched_mlem(bm, sim.prompts[None], 10)[0]
+        pred = predict_unrolled(net, model, sim.prompts, x0, posterior, 4, seed=0)
+        scale = float(sim.truth[body].mean())
+        rel_std.append(float(pred.std[body].pow(2).mean().sqrt()) / scale)
+        rel_err.append(float((pred.mean - sim.truth)[body].pow(2).mean().sqrt()) / scale)
+    assert rel_err[1] < 0.8 * rel_err[0], rel_err
+    assert rel_std[1] < 0.8 * rel_std[0], rel_std
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--counts-range", "1e5"], "--counts-range must be LOW,HIGH"),
+        (["--counts-range", "1e5,1e4", "--families", "thorax"], "--counts-range must be LOW,HIGH with 0 < LOW"),
+        (["--counts-range", "1e4,1e5"], "--counts-range needs --families"),
+        (["--families", "liver"], "unknown phantom families"),
+    ],
+)
+def test_train_unrolled_family_options_fail_in_one_line(tmp_path, capsys, args, message):
+    from petuq_sirf.cli.main import main
+
+    code = main(["train-unrolled", "--phantoms", "1", "--steps", "0", "--out", str(tmp_path / "w"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "w" / "model.safetensors").exists()
