@@ -56,7 +56,10 @@ def register(sub) -> None:
     p.add_argument("--chains", type=int_in(1, 1024), default=4, help="Pnp-ula: Langevin chains.")
     p.add_argument("--thinning", type=int_in(1, 100_000), default=10, help="Pnp-ula: keep every n-th Langevin state.")
     p.add_argument(
-        "--weights", default=None, help="Safetensors weights (pnp-admm, pnp-ula, unrolled; default: the shipped ones)."
+        "--weights",
+        default=None,
+        help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones); 'dbfb' "
+        "selects the shipped unrolled network with the DBFB regulariser.",
     )
     p.add_argument(
         "--force",

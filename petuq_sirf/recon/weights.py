@@ -27,6 +27,8 @@ SHIPPED: dict[str, Path] = {
     "pnp-admm": WEIGHTS_DIR / "pnp_denoiser_test2d",
     "unrolled": WEIGHTS_DIR / "unrolled_test2d",
 }
+# other shipped networks, selected by name in place of a path (``--weights dbfb``)
+SHIPPED_NAMED: dict[str, Path] = {"dbfb": WEIGHTS_DIR / "unrolled_dbfb_test2d"}
 KINDS = {"pnp-admm": "pnp-denoiser", "unrolled": "unrolled"}
 
 
@@ -35,11 +37,14 @@ def load_network(
 ) -> tuple[nn.Module, WeightPosterior | ParticlePosterior | None, dict]:
     """``(net, posterior, info)`` for ``method`` (``pnp-admm`` or ``unrolled``) from ``path`` (default: shipped).
 
-    The network is rebuilt from ``info["net_config"]`` and put in eval mode; a file trained for the other
-    method is refused naming both.
+    ``path`` may also name a shipped network of :data:`SHIPPED_NAMED` (``"dbfb"``: the unrolled network
+    with the DBFB regulariser) when no such file exists. The network is rebuilt from ``info["net_config"]``
+    and put in eval mode; a file trained for the other method is refused naming both.
     """
     if method not in KINDS:
         raise ValueError(f"unknown network method {method!r}: choose one of {', '.join(KINDS)}")
+    if path is not None and str(path) in SHIPPED_NAMED and not Path(path).exists():
+        path = SHIPPED_NAMED[str(path)]
     path = Path(path) if path else SHIPPED[method]
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
