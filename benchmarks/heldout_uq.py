@@ -573,7 +573,10 @@ def figure(results: dict, maps: dict, path: Path) -> None:
         im = ax.imshow(img.numpy(), cmap="RdBu_r" if name == "bias" else "viridis")
         ax.set_title(f"{results['settings'].get('map_method', 'unrolled')}, brain 5 %: {name}", fontsize=8)
         ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+        unit = {"coverage90 (Mondrian)": "fraction of realisations", "classes": "voxel class"}.get(
+            name, "activity (reconstruction units)"
+        )
+        fig.colorbar(im, ax=ax, fraction=0.046).set_label(unit, fontsize=7)
     for ax in list(axes[0][len(keys) :]) + list(axes[1][len(maps) :]):
         ax.axis("off")
     s = results["settings"]
