@@ -29,8 +29,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from petuq_sirf.inference.network_limits import MAX_CHANNELS, MAX_LAYERS, check_range
-
 
 class UnfoldedDualFBProx(nn.Module):
     """``forward(z, noise=None) -> x >= 0``; ``z``, ``noise``, ``x`` of shape ``(N, 1, y, x)``.
@@ -44,8 +42,9 @@ class UnfoldedDualFBProx(nn.Module):
         self, layers: int = 8, filters: int = 16, blocks: int = 2, init_threshold: float = 0.05, seed: int = 0
     ) -> None:
         super().__init__()
-        check_range("DBFB layers", layers, 1, MAX_LAYERS)
-        check_range("DBFB filters", filters, 1, MAX_CHANNELS)
+        # (sizes are bounded before allocation by UnrolledConfig, which builds this block)
+        if layers < 1 or filters < 1:
+            raise ValueError(f"DBFB: layers and filters must be >= 1, got {layers} and {filters}")
         if blocks < 1 or filters % blocks:
             raise ValueError(f"DBFB: {filters} filters cannot be split into {blocks} equal blocks")
         self.layers, self.num_filters, self.blocks = layers, filters, blocks
