@@ -33,7 +33,7 @@ def trained():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # much faster than 2 threads on the busy shared cores
     net = NetworkConfig(width=8, dilations=(1, 2, 1), dose_input=True)
-    den = make_denoiser(DenoiserConfig(method="cnn", network=net, epochs=60, batch_size=8, lr=5e-3, seed=0))
+    den = make_denoiser(DenoiserConfig(method="cnn", network=net, epochs=150, batch_size=8, lr=5e-3, seed=0))
     den.fit(_pairs(8, seed=0))
     torch.set_num_threads(threads)
     return den
