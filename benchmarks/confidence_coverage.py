@@ -211,7 +211,9 @@ def run_phantom(label, ph, roi_names, args, counts, n_real, net, posterior, layo
     torch.manual_seed(seed + 2)
     for fr in reals[: args.comparison_realisations]:
         y = fr.counts.sum(0)
-        comp["bootstrap"].append([_bootstrap_interval(model, y, masks[r], args.bootstrap_replicates) for r in roi_names])
+        comp["bootstrap"].append(
+            [_bootstrap_interval(model, y, masks[r], args.bootstrap_replicates) for r in roi_names]
+        )
         if net is not None:
             comp["bayes-unrolled"].append(
                 [_bayes_interval(net, posterior, model, y, masks[r], args.bayes_samples) for r in roi_names]
@@ -228,7 +230,7 @@ def run_phantom(label, ph, roi_names, args, counts, n_real, net, posterior, layo
     rec["wall_s"]["comparison"] = time.perf_counter() - t0
     print(
         f"  [{label} {ph.name} {counts:.3g} counts, {n_real} realisations, ROIs {roi_names}] "
-        f"wall s {({k: round(v) for k, v in rec['wall_s'].items()})}",
+        f"wall s { ({k: round(v) for k, v in rec['wall_s'].items()}) }",
         flush=True,
     )
     return rec
@@ -415,7 +417,7 @@ def _figure(summary, args, path):
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("coverage of the true ROI mean (±1 SE)")
         ax.set_title(
-            f"{s['label']}, test-2d, {s['true_counts']:.0e} true counts, {args.frames} frames (1 burn-in),\n"
+            f"{s['label']}, {args.scanner} {tuple(args.image_shape)}, {s['true_counts']:.0e} true counts, {args.frames} frames (1 burn-in),\n"
             f"alpha={args.alpha}, {s['realisations']} realisations; blue/orange: valid sets (all frames at once), "
             "green: prior mixing, red: 90% bootstrap/Bayes",
             fontsize=6,
@@ -474,7 +476,11 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap-replicates", type=int, default=10)
     ap.add_argument("--bayes-samples", type=int, default=8)
     ap.add_argument("--scanner", default="test-2d")
+    ap.add_argument("--num-xy", type=int, default=None, help="image size in-plane (default: the scanner's)")
     ap.add_argument("--no-unrolled", action="store_true")
+    ap.add_argument(
+        "--seed-base", type=int, default=1000, help="realisation seed of the first phantom (+1 per phantom)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--replot", default="", help="redraw the figure and tables from a results JSON; no compute")
@@ -484,8 +490,9 @@ def main(argv=None) -> int:
     if args.replot:
         saved = json.loads(Path(args.replot).read_text())
         args = argparse.Namespace(**{**vars(args), **saved["args"]})
-        _print(saved["summary"], args.alpha)
-        _figure(saved["summary"], args, Path(args.replot).with_suffix(".png"))
+        summary = saved.get("summary") or summarise(saved["records"])
+        _print(summary, args.alpha)
+        _figure(summary, args, Path(args.replot).with_suffix(".png"))
         return 0
     if args.quick:
         args.families, args.phantoms_per_family, args.realisations = "brain", 1, 3
@@ -493,7 +500,8 @@ def main(argv=None) -> int:
         args.name = "confidence_coverage_quick"
     torch.set_num_threads(args.threads)
     layout = SinogramLayout(get_scanner(args.scanner))
-    image = ImageGeometry.for_layout(layout)
+    image = ImageGeometry.for_layout(layout, num_xy=args.num_xy)
+    args.image_shape = list(image.shape)
     weights_file = WEIGHTS_DIR / "unrolled_test2d" / "model.safetensors"
     if args.no_unrolled:
         net = posterior = None
@@ -502,20 +510,41 @@ def main(argv=None) -> int:
     cases = _phantoms(args, image)
     t0 = time.perf_counter()
     records = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f"{args.name}.partial.json"
+
+    def keep(rec: dict) -> None:  # the records so far survive an interrupted run
+        records.append(rec)
+        partial.write_text(json.dumps({"args": vars(args), "records": records}))
+
     for k, (label, ph, rois) in enumerate(cases):
-        records.append(run_phantom(label, ph, rois, args, args.counts, args.realisations, net, posterior, layout, 1000 + k))
+        keep(
+            run_phantom(
+                label, ph, rois, args, args.counts, args.realisations, net, posterior, layout, args.seed_base + k
+            )
+        )
     for c in [float(v) for v in args.extra_counts.split(",") if v]:
         seen: dict = {}
         for k, (label, ph, rois) in enumerate(cases):
             seen[label] = seen.get(label, 0) + 1
             if seen[label] <= args.extra_phantoms:
-                records.append(
-                    run_phantom(label, ph, rois, args, c, args.extra_realisations, net, posterior, layout, 5000 + k)
+                keep(
+                    run_phantom(
+                        label,
+                        ph,
+                        rois,
+                        args,
+                        c,
+                        args.extra_realisations,
+                        net,
+                        posterior,
+                        layout,
+                        args.seed_base + 4000 + k,
+                    )
                 )
     summary = summarise(records)
     _print(summary, args.alpha)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "args": vars(args),
         "scanner": args.scanner,
@@ -527,6 +556,7 @@ def main(argv=None) -> int:
     }
     (out / f"{args.name}.json").write_text(json.dumps({**meta, "summary": summary, "records": records}))
     _figure(summary, args, out / f"{args.name}.png")
+    partial.unlink(missing_ok=True)
     print(f"\nwritten {out / args.name}.json/.png ({meta['wall_s_total']:.0f} s)")
     return 0
 

@@ -57,6 +57,9 @@ class SolverConfig:
         max_step: the largest step (in units of the EM step) of the accelerated ascent.
         stationarity_tolerance: inner solves whose relative KKT stationarity is above this get up to
             ``extra_rounds`` more rounds of ``inner_iterations``.
+        accept_stationarity: dual values of inner solves whose relative stationarity is still above this
+            after the extra rounds are not used as bounds (they may be too narrow); a bound with no
+            accepted multiplier stays infinite (lower: 0).
     """
 
     ml_iterations: int = 200
@@ -67,6 +70,7 @@ class SolverConfig:
     max_step: float = 8.0
     stationarity_tolerance: float = 1e-4
     extra_rounds: int = 3
+    accept_stationarity: float = 1e-2
 
     def __post_init__(self) -> None:
         if min(self.ml_iterations, self.inner_iterations, self.max_steps) < 1:
@@ -350,6 +354,9 @@ def roi_bounds(
         cc = c_e[idx]
         dual = roi.unsqueeze(1) + s * (ll.unsqueeze(1) - cc) / eta[idx].unsqueeze(1)
         improved = torch.where(s > 0, dual < best[idx], dual > best[idx])
+        # a dual value bounds the optimum only if the inner problem is solved: never take one from an
+        # inner solve that is far from stationary (if none qualifies the bound stays infinite)
+        improved &= (ks <= config.accept_stationarity).unsqueeze(1)
         best[idx] = torch.where(improved, dual, best[idx])
         constraint[idx] = torch.where(improved, ll.unsqueeze(1) - cc, constraint[idx])
         kkt_s[idx] = torch.where(improved, ks.unsqueeze(1), kkt_s[idx])
