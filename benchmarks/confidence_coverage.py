@@ -424,33 +424,48 @@ def _figure(summary, args, path):
         )
         ax.legend(fontsize=6)
         ax = axes[1, col]
-        for lvl in sorted({t["true_counts"] for t in summary if t["label"] == s["label"]}):
-            t = next(u for u in summary if u["label"] == s["label"] and u["true_counts"] == lvl)
-            for j, (n, e) in enumerate(t["estimators"].items()):
-                if n == "bad-constant" or "lesion" not in e["rois"]:
-                    continue
+        levels = sorted((t for t in summary if t["label"] == s["label"]), key=lambda t: t["true_counts"])
+        for j, n in enumerate(s["estimators"]):
+            if n == "bad-constant":
+                continue
+            for kind, ls in (("lesion", "-"), ("background", "--")):
+                pts = [(t["counts_cumulative_mean"][-1], t["estimators"][n]["rois"][kind]) for t in levels]
                 ax.plot(
-                    t["counts_cumulative_mean"],
-                    e["rois"]["lesion"]["median_running_width_per_frame"],
+                    [p[0] for p in pts],
+                    [p[1]["median_relative_width_last_frame"] for p in pts],
+                    ls=ls,
                     marker="o",
                     color=f"C{j}",
-                    label=n if lvl == args.counts else None,
+                    label=f"{n} {kind}",
                 )
-            for n, d in t["comparison"].items():
-                if "lesion" in d:
+        for n, mk in (("bootstrap", "x"), ("bayes-unrolled", "+")):
+            for kind in ("lesion", "background"):
+                pts = [
+                    (
+                        t["counts_cumulative_mean"][-1] * args.frames / (args.frames - 1),
+                        t["comparison"].get(n, {}).get(kind),
+                    )
+                    for t in levels
+                ]
+                pts = [p for p in pts if p[1]]
+                if pts:
                     ax.scatter(
-                        [t["counts_cumulative_mean"][-1] * args.frames / (args.frames - 1)],
-                        [d["lesion"]["median_width"]],
-                        marker="x",
-                        color="C3" if n == "bootstrap" else "C4",
-                        label=f"{n} 90% (full scan)" if lvl == args.counts else None,
+                        [p[0] for p in pts],
+                        [p[1]["median_relative_width"] for p in pts],
+                        marker=mk,
+                        color="k",
+                        label=f"{n} 90% {kind} (full scan)",
                     )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("prompts in the sets (frames 2..t), all count levels")
-        ax.set_ylabel("median running lesion-mean interval width (activity units)")
-        ax.set_title(f"{s['label']}: lesion interval width vs counts, alpha={args.alpha}", fontsize=7)
-        ax.legend(fontsize=6)
+        ax.set_xlabel("prompts in the sets at the last frame (frames 2..F); full scan for bootstrap/Bayes")
+        ax.set_ylabel("median interval width / true ROI mean")
+        ax.set_title(
+            f"{s['label']}: relative width vs counts (alpha={args.alpha}; 5e4 level pooled over "
+            f"{len(s['phantoms'])} phantoms, other levels 1 phantom)",
+            fontsize=7,
+        )
+        ax.legend(fontsize=5, ncol=2)
     save_figure(fig, path)
 
 
@@ -488,11 +503,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     if args.replot:
-        saved = json.loads(Path(args.replot).read_text())
-        args = argparse.Namespace(**{**vars(args), **saved["args"]})
+        target = Path(args.replot)
+        saved = json.loads(target.read_text())
+        args = argparse.Namespace(**{**vars(args), "image_shape": saved.get("image_shape"), **saved["args"]})
         summary = saved.get("summary") or summarise(saved["records"])
         _print(summary, args.alpha)
-        _figure(summary, args, Path(args.replot).with_suffix(".png"))
+        _figure(summary, args, target.with_suffix(".png"))
         return 0
     if args.quick:
         args.families, args.phantoms_per_family, args.realisations = "brain", 1, 3
