@@ -1,25 +1,34 @@
 """Coverage and width of the anytime-valid ROI confidence intervals (sequential likelihood mixing).
 
-test-2d geometry, held-out phantoms (the NEMA IEC-like and the brain-like phantom; never used to
-train or calibrate the shipped networks, which saw random ellipses), Poisson realisations split into
-equal time frames (frame 1 a burn-in). Estimators: OSEM, MAP-RDP, the shipped unrolled network and a
-deliberately bad constant image. Two parts:
+Held-out phantoms only (no shipped network saw them; the unrolled network was trained on random
+ellipses): the procedural anatomical families of :mod:`petuq_sirf.simulation.phantom_families`
+(``--families brain,thorax``: TEST seeds, their random lesions and the background as ROIs) and,
+with ``--phantoms``, the fixed NEMA IEC-like / brain-like phantoms. Poisson realisations of the
+exact model mean are split into equal time frames (frame 1 a burn-in). Estimators: OSEM, MAP-RDP,
+the shipped unrolled network and a deliberately bad constant image (3x the background level).
 
-1. *Set coverage* over ``--realisations``: does the true image lie in ``C_t`` at every frame at once?
-   (Implies ROI-interval coverage for every ROI when the solver is exact.)
-2. *ROI intervals* with the convex solver on the first ``--solver-realisations``: coverage of the true
-   ROI mean, widths per frame (counts), and, for comparison, the 90 % intervals of the posterior
-   bootstrap (OSEM on Gamma-weighted counts) and of the unrolled network's Bayesian posterior.
+Every realisation goes through the ROI solver (realisations of one phantom are solved together, one
+batched projector call per iteration). Reported per family, estimator and ROI kind (lesions pooled,
+background): coverage of the true ROI mean by the interval of the last frame, by the running interval
+at every frame at once (= coverage under the adversarial "stop at the first miss" rule) and at the
+frame chosen by a stop-when-narrow rule, with binomial standard errors; median widths; set coverage
+(truth in ``C_t`` at every frame); solver diagnostics (KKT stationarity / dual infeasibility,
+primal-dual gap, constraint residual, empty sets). Also, per phantom: the prior-mixing variant
+(``prior_mixing_threshold``: half of the full-scan events fit the unrolled network's weight draws and
+an OSEM point estimate, the other half evaluates), and the 90 % intervals of the posterior bootstrap
+(OSEM on Gamma-weighted counts) and of the unrolled network's Bayesian posterior for comparison.
+``--extra-counts`` repeats a smaller run at other count levels (width vs counts).
 
-    PYTHONPATH=$PWD python benchmarks/confidence_coverage.py            # ~10 min CPU time on 2 cores
-    PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --quick    # smoke run
+    PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --families brain,thorax   # main run
+    PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --quick                   # smoke run
 
-Writes docs/figures/confidence/confidence_coverage.json and .png; prints tables.
+Writes ``docs/figures/confidence/<name>.json`` and ``.png`` (``--name``); prints tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -34,20 +43,34 @@ from petuq_sirf.confidence.estimators import (
     osem_estimator,
     unrolled_estimator,
 )
-from petuq_sirf.confidence.roi_solver import SolverConfig
-from petuq_sirf.confidence.sets import batch_intervals, frame_counts, past_model
+from petuq_sirf.confidence.roi_solver import SolverConfig, roi_bounds, roi_weights
+from petuq_sirf.confidence.sets import (
+    batch_intervals,
+    frame_counts,
+    past_model,
+    prior_mixing_threshold,
+    split_events_counts,
+)
 from petuq_sirf.recon.em import osem
 from petuq_sirf.recon.unrolled import predict_unrolled
+from petuq_sirf.recon.weights import WEIGHTS_DIR
 from petuq_sirf.recon.weights import load_network as load_weights
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
-from petuq_sirf.simulation.phantoms import make_phantom
 from petuq_sirf.simulation.simulate import SimulationConfig, simulate
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures" / "confidence"
-ROIS = {"nema": ("hot_sphere_22mm", "background"), "brain": ("hot_lesion", "background")}
+NAMED_ROIS = {"nema": ("hot_sphere_22mm", "background"), "brain": ("hot_lesion", "background")}
 
 
-def _bootstrap_interval(model, y, mask, replicates, gen, level=0.9):
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _se(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
+def _bootstrap_interval(model, y, mask, replicates, level=0.9):
     vals = []
     for _ in range(replicates):
         w = torch.distributions.Gamma(y.double().clamp_min(1e-12), 1.0).sample() * (y > 0)
@@ -66,204 +89,491 @@ def _bayes_interval(net, posterior, model, y, mask, samples, level=0.9):
     return float(q[0]), float(q[1])
 
 
-def run_phantom(name, args, net, posterior, layout, image):
-    ph = make_phantom(name, image)
-    sim = simulate(ph, layout, SimulationConfig(true_counts=args.counts, seed=11))
+def _phantoms(args, image):
+    """``[(family label, phantom, ROI names)]``: family test seeds and/or named phantoms."""
+    out = []
+    if args.families:
+        from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+
+        for fam in args.families.split(","):
+            for s in seeds("test", args.phantoms_per_family, start=args.seed_start):
+                ph = family_phantom(fam, image, s)
+                rois = [k for k in ph.regions if k.startswith("lesion_")] + ["background"]
+                out.append((f"{fam}-family", ph, rois))
+    if args.phantoms:
+        from petuq_sirf.simulation.phantoms import make_phantom
+
+        for name in args.phantoms.split(","):
+            out.append((name, make_phantom(name, image), list(NAMED_ROIS[name])))
+    return out
+
+
+def run_phantom(label, ph, roi_names, args, counts, n_real, net, posterior, layout, seed):
+    """All realisations of one phantom at one count level; per-ROI records."""
+    sim = simulate(ph, layout, SimulationConfig(true_counts=counts, seed=11))
     model = sim.acquisition_model()
     truth = sim.truth
     expected = model.forward(truth)
-    masks = {r: sim.regions[r] for r in ROIS[name]}
-    truth_roi = {r: float(truth[m].mean()) for r, m in masks.items()}
+    masks = {r: sim.regions[r] for r in roi_names}
     level = float(truth[sim.regions["background"]].mean())
     ests = {
         "osem": osem_estimator(4, 8),
         "map-rdp": map_rdp_estimator(0.01, iterations=args.map_iterations),
-        "unrolled": unrolled_estimator(net),
         "bad-constant": constant_estimator(torch.where(model.sensitivity() > 0, 3.0 * level, 0.0)),
     }
-    gen = torch.Generator().manual_seed(1000 + len(name))
-    reals = [frame_counts(expected, args.frames, 600.0, gen) for _ in range(args.realisations)]
-    t0 = time.process_time()
-    # part 1: set coverage (thresholds only, no solver), all realisations
-    from petuq_sirf.confidence.roi_solver import log_likelihood
-    from petuq_sirf.confidence.sets import sequential_thresholds
-
-    inset = np.zeros((args.realisations, len(ests), args.frames - 1), dtype=bool)
-    delta = np.zeros_like(inset, dtype=float)
-    for p, fr in enumerate(reals):
-        thr = sequential_thresholds(model, fr, ests, args.alpha)
-        for k in range(args.frames - 1):
-            y = fr.counts[1 : k + 2].sum(0)
-            share = float(fr.fractions[1 : k + 2].sum())
-            lt = float(log_likelihood(model, y, share, truth))
-            for j, n in enumerate(ests):
-                inset[p, j, k] = lt >= thr["threshold"][n][k]
-                delta[p, j, k] = lt - thr["mix"][n][k]
-    t_set = time.process_time() - t0
-    print(
-        f"[{name}] set coverage over {args.realisations} realisations (every frame): "
-        + ", ".join(f"{n} {inset[:, j].all(1).mean():.3f}" for j, n in enumerate(ests))
-        + "; median log LR truth - mixture at the last frame: "
-        + ", ".join(f"{n} {np.median(delta[:, j, -1]):.1f}" for j, n in enumerate(ests))
-        + f" ({t_set:.0f} s CPU)",
-        flush=True,
-    )
-    # part 2: ROI intervals by the solver on the first realisations
-    t0 = time.process_time()
-    sub = reals[: args.solver_realisations]
+    if net is not None:
+        ests["unrolled"] = unrolled_estimator(net)
+    gen = torch.Generator().manual_seed(seed)
+    reals = [frame_counts(expected, args.frames, 600.0, gen) for _ in range(n_real)]
     cfg = SolverConfig(ml_iterations=args.ml_iterations, inner_iterations=args.inner_iterations)
-    out = batch_intervals(model, sub, ests, masks, args.alpha, truth=truth, config=cfg)
-    t_roi = time.process_time() - t0
-    # comparison intervals (full scan) on the same realisations
-    t0 = time.process_time()
+    t0 = time.perf_counter()
+    out = batch_intervals(model, reals, ests, masks, args.alpha, truth=truth, config=cfg)
+    t_seq = time.perf_counter() - t0
+    names = out["estimators"]
+    truth_roi = out["truth_roi"]
+    rec = {
+        "label": label,
+        "phantom": ph.name,
+        "true_counts": counts,
+        "realisations": n_real,
+        "rois": roi_names,
+        "roi_voxels": {r: int(masks[r].sum()) for r in roi_names},
+        "truth_roi_mean": truth_roi,
+        "estimators": names,
+        "counts_cumulative_mean": out["counts"].mean(0).tolist(),
+        "frame_end_s": out["frame_end_s"],
+        "wall_s": {"sequential": t_seq},
+    }
+    t_arr = np.array([truth_roi[r] for r in roi_names])[None, None, :, None]
+    lo, hi = out["lower"], out["upper"]
+    rlo, rhi = out["running_lower"], out["running_upper"]
+    rec["covered_last"] = ((lo[..., -1] <= t_arr[..., 0]) & (t_arr[..., 0] <= hi[..., -1])).tolist()  # (P, E, R)
+    rec["covered_running_all_frames"] = ((rlo <= t_arr) & (t_arr <= rhi)).all(-1).tolist()
+    # stop-when-narrow: the first frame whose running relative width is below the target (else the last)
+    mid = 0.5 * (rlo + rhi)
+    rel = np.where(mid > 0, (rhi - rlo) / np.maximum(mid, 1e-12), np.inf)
+    narrow = rel < args.stop_relative_width
+    stop = np.where(narrow.any(-1), narrow.argmax(-1), rel.shape[-1] - 1)  # (P, E, R)
+    s_lo = np.take_along_axis(rlo, stop[..., None], -1)[..., 0]
+    s_hi = np.take_along_axis(rhi, stop[..., None], -1)[..., 0]
+    rec["stop_frame_index"] = stop.tolist()
+    rec["covered_at_stop"] = ((s_lo <= t_arr[..., 0]) & (t_arr[..., 0] <= s_hi)).tolist()
+    rec["width_per_frame"] = (hi - lo).tolist()  # (P, E, R, F)
+    rec["running_width_per_frame"] = (rhi - rlo).tolist()
+    rec["truth_in_set_every_frame"] = out["truth_in_set"].all(-1).tolist()  # (P, E)
+    rec["kkt_stationarity"] = out["kkt_stationarity"].tolist()
+    rec["kkt_dual_infeasibility"] = out["kkt_dual_infeasibility"].tolist()
+    rec["relative_gap"] = (
+        ((out["lower_primal"] - lo) + (hi - out["upper_primal"])) / np.maximum(hi - lo, 1e-12)
+    ).tolist()
+    rec["constraint_residual_nats"] = out["constraint"].tolist()
+    rec["empty"] = out["empty"].tolist()
+    rec["multipliers_max"] = int(out["multipliers"].max())
+    rec["drop_ml_minus_threshold_median"] = {
+        n: float(np.median(out["ml_log_likelihood"][:, -1] - out["threshold"][:, j, -1])) for j, n in enumerate(names)
+    }
+
+    # prior mixing: half the full-scan events fit, half evaluate (one look)
+    t0 = time.perf_counter()
+    sgen = torch.Generator().manual_seed(seed + 1)
+    fits, evals = zip(*(split_events_counts(fr.counts.sum(0), 0.5, sgen) for fr in reals), strict=True)
+    fit_model = past_model(model, 0.5)
+    pm_names = ["osem-point"] + (["unrolled-draws"] if net is not None else [])
+    thr = np.zeros((n_real, len(pm_names)))
+    for p, (yf, ye) in enumerate(zip(fits, evals, strict=True)):
+        x_osem = ests["osem"](fit_model, yf)
+        thr[p, 0] = prior_mixing_threshold(model, ye, 0.5, x_osem, args.alpha)
+        if net is not None:
+            x0 = osem(fit_model, yf, 10, 1).image
+            draws = predict_unrolled(
+                net, fit_model, yf, x0, posterior, args.mixing_draws, aleatoric=False, seed=p
+            ).samples.clamp_min(0)
+            thr[p, 1] = prior_mixing_threshold(model, ye, 0.5, draws, args.alpha)
+    w = roi_weights(torch.stack([masks[r] for r in roi_names]))
+    pm = roi_bounds(model, torch.stack(evals), 0.5, w, torch.as_tensor(thr), cfg)
+    t_arr2 = np.array([truth_roi[r] for r in roi_names])[None, :, None]
+    plo, phi = pm.lower.numpy(), pm.upper.numpy()  # (P, R, C)
+    rec["prior_mixing"] = {
+        "estimators": pm_names,
+        "covered": ((plo <= t_arr2) & (t_arr2 <= phi)).transpose(0, 2, 1).tolist(),  # (P, C, R)
+        "width": (phi - plo).transpose(0, 2, 1).tolist(),
+        "kkt_stationarity": pm.kkt_stationarity.numpy().transpose(0, 2, 1).tolist(),
+        "relative_gap": ((pm.gap_lower + pm.gap_upper) / (pm.upper - pm.lower).clamp_min(1e-12))
+        .numpy()
+        .transpose(0, 2, 1)
+        .tolist(),
+    }
+    rec["wall_s"]["prior_mixing"] = time.perf_counter() - t0
+
+    # comparison intervals (full scan), first realisations
+    t0 = time.perf_counter()
     comp = {"bootstrap": [], "bayes-unrolled": []}
-    bgen = torch.Generator().manual_seed(7)
-    torch.manual_seed(7)
-    for fr in sub:
+    torch.manual_seed(seed + 2)
+    for fr in reals[: args.comparison_realisations]:
         y = fr.counts.sum(0)
         comp["bootstrap"].append(
-            {r: _bootstrap_interval(model, y, m, args.bootstrap_replicates, bgen) for r, m in masks.items()}
+            [_bootstrap_interval(model, y, masks[r], args.bootstrap_replicates) for r in roi_names]
         )
-        comp["bayes-unrolled"].append(
-            {r: _bayes_interval(net, posterior, model, y, m, args.bayes_samples) for r, m in masks.items()}
-        )
-    t_comp = time.process_time() - t0
-    names = list(ests)
-    res = {
-        "phantom": name,
-        "true_counts_full_scan": args.counts,
-        "frames": args.frames,
-        "alpha": args.alpha,
-        "truth_roi_mean": truth_roi,
-        "set_coverage_every_frame": {n: float(inset[:, j].all(1).mean()) for j, n in enumerate(names)},
-        "set_coverage_per_frame": {n: inset[:, j].mean(0).tolist() for j, n in enumerate(names)},
-        "log_lr_truth_vs_mixture_median": {n: np.median(delta[:, j], 0).tolist() for j, n in enumerate(names)},
-        "set_realisations": args.realisations,
-        "solver_realisations": len(sub),
-        "counts_per_frame_cumulative": out["counts"].mean(0).tolist(),
-        "frame_end_s": out["frame_end_s"],
-        "roi": {},
-        "cpu_s": {"set": t_set, "roi_solver": t_roi, "comparison": t_comp},
-        "solver": {
-            "kkt_stationarity_max": float(out["kkt_stationarity"].max()),
-            "kkt_stationarity_median": float(np.median(out["kkt_stationarity"])),
-            "relative_gap_median": float(
-                np.median(
-                    ((out["lower_primal"] - out["lower"]) + (out["upper"] - out["upper_primal"]))
-                    / np.maximum(out["upper"] - out["lower"], 1e-12)
-                )
-            ),
-            "empty_sets": int(out["empty"].sum()),
-        },
-    }
-    for i, r in enumerate(masks):
-        t = truth_roi[r]
-        d = {}
+        if net is not None:
+            comp["bayes-unrolled"].append(
+                [_bayes_interval(net, posterior, model, y, masks[r], args.bayes_samples) for r in roi_names]
+            )
+    rec["comparison"] = {}
+    for n, ivs in comp.items():
+        if not ivs:
+            continue
+        a = np.array(ivs)  # (P', R, 2)
+        rec["comparison"][n] = {
+            "covered": ((a[..., 0] <= t_arr2[..., 0]) & (t_arr2[..., 0] <= a[..., 1])).tolist(),
+            "width": (a[..., 1] - a[..., 0]).tolist(),
+        }
+    rec["wall_s"]["comparison"] = time.perf_counter() - t0
+    print(
+        f"  [{label} {ph.name} {counts:.3g} counts, {n_real} realisations, ROIs {roi_names}] "
+        f"wall s { ({k: round(v) for k, v in rec['wall_s'].items()}) }",
+        flush=True,
+    )
+    return rec
+
+
+def _kind(roi: str) -> str:
+    return "lesion" if roi.startswith("lesion_") or roi.startswith("hot_") else roi
+
+
+def summarise(records: list[dict]) -> dict:
+    """Pool the records per (label, counts): per estimator and ROI kind."""
+    groups: dict = {}
+    for rec in records:
+        groups.setdefault((rec["label"], rec["true_counts"]), []).append(rec)
+    summary = []
+    for (label, counts), recs in groups.items():
+        names = recs[0]["estimators"]
+        s = {"label": label, "true_counts": counts, "phantoms": [r["phantom"] for r in recs], "estimators": {}}
+        s["realisations"] = int(sum(r["realisations"] for r in recs))
+        s["counts_cumulative_mean"] = np.mean([r["counts_cumulative_mean"] for r in recs], 0).tolist()
+        s["frame_end_s"] = recs[0]["frame_end_s"]
         for j, n in enumerate(names):
-            lo, hi = out["lower"][:, j, i], out["upper"][:, j, i]
-            rlo, rhi = out["running_lower"][:, j, i], out["running_upper"][:, j, i]
-            d[n] = {
-                "coverage_per_frame": ((lo <= t) & (t <= hi)).mean(0).tolist(),
-                "running_coverage_all_frames": float(((rlo <= t) & (t <= rhi)).all(1).mean()),
-                "median_width_per_frame": np.median(hi - lo, 0).tolist(),
-                "median_running_width_per_frame": np.median(rhi - rlo, 0).tolist(),
-            }
-        for n, ivs in comp.items():
-            lo = np.array([iv[r][0] for iv in ivs])
-            hi = np.array([iv[r][1] for iv in ivs])
-            d[n + " (90%, full scan)"] = {
-                "coverage_full_scan": float(((lo <= t) & (t <= hi)).mean()),
-                "median_width_full_scan": float(np.median(hi - lo)),
-            }
-        res["roi"][r] = d
-    return res
+            e = {"set_coverage_every_frame": None, "rois": {}}
+            ins = np.concatenate([np.array(r["truth_in_set_every_frame"])[:, j] for r in recs])
+            e["set_coverage_every_frame"] = float(ins.mean())
+            e["set_coverage_se"] = _se(float(ins.mean()), ins.size)
+            simul = np.concatenate([np.array(r["covered_running_all_frames"])[:, j].all(-1) for r in recs])
+            e["all_rois_all_frames_coverage"] = float(simul.mean())
+            e["all_rois_all_frames_se"] = _se(float(simul.mean()), simul.size)
+            for kind in ("lesion", "background"):
+                cov_l, cov_r, cov_s, wid, rwid, relw, kkt, kkd, gap, con, emp, stopf = ([] for _ in range(12))
+                for r in recs:
+                    for i, roi in enumerate(r["rois"]):
+                        if _kind(roi) != kind:
+                            continue
+                        t = r["truth_roi_mean"][roi]
+                        cov_l += list(np.array(r["covered_last"])[:, j, i])
+                        cov_r += list(np.array(r["covered_running_all_frames"])[:, j, i])
+                        cov_s += list(np.array(r["covered_at_stop"])[:, j, i])
+                        wf = np.array(r["running_width_per_frame"])[:, j, i]
+                        rwid.append(wf)
+                        relw += list(wf[:, -1] / t)
+                        wid += list(np.array(r["width_per_frame"])[:, j, i, -1])
+                        kkt += list(np.array(r["kkt_stationarity"])[:, j, i].ravel())
+                        kkd += list(np.array(r["kkt_dual_infeasibility"])[:, j, i].ravel())
+                        gap += list(np.array(r["relative_gap"])[:, j, i].ravel())
+                        con += list(np.array(r["constraint_residual_nats"])[:, j, i].ravel())
+                        emp += list(np.array(r["empty"])[:, j, i].ravel())
+                        stopf += list(np.array(r["stop_frame_index"])[:, j, i])
+                if not cov_l:
+                    continue
+                m = len(cov_l)
+                e["rois"][kind] = {
+                    "n": m,
+                    "coverage_last_frame": float(np.mean(cov_l)),
+                    "coverage_last_frame_se": _se(float(np.mean(cov_l)), m),
+                    "coverage_running_all_frames": float(np.mean(cov_r)),
+                    "coverage_running_all_frames_se": _se(float(np.mean(cov_r)), m),
+                    "coverage_stop_when_narrow": float(np.mean(cov_s)),
+                    "coverage_stop_when_narrow_se": _se(float(np.mean(cov_s)), m),
+                    "stop_frame_index_mean": float(np.mean(stopf)),
+                    "median_width_last_frame": float(np.median(wid)),
+                    "median_running_width_per_frame": np.median(np.concatenate(rwid), 0).tolist(),
+                    "median_relative_width_last_frame": float(np.median(relw)),
+                    "kkt_stationarity_max": float(np.max(kkt)),
+                    "kkt_stationarity_median": float(np.median(kkt)),
+                    "kkt_dual_infeasibility_max": float(np.max(kkd)),
+                    "relative_gap_median": float(np.median(gap)),
+                    "relative_gap_max": float(np.max(gap)),
+                    "constraint_residual_nats_median": float(np.nanmedian(con)),
+                    "empty_sets": int(np.sum(emp)),
+                }
+            s["estimators"][n] = e
+        # prior mixing and comparisons
+        s["prior_mixing"] = {}
+        for c, n in enumerate(recs[0]["prior_mixing"]["estimators"]):
+            d = {}
+            for kind in ("lesion", "background"):
+                cov, wid, relw, kkt = [], [], [], []
+                for r in recs:
+                    pmr = r["prior_mixing"]
+                    for i, roi in enumerate(r["rois"]):
+                        if _kind(roi) == kind:
+                            cov += list(np.array(pmr["covered"])[:, c, i])
+                            wid += list(np.array(pmr["width"])[:, c, i])
+                            relw += list(np.array(pmr["width"])[:, c, i] / r["truth_roi_mean"][roi])
+                            kkt += list(np.array(pmr["kkt_stationarity"])[:, c, i])
+                if cov:
+                    d[kind] = {
+                        "n": len(cov),
+                        "coverage": float(np.mean(cov)),
+                        "coverage_se": _se(float(np.mean(cov)), len(cov)),
+                        "median_width": float(np.median(wid)),
+                        "median_relative_width": float(np.median(relw)),
+                        "kkt_stationarity_max": float(np.max(kkt)),
+                    }
+            s["prior_mixing"][n] = d
+        s["comparison"] = {}
+        for n in recs[0]["comparison"]:
+            d = {}
+            for kind in ("lesion", "background"):
+                cov, wid, relw = [], [], []
+                for r in recs:
+                    cr = r["comparison"][n]
+                    for i, roi in enumerate(r["rois"]):
+                        if _kind(roi) == kind:
+                            cov += list(np.array(cr["covered"])[:, i])
+                            wid += list(np.array(cr["width"])[:, i])
+                            relw += list(np.array(cr["width"])[:, i] / r["truth_roi_mean"][roi])
+                if cov:
+                    d[kind] = {
+                        "n": len(cov),
+                        "coverage": float(np.mean(cov)),
+                        "coverage_se": _se(float(np.mean(cov)), len(cov)),
+                        "median_width": float(np.median(wid)),
+                        "median_relative_width": float(np.median(relw)),
+                    }
+            s["comparison"][n] = d
+        summary.append(s)
+    return summary
 
 
-def _print(res):
-    print(
-        f"\n== {res['phantom']}: alpha {res['alpha']}, {res['true_counts_full_scan']:.0f} true counts, "
-        f"{res['frames']} frames (frame 1 burn-in) =="
-    )
-    print(f"set coverage (truth in C_t at every frame), {res['set_realisations']} realisations:")
-    for n, v in res["set_coverage_every_frame"].items():
-        se = math.sqrt(max(v * (1 - v), 1e-12) / res["set_realisations"])
+def _print(summary, alpha):
+    for s in summary:
         print(
-            f"  {n:14s} {v:.3f} (SE {se:.3f})   median log LR truth - mixture per frame "
-            f"{[round(x, 1) for x in res['log_lr_truth_vs_mixture_median'][n]]}"
+            f"\n== {s['label']} ({len(s['phantoms'])} phantoms), {s['true_counts']:.3g} true counts, alpha {alpha}, "
+            f"{s['realisations']} realisations through the solver; counts in the sets per frame "
+            f"{[round(c) for c in s['counts_cumulative_mean']]} =="
         )
-    print(
-        f"ROI intervals ({res['solver_realisations']} realisations), cumulative counts "
-        f"{[round(c) for c in res['counts_per_frame_cumulative']]}; truth {res['truth_roi_mean']}"
-    )
-    for r, d in res["roi"].items():
-        print(f"  ROI {r}")
-        for n, v in d.items():
-            if "coverage_per_frame" in v:
+        for n, e in s["estimators"].items():
+            print(
+                f"  {n:13s} set cov {e['set_coverage_every_frame']:.3f}±{e['set_coverage_se']:.3f}  "
+                f"all ROIs all frames {e['all_rois_all_frames_coverage']:.3f}±{e['all_rois_all_frames_se']:.3f}"
+            )
+            for k, d in e["rois"].items():
                 print(
-                    f"    {n:26s} coverage/frame {[round(x, 2) for x in v['coverage_per_frame']]} running-all "
-                    f"{v['running_coverage_all_frames']:.2f}  median running width "
-                    f"{[round(x, 3) for x in v['median_running_width_per_frame']]}"
+                    f"      {k:10s} n={d['n']:4d} cov last {d['coverage_last_frame']:.3f}±{d['coverage_last_frame_se']:.3f} "
+                    f"running-all {d['coverage_running_all_frames']:.3f} stop-narrow {d['coverage_stop_when_narrow']:.3f} "
+                    f"(mean stop idx {d['stop_frame_index_mean']:.2f})  width {d['median_width_last_frame']:.3f} "
+                    f"rel {d['median_relative_width_last_frame']:.2f}  running/frame "
+                    f"{[round(x, 3) for x in d['median_running_width_per_frame']]}  KKT max {d['kkt_stationarity_max']:.1e} "
+                    f"med {d['kkt_stationarity_median']:.1e} dual-inf max {d['kkt_dual_infeasibility_max']:.1e} "
+                    f"gap med {d['relative_gap_median']:.3f} max {d['relative_gap_max']:.3f} empty {d['empty_sets']}"
                 )
-            else:
-                print(
-                    f"    {n:26s} coverage {v['coverage_full_scan']:.2f}  median width {v['median_width_full_scan']:.3f}"
+        for tag, block in (("prior mixing (half/half)", s["prior_mixing"]), ("comparison 90%", s["comparison"])):
+            for n, d in block.items():
+                for k, v in d.items():
+                    print(
+                        f"  {tag} {n:15s} {k:10s} n={v['n']:4d} cov {v['coverage']:.3f}±{v['coverage_se']:.3f} "
+                        f"width {v['median_width']:.3f} rel {v['median_relative_width']:.2f}"
+                    )
+
+
+def _figure(summary, args, path):
+    from petuq_sirf.viz.common import save_figure, subplots
+
+    main = [s for s in summary if s["true_counts"] == args.counts]
+    fig, axes = subplots(2, len(main), figsize=(6.0 * len(main), 7.6), squeeze=False)
+    for col, s in enumerate(main):
+        ax = axes[0, col]
+        labels, covs, ses, colors = [], [], [], []
+        for n, e in s["estimators"].items():
+            for k, d in e["rois"].items():
+                labels.append(f"{n}\n{k}")
+                covs.append(d["coverage_running_all_frames"])
+                ses.append(d["coverage_running_all_frames_se"])
+                colors.append("C0" if k == "lesion" else "C1")
+        for n, d in s["prior_mixing"].items():
+            for k, v in d.items():
+                labels.append(f"mix:{n}\n{k}")
+                covs.append(v["coverage"])
+                ses.append(v["coverage_se"])
+                colors.append("C2")
+        for n, d in s["comparison"].items():
+            for k, v in d.items():
+                labels.append(f"{n}\n{k}")
+                covs.append(v["coverage"])
+                ses.append(v["coverage_se"])
+                colors.append("C3")
+        x = np.arange(len(labels))
+        ax.bar(x, covs, yerr=ses, color=colors, capsize=2)
+        ax.axhline(1 - args.alpha, color="k", ls="--", lw=1, label=f"1 - alpha = {1 - args.alpha:.2f}")
+        ax.set_xticks(x, labels, rotation=90, fontsize=5)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("coverage of the true ROI mean (±1 SE)")
+        ax.set_title(
+            f"{s['label']}, {args.scanner} {tuple(args.image_shape)}, {s['true_counts']:.0e} true counts, {args.frames} frames (1 burn-in),\n"
+            f"alpha={args.alpha}, {s['realisations']} realisations; blue/orange: valid sets (all frames at once), "
+            "green: prior mixing, red: 90% bootstrap/Bayes",
+            fontsize=6,
+        )
+        ax.legend(fontsize=6)
+        ax = axes[1, col]
+        levels = sorted((t for t in summary if t["label"] == s["label"]), key=lambda t: t["true_counts"])
+        for j, n in enumerate(s["estimators"]):
+            if n == "bad-constant":
+                continue
+            for kind, ls in (("lesion", "-"), ("background", "--")):
+                pts = [(t["counts_cumulative_mean"][-1], t["estimators"][n]["rois"][kind]) for t in levels]
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1]["median_relative_width_last_frame"] for p in pts],
+                    ls=ls,
+                    marker="o",
+                    color=f"C{j}",
+                    label=f"{n} {kind}",
                 )
-    print(f"  solver: {res['solver']}; cpu s {res['cpu_s']}")
-
-
-def _figure(results, path):
-    from petuq_sirf.viz.common import plt, save_figure
-
-    panels = [(res, r) for res in results for r in res["roi"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (res, r) in zip(axes[0], panels, strict=True):
-        counts = res["counts_per_frame_cumulative"]
-        for n, v in res["roi"][r].items():
-            if "median_running_width_per_frame" in v:
-                ax.plot(counts, v["median_running_width_per_frame"], marker="o", label=f"{n} (valid)")
-            else:
-                ax.axhline(v["median_width_full_scan"], ls="--", lw=1, label=f"{n}: cov {v['coverage_full_scan']:.2f}")
+        for n, mk in (("bootstrap", "x"), ("bayes-unrolled", "+")):
+            for kind in ("lesion", "background"):
+                pts = [
+                    (
+                        t["counts_cumulative_mean"][-1] * args.frames / (args.frames - 1),
+                        t["comparison"].get(n, {}).get(kind),
+                    )
+                    for t in levels
+                ]
+                pts = [p for p in pts if p[1]]
+                if pts:
+                    ax.scatter(
+                        [p[0] for p in pts],
+                        [p[1]["median_relative_width"] for p in pts],
+                        marker=mk,
+                        color="k",
+                        label=f"{n} 90% {kind} (full scan)",
+                    )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("counts in the sets (frames 2..t)")
-        ax.set_ylabel("median ROI-mean interval width (image units)")
-        ax.set_title(f"{res['phantom']} {r}, alpha={res['alpha']}, test-2d", fontsize=8)
-        ax.legend(fontsize=6)
+        ax.set_xlabel("prompts in the sets at the last frame (frames 2..F); full scan for bootstrap/Bayes")
+        ax.set_ylabel("median interval width / true ROI mean")
+        ax.set_title(
+            f"{s['label']}: relative width vs counts (alpha={args.alpha}; 5e4 level pooled over "
+            f"{len(s['phantoms'])} phantoms, other levels 1 phantom)",
+            fontsize=7,
+        )
+        ax.legend(fontsize=5, ncol=2)
     save_figure(fig, path)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phantoms", default="nema,brain")
-    ap.add_argument("--realisations", type=int, default=100)
-    ap.add_argument("--solver-realisations", type=int, default=10)
-    ap.add_argument("--frames", type=int, default=4)
-    ap.add_argument("--counts", type=float, default=5e4)
+    ap.add_argument("--families", default="brain,thorax", help="phantom families (test seeds); '' for none")
+    ap.add_argument("--phantoms", default="", help="named phantoms too: nema,brain")
+    ap.add_argument("--phantoms-per-family", type=int, default=4)
+    ap.add_argument("--seed-start", type=int, default=0, help="first test seed index")
+    ap.add_argument("--realisations", type=int, default=25, help="Poisson realisations per phantom")
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--counts", type=float, default=5e4, help="expected true counts of the full scan")
+    ap.add_argument("--extra-counts", default="", help="other count levels, e.g. 1.25e4,2e5")
+    ap.add_argument("--extra-phantoms", type=int, default=1, help="phantoms per family at the extra count levels")
+    ap.add_argument("--extra-realisations", type=int, default=10)
     ap.add_argument("--alpha", type=float, default=0.1)
-    ap.add_argument("--map-iterations", type=int, default=10)
-    ap.add_argument("--ml-iterations", type=int, default=150)
-    ap.add_argument("--inner-iterations", type=int, default=15)
-    ap.add_argument("--bootstrap-replicates", type=int, default=20)
-    ap.add_argument("--bayes-samples", type=int, default=16)
+    ap.add_argument("--stop-relative-width", type=float, default=2.0, help="stop-when-narrow target width/midpoint")
+    ap.add_argument("--map-iterations", type=int, default=5)
+    ap.add_argument("--ml-iterations", type=int, default=80)
+    ap.add_argument("--inner-iterations", type=int, default=10)
+    ap.add_argument("--mixing-draws", type=int, default=8, help="unrolled weight draws for prior mixing")
+    ap.add_argument("--comparison-realisations", type=int, default=5, help="per phantom")
+    ap.add_argument("--bootstrap-replicates", type=int, default=10)
+    ap.add_argument("--bayes-samples", type=int, default=8)
+    ap.add_argument("--scanner", default="test-2d")
+    ap.add_argument("--num-xy", type=int, default=None, help="image size in-plane (default: the scanner's)")
+    ap.add_argument("--no-unrolled", action="store_true")
+    ap.add_argument(
+        "--seed-base", type=int, default=1000, help="realisation seed of the first phantom (+1 per phantom)"
+    )
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--replot", default="", help="redraw the figure and tables from a results JSON; no compute")
+    ap.add_argument("--name", default="confidence_coverage")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    if args.replot:
+        target = Path(args.replot)
+        saved = json.loads(target.read_text())
+        args = argparse.Namespace(**{**vars(args), "image_shape": saved.get("image_shape"), **saved["args"]})
+        summary = saved.get("summary") or summarise(saved["records"])
+        _print(summary, args.alpha)
+        _figure(summary, args, target.with_suffix(".png"))
+        return 0
     if args.quick:
-        args.realisations, args.solver_realisations, args.phantoms = 10, 2, "nema"
-        args.bootstrap_replicates, args.bayes_samples = 4, 4
-    torch.set_num_threads(2)
-    layout = SinogramLayout(get_scanner("test-2d"))
-    image = ImageGeometry.for_layout(layout)
-    net, posterior, _ = load_weights("unrolled")
-    results = [run_phantom(p, args, net, posterior, layout, image) for p in args.phantoms.split(",")]
-    for res in results:
-        _print(res)
+        args.families, args.phantoms_per_family, args.realisations = "brain", 1, 3
+        args.comparison_realisations, args.bootstrap_replicates, args.bayes_samples = 1, 3, 3
+        args.name = "confidence_coverage_quick"
+    torch.set_num_threads(args.threads)
+    layout = SinogramLayout(get_scanner(args.scanner))
+    image = ImageGeometry.for_layout(layout, num_xy=args.num_xy)
+    args.image_shape = list(image.shape)
+    weights_file = WEIGHTS_DIR / "unrolled_test2d" / "model.safetensors"
+    if args.no_unrolled:
+        net = posterior = None
+    else:
+        net, posterior, _ = load_weights("unrolled")
+    cases = _phantoms(args, image)
+    t0 = time.perf_counter()
+    records = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = "confidence_coverage_quick" if args.quick else "confidence_coverage"
-    (out / f"{name}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
-    _figure(results, out / f"{name}.png")
-    print(f"\nwritten {out / name}.json/.png")
+    partial = out / f"{args.name}.partial.json"
+
+    def keep(rec: dict) -> None:  # the records so far survive an interrupted run
+        records.append(rec)
+        partial.write_text(json.dumps({"args": vars(args), "records": records}))
+
+    for k, (label, ph, rois) in enumerate(cases):
+        keep(
+            run_phantom(
+                label, ph, rois, args, args.counts, args.realisations, net, posterior, layout, args.seed_base + k
+            )
+        )
+    for c in [float(v) for v in args.extra_counts.split(",") if v]:
+        seen: dict = {}
+        for k, (label, ph, rois) in enumerate(cases):
+            seen[label] = seen.get(label, 0) + 1
+            if seen[label] <= args.extra_phantoms:
+                keep(
+                    run_phantom(
+                        label,
+                        ph,
+                        rois,
+                        args,
+                        c,
+                        args.extra_realisations,
+                        net,
+                        posterior,
+                        layout,
+                        args.seed_base + 4000 + k,
+                    )
+                )
+    summary = summarise(records)
+    _print(summary, args.alpha)
+    meta = {
+        "args": vars(args),
+        "scanner": args.scanner,
+        "image_shape": list(image.shape),
+        "unrolled_weights_sha256": None if net is None else _sha256(weights_file),
+        "unrolled_weights_file": None if net is None else str(weights_file.relative_to(WEIGHTS_DIR.parents[1])),
+        "torch_threads": args.threads,
+        "wall_s_total": time.perf_counter() - t0,
+    }
+    (out / f"{args.name}.json").write_text(json.dumps({**meta, "summary": summary, "records": records}))
+    _figure(summary, args, out / f"{args.name}.png")
+    partial.unlink(missing_ok=True)
+    print(f"\nwritten {out / args.name}.json/.png ({meta['wall_s_total']:.0f} s)")
     return 0
 
 

@@ -40,6 +40,7 @@ from petuq_sirf.operators.acquisition import AcquisitionModel
 from petuq_sirf.recon.likelihood import poisson_gradient_ratio, poisson_log_likelihood
 
 _TINY = 1e-12
+_REVIVE = 1e-3  # level (relative to the mean image) of revived zero voxels
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class SolverConfig:
         ml_iterations: accelerated EM iterations for the maximum-likelihood image (``eta = 0``).
         inner_iterations: iterations of each inner (fixed-``eta``) solve, warm-started along the path.
         grid_ratio: ratio of consecutive multipliers once the path is near the thresholds.
-        coarse_ratio: ratio while ``L_ML - L(x_eta)`` is below a quarter of the smallest ``L_ML - c``.
+        coarse_ratio: ratio while no threshold ahead is within ``coarse_ratio**2.5`` of ``L_ML - L(x_eta)``
+            (the drop grows about like ``eta**2``), e.g. far below the first or between far-apart thresholds.
         max_steps: the most multipliers per path.
         max_step: the largest step (in units of the EM step) of the accelerated ascent.
         stationarity_tolerance: inner solves whose relative KKT stationarity is above this get up to
             ``extra_rounds`` more rounds of ``inner_iterations``.
+        accept_stationarity: dual values of inner solves whose relative stationarity is still above this
+            after the extra rounds are not used as bounds (they may be too narrow); a bound with no
+            accepted multiplier stays infinite (lower: 0).
     """
 
     ml_iterations: int = 200
@@ -65,6 +70,7 @@ class SolverConfig:
     max_step: float = 8.0
     stationarity_tolerance: float = 1e-4
     extra_rounds: int = 3
+    accept_stationarity: float = 1e-2
 
     def __post_init__(self) -> None:
         if min(self.ml_iterations, self.inner_iterations, self.max_steps) < 1:
@@ -161,9 +167,16 @@ def ascend(
     x = torch.where(support, x, torch.zeros_like(x))
     ybar = model.forward(x)
     obj = _loglik(counts, ybar, scale) + _dot(linear, x)
+    # multiplicative (EM) steps cannot move a voxel that is exactly 0; voxels at 0 whose gradient is
+    # positive (they should grow: a KKT violation) are revived to a small level first
+    n_sup = support.sum(dim=(-3, -2, -1), keepdim=True).clamp_min(1)
     for _ in range(iterations):
         back = model.adjoint(poisson_gradient_ratio(counts, ybar))
+        revive = support & (x <= 0) & (back > denom)
         x_em = torch.where(support, x * back / denom_safe, torch.zeros_like(x))
+        if revive.any():
+            level = x.sum(dim=(-3, -2, -1), keepdim=True) / n_sup
+            x_em = torch.where(revive, (_REVIVE * level).expand_as(x), x_em)
         cand = (x + _bcast(step) * (x_em - x)).clamp_min(0)
         ybar_c = model.forward(cand)
         obj_c = _loglik(counts, ybar_c, scale) + _dot(linear, cand)
@@ -288,7 +301,6 @@ def roi_bounds(
     roi_ml_e = roi_ml[pi, ri]
     empty = c_e >= lref.unsqueeze(1)
     drop_needed = (lref.unsqueeze(1) - c_e).clamp_min(0)  # (E, C)
-    drop_min = torch.where(empty, torch.full_like(drop_needed, math.inf), drop_needed).amin(1)
     drop_max = drop_needed.amax(1)
     wdotw = (weights.double() ** 2).sum(dim=(-3, -2, -1))
     eta_ref = t_e * _dot(weights, sens.unsqueeze(0))[ri] / wdotw[ri]
@@ -342,6 +354,9 @@ def roi_bounds(
         cc = c_e[idx]
         dual = roi.unsqueeze(1) + s * (ll.unsqueeze(1) - cc) / eta[idx].unsqueeze(1)
         improved = torch.where(s > 0, dual < best[idx], dual > best[idx])
+        # a dual value bounds the optimum only if the inner problem is solved: never take one from an
+        # inner solve that is far from stationary (if none qualifies the bound stays infinite)
+        improved &= (ks <= config.accept_stationarity).unsqueeze(1)
         best[idx] = torch.where(improved, dual, best[idx])
         constraint[idx] = torch.where(improved, ll.unsqueeze(1) - cc, constraint[idx])
         kkt_s[idx] = torch.where(improved, ks.unsqueeze(1), kkt_s[idx])
@@ -355,8 +370,17 @@ def roi_bounds(
         primal[idx] = torch.where(s > 0, torch.maximum(primal[idx], cand), torch.minimum(primal[idx], cand))
         # next multiplier
         drop = lref[idx] - ll
-        ratio = torch.where(drop < 0.25 * drop_min[idx], config.coarse_ratio, config.grid_ratio)
+        # fine steps only while a threshold still ahead is within reach of a coarse step (the drop grows
+        # about like eta^2 near the ML image, faster near eta_max); coarse elsewhere, e.g. between the
+        # thresholds of a good and a bad estimator
+        need = torch.where(empty[idx], torch.full_like(drop_needed[idx], math.inf), drop_needed[idx])
+        ahead = need >= drop.unsqueeze(1)
+        near_c = (ahead & (drop.unsqueeze(1) >= need / config.coarse_ratio**2.5)).any(1)
+        ratio = torch.where(near_c, config.grid_ratio, config.coarse_ratio)
         done = (drop > 1.05 * drop_max[idx] + 0.1) | (eta[idx] >= eta_cap[idx] * (1 - 1e-9))
+        # lower side: once the ROI is emptied (eta beyond the largest T s_j / w_j) the drop saturates and
+        # the minimum is 0 for every threshold the iterate satisfies; larger multipliers change nothing
+        done |= (sign[idx] < 0) & (roi <= 1e-4 * roi_ml_e[idx].clamp_min(_TINY))
         # geometric in eta, and (upper side) geometric in the distance to eta_max, where the ROI blows up
         nxt = eta[idx] * ratio
         near = eta_max[idx] - (eta_max[idx] - eta[idx]) / ratio

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from petuq_sirf.confidence.estimators import constant_estimator
-from petuq_sirf.confidence.roi_solver import SolverConfig, log_likelihood, roi_bounds
+from petuq_sirf.confidence.roi_solver import SolverConfig, ascend, kkt_residuals, log_likelihood, roi_bounds
 from petuq_sirf.confidence.sets import (
     Frames,
     batch_intervals,
@@ -63,6 +63,21 @@ def test_solver_matches_brute_force_and_kkt():
             assert float(res.gap_upper[0, r, j]) < 0.05 * (hi - lo)
     assert float(res.kkt_stationarity.max()) < 1e-3
     assert float(res.kkt_dual_infeasibility.max()) < 1e-2
+
+
+def test_ascend_revives_zero_voxels_that_should_grow():
+    """EM steps cannot move an exact zero: a start at 0 in a voxel whose gradient is positive must still
+    reach the optimum (else the inner problems are under-solved and the intervals too narrow)."""
+    model, _, y = _two_pixel_problem()
+    zeros = torch.zeros((1, 1, 1, 2))
+    x0 = torch.tensor([4.0, 0.0]).reshape(1, 1, 1, 2)
+    one = torch.ones(1, dtype=torch.float64)
+    assert float(kkt_residuals(model, y.unsqueeze(0), one, zeros, x0)[1][0]) > 0.1  # voxel 1 wants to grow
+    x, obj, _ = ascend(model, y.unsqueeze(0), one, zeros, x0, 300)
+    _, obj_ref, _ = ascend(model, y.unsqueeze(0), one, zeros, torch.full((1, 1, 1, 2), 4.0), 300)
+    assert float(x[0, 0, 0, 1]) > 1.0
+    assert float(obj[0]) > float(obj_ref[0]) - 1e-3
+    assert float(kkt_residuals(model, y.unsqueeze(0), one, zeros, x)[1][0]) < 1e-3
 
 
 def _tiny_2d(seed=0):
