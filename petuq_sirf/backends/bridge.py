@@ -77,25 +77,44 @@ DEFAULT_RAYS_PER_BIN = 2
 class RayTracingSettings:
     """Every setting of STIR's ray-tracing matrix that changes projected values, set explicitly on both backends.
 
-    ``num_tangential_lors``: rays per bin (``set_num_tangential_LORs``); ``restrict_to_cylindrical_fov``:
-    ignore voxels outside the inscribed cylinder (STIR's default True). The symmetries STIR uses
-    to store the matrix change memory and speed only, not values, and keep STIR's defaults.
+    ``num_tangential_lors``: rays per bin (``set_num_tangential_LORs``).
+    ``restrict_to_cylindrical_fov``: STIR's option to trace only the cylinder inscribed in its image
+    (STIR's and SIRF's default True). Our default is False, the embedded model's: every voxel of our
+    (square) grid is seen. STIR's unrestricted tracer clips rays to the square through the centres of
+    its outermost voxels, so the grid is then padded by :data:`FOV_PADDING_XY` zero voxels on each
+    side in ``x`` and ``y`` (:class:`StirImageGrid`), which puts all of our voxels inside. With True,
+    voxels outside the inscribed cylinder of our grid get no sensitivity (as in STIR/SIRF) and the
+    embedded model differs there. The symmetries STIR uses to store the matrix change memory and
+    speed only, not values, and keep STIR's defaults.
     """
 
     num_tangential_lors: int = DEFAULT_RAYS_PER_BIN
-    restrict_to_cylindrical_fov: bool = True
+    restrict_to_cylindrical_fov: bool = False
 
     def __post_init__(self) -> None:
         if int(self.num_tangential_lors) < 1:
             raise ValueError(f"num_tangential_lors must be >= 1, got {self.num_tangential_lors}")
+
+    @property
+    def padding_xy(self) -> int:
+        """Zero voxels added on each side in x and y of STIR's grid (0 when the FOV is restricted)."""
+        return 0 if self.restrict_to_cylindrical_fov else FOV_PADDING_XY
 
     def as_dict(self) -> dict:
         return {
             "matrix": "STIR ProjMatrixByBinUsingRayTracing",
             "num_tangential_lors": int(self.num_tangential_lors),
             "restrict_to_cylindrical_fov": bool(self.restrict_to_cylindrical_fov),
+            "image_padding_xy": self.padding_xy,
+            "axial_model": "tube",  # STIR's, fixed (EmbeddedAcquisitionModel(axial_model="tube") is the same)
             "values_in": "mm (STIR's x-voxel units converted by StirImageGrid.unit_mm)",
         }
+
+
+#: zero voxels padded on each in-plane side of STIR's grid when its FOV is not restricted (see
+#: :class:`RayTracingSettings`): one is enough, the unrestricted tracer stops at the centres of the
+#: outermost (padding) voxels, half a voxel beyond the edge of ours.
+FOV_PADDING_XY = 1
 
 
 class StirImageGrid:
@@ -110,31 +129,41 @@ class StirImageGrid:
       linearly there (each STIR voxel the mean of its two neighbours, mass preserved),
       ``from_stir`` is its exact adjoint. That adds a 2-tap (half-voxel) blur per even axis;
       odd grids are exchanged unchanged.
+    * **Padding.** ``pad_xy`` zero voxels are added on each side in y and x (after the half-voxel
+      exchange; see :class:`RayTracingSettings` for why the unrestricted FOV needs them); the way
+      back crops them.
     * **Units.** STIR's ray-tracing matrix returns path lengths in units of the x voxel size;
       ``unit_mm`` (the x voxel size of the STIR grid) turns them into our mm.
 
     Args:
         layout: the sinogram layout (for the scanner's rings).
         image: our grid; its x/y offsets must be 0 (STIR's ray tracer needs a centred image).
+        pad_xy: zero voxels added on each in-plane side (``RayTracingSettings.padding_xy``).
     """
 
-    def __init__(self, layout: SinogramLayout, image: ImageGeometry) -> None:
+    def __init__(self, layout: SinogramLayout, image: ImageGeometry, pad_xy: int = 0) -> None:
         if image.offset_mm[1] != 0 or image.offset_mm[2] != 0:
             raise ValueError("SIRF/STIR ray tracing needs an image centred on the scanner axis (x/y offset 0)")
+        if int(pad_xy) < 0:
+            raise ValueError(f"pad_xy must be >= 0, got {pad_xy}")
         nz, ny, nx = image.shape
         self.image = image
         self.pad_y, self.pad_x = ny % 2 == 0, nx % 2 == 0
+        self.pad_xy = int(pad_xy)
         sc = layout.scanner
         shift = (sc.num_rings - 1) / 2 * sc.ring_spacing_mm
+        p2 = 2 * self.pad_xy
         self.geometry = ImageGeometry(
-            (nz, ny + self.pad_y, nx + self.pad_x), image.voxel_size_mm, (image.offset_mm[0] + shift, 0.0, 0.0)
+            (nz, ny + self.pad_y + p2, nx + self.pad_x + p2),
+            image.voxel_size_mm,
+            (image.offset_mm[0] + shift, 0.0, 0.0),
         )
         self.shape = self.geometry.shape
         self.unit_mm = float(self.geometry.voxel_size_mm[2])
 
     @property
     def exact(self) -> bool:
-        """Whether the grid is exchanged unchanged (odd in-plane sizes)."""
+        """Whether our voxel values are exchanged unchanged (odd in-plane sizes; zero padding aside)."""
         return not (self.pad_y or self.pad_x)
 
     def to_stir(self, x: np.ndarray) -> np.ndarray:
@@ -146,11 +175,17 @@ class StirImageGrid:
                 lo, hi = list(widths), list(widths)
                 lo[axis], hi[axis] = (1, 0), (0, 1)
                 x = 0.5 * (np.pad(x, lo) + np.pad(x, hi))
+        if self.pad_xy:
+            p = self.pad_xy
+            x = np.pad(x, ((0, 0), (p, p), (p, p)))
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def from_stir(self, z: np.ndarray) -> np.ndarray:
         """The adjoint of :meth:`to_stir`: an image on STIR's grid back on ours."""
         z = np.asarray(z, dtype=np.float32)
+        if self.pad_xy:
+            p = self.pad_xy
+            z = z[:, p:-p, p:-p]
         for axis, pad in ((2, self.pad_x), (1, self.pad_y)):
             if pad:
                 n = z.shape[axis]
@@ -158,9 +193,9 @@ class StirImageGrid:
         return np.ascontiguousarray(z, dtype=np.float32)
 
 
-def stir_image_geometry(layout: SinogramLayout, image: ImageGeometry) -> ImageGeometry:
+def stir_image_geometry(layout: SinogramLayout, image: ImageGeometry, pad_xy: int = 0) -> ImageGeometry:
     """The grid to write in Interfile templates for STIR/SIRF (see :class:`StirImageGrid`)."""
-    return StirImageGrid(layout, image).geometry
+    return StirImageGrid(layout, image, pad_xy).geometry
 
 
 def sirf_terms(multiplicative: torch.Tensor, additive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -220,6 +255,7 @@ class ExternalAcquisitionModel(AcquisitionModelBase):
         additive: ``b`` in counts, shape ``layout.shape`` (default zeros).
         psf_fwhm_mm: image-space Gaussian resolution model FWHM in mm (0 = none).
         device: where results are returned (the projection itself runs on the CPU).
+        settings: the ray-tracing settings (they decide the padding of STIR's grid).
     """
 
     backend_name = "external"
@@ -232,7 +268,9 @@ class ExternalAcquisitionModel(AcquisitionModelBase):
         additive: torch.Tensor | None = None,
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
+        settings: RayTracingSettings | None = None,
     ) -> None:
+        self.settings = settings if settings is not None else RayTracingSettings()
         self.layout = layout
         self.image = image
         self.image_shape = image.shape
@@ -243,7 +281,8 @@ class ExternalAcquisitionModel(AcquisitionModelBase):
         self.psf_fwhm_mm = psf_fwhm_mm
         self._set_terms(multiplicative, additive)
         self._unit_terms_model: ExternalAcquisitionModel | None = None
-        self.grid = StirImageGrid(layout, image)  # STIR's placement of our grid and its units, in one place
+        # STIR's placement of our grid and its units, in one place
+        self.grid = StirImageGrid(layout, image, self.settings.padding_xy)
 
     def projector_settings(self) -> dict:
         """The projector's settings as recorded in ``metrics.json`` (overridden by the backends)."""

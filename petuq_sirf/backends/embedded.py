@@ -7,6 +7,7 @@ import weakref
 import torch
 
 from petuq_sirf.operators.acquisition import AcquisitionModelBase, subset_views
+from petuq_sirf.operators.axial_tube import AXIAL_MODELS, AxialTubeProjector
 from petuq_sirf.operators.base import LinearOperator, Multiplication
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.operators.psf import GaussianPSF
@@ -29,6 +30,9 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         device: torch device.
         dtype: float type of the model (float32; float64 for gradient checks).
         projector: an existing projector to share (for subsets / replicates).
+        axial_model: ``"line"`` (default: each bin one line between the ring centres) or ``"tube"``
+            (STIR's ray-tracing model: sub-rays spread over the sinogram's axial sampling,
+            :mod:`petuq_sirf.operators.axial_tube`), to match the STIR/SIRF backends exactly.
     """
 
     def __init__(
@@ -40,13 +44,20 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        projector: RayTracingProjector | None = None,
+        projector: RayTracingProjector | AxialTubeProjector | None = None,
+        axial_model: str = "line",
     ) -> None:
+        if axial_model not in AXIAL_MODELS:
+            raise ValueError(f"unknown axial_model {axial_model!r}: choose one of {', '.join(AXIAL_MODELS)}")
+        self.axial_model = axial_model
         self.layout = layout
         self.image = image
         self.device = torch.device(device)
         self.dtype = dtype
-        self.projector = projector or RayTracingProjector(layout, image, device=self.device, dtype=dtype)
+        if projector is None:
+            make = AxialTubeProjector if axial_model == "tube" else RayTracingProjector
+            projector = make(layout, image, device=self.device, dtype=dtype)
+        self.projector = projector
         self.image_shape = image.shape
         self.data_shape = self.projector.data_shape
         self.voxel_size_mm = image.voxel_size_mm
@@ -60,6 +71,7 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         return {
             "backend": "embedded",
             "matrix": "Joseph (bilinear interpolation per plane), exact matched adjoint",
+            "axial_model": self.axial_model,
             "values_in": "mm",
             "psf_fwhm_mm": self.psf_fwhm_mm,
         }
@@ -97,6 +109,7 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
             self.device,
             self.dtype,
             projector=proj,
+            axial_model=self.axial_model,
         )
 
     def with_terms(
@@ -111,4 +124,5 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
             self.device,
             self.dtype,
             projector=self.projector,
+            axial_model=self.axial_model,
         )

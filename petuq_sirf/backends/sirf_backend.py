@@ -83,10 +83,15 @@ def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | No
     return acq
 
 
-def image_template(layout: SinogramLayout, image: ImageGeometry, workdir: str | os.PathLike | None = None):
-    """A SIRF ``ImageData`` on STIR's placement of our grid (:class:`~petuq_sirf.backends.bridge.StirImageGrid`)."""
+def image_template(
+    layout: SinogramLayout, image: ImageGeometry, workdir: str | os.PathLike | None = None, pad_xy: int = 0
+):
+    """A SIRF ``ImageData`` on STIR's placement of our grid (:class:`~petuq_sirf.backends.bridge.StirImageGrid`).
+
+    ``pad_xy`` zero voxels on each in-plane side (``RayTracingSettings.padding_xy``).
+    """
     pet = import_sirf()
-    grid = StirImageGrid(layout, image)
+    grid = StirImageGrid(layout, image, pad_xy)
     folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="petuq_sirf_"))
     folder.mkdir(parents=True, exist_ok=True)
     path = write_image(folder / "template.hv", np.zeros(grid.shape, np.float32), grid.geometry)
@@ -126,7 +131,9 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         projector: ``"raytracing"`` (``AcquisitionModelUsingRayTracingMatrix``) or
             ``"parallelproj"`` (``AcquisitionModelUsingParallelproj``, when SIRF was built with it).
         num_tangential_lors, restrict_to_cylindrical_fov: the ray-tracing matrix settings, always set
-            explicitly (defaults identical to the STIR backend's; SIRF's own default is 2 rays per bin).
+            explicitly (defaults identical to the STIR backend's; SIRF's own default is 2 rays per bin and
+            a restricted FOV, ours the whole grid as the embedded model, see
+            :class:`~petuq_sirf.backends.bridge.RayTracingSettings`).
         workdir: folder for the Interfile templates, created if missing (default: a temporary folder).
         acq_template, image_template_data: existing SIRF ``AcquisitionData`` / ``ImageData`` to use.
         sensitivity_model: a SIRF ``AcquisitionSensitivityModel`` (e.g. from a norm file and a
@@ -146,7 +153,7 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         device: str | torch.device = "cpu",
         projector: str = "raytracing",
         num_tangential_lors: int = DEFAULT_RAYS_PER_BIN,
-        restrict_to_cylindrical_fov: bool = True,
+        restrict_to_cylindrical_fov: bool = False,
         workdir: str | os.PathLike | None = None,
         acq_template=None,
         image_template_data=None,
@@ -157,18 +164,20 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         if projector not in ("raytracing", "parallelproj"):
             raise ValueError(f"unknown SIRF projector {projector!r}: choose raytracing or parallelproj")
         self.projector = projector
-        self.settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
-        self.num_tangential_lors = self.settings.num_tangential_lors
+        settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
+        self.num_tangential_lors = settings.num_tangential_lors
         self._workdir = workdir
         self._acq_template = acq_template if acq_template is not None else acquisition_template(layout, workdir)
         self._img_template = (
-            image_template_data if image_template_data is not None else image_template(layout, image, workdir)
+            image_template_data
+            if image_template_data is not None
+            else image_template(layout, image, workdir, settings.padding_xy)
         )
         if sensitivity_model is not None:
             sensitivity_model.set_up(self._acq_template)
             ones = self._acq_template.get_uniform_copy(1.0)
             multiplicative = from_numpy(_acq_array(sensitivity_model.forward(ones), layout))
-        super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device)
+        super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device, settings)
         fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3
         self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
         self._setup()

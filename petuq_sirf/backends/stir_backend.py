@@ -77,7 +77,9 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
         num_tangential_lors: rays per bin of ``ProjMatrixByBinUsingRayTracing``, always set explicitly
             (default :data:`~petuq_sirf.backends.bridge.DEFAULT_RAYS_PER_BIN`, the same on the SIRF backend;
             STIR's own default is 1, SIRF's 2).
-        restrict_to_cylindrical_fov: STIR's option to ignore voxels outside the inscribed cylinder.
+        restrict_to_cylindrical_fov: STIR's option to ignore voxels outside the inscribed cylinder
+            (default False: the whole grid, as the embedded model; see
+            :class:`~petuq_sirf.backends.bridge.RayTracingSettings`).
         workdir: folder for the Interfile templates, created if missing (default: a new temporary folder).
     """
 
@@ -92,12 +94,12 @@ class StirAcquisitionModel(ExternalAcquisitionModel):
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
         num_tangential_lors: int = DEFAULT_RAYS_PER_BIN,
-        restrict_to_cylindrical_fov: bool = True,
+        restrict_to_cylindrical_fov: bool = False,
         workdir: str | os.PathLike | None = None,
         _shared=None,
     ) -> None:
-        super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device)
-        self.settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
+        settings = RayTracingSettings(int(num_tangential_lors), bool(restrict_to_cylindrical_fov))
+        super().__init__(layout, image, multiplicative, additive, psf_fwhm_mm, device, settings)
         self.num_tangential_lors = self.settings.num_tangential_lors
         self.restrict_to_cylindrical_fov = self.settings.restrict_to_cylindrical_fov
         fwhm = psf_fwhm_mm if isinstance(psf_fwhm_mm, tuple) else (float(psf_fwhm_mm),) * 3

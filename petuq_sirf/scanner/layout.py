@@ -7,11 +7,16 @@ them), and within a segment sinograms in increasing axial position.
 Geometry conventions (non-arc-corrected data, as STIR):
   * raw view ``u`` has angle ``phi_u = u * dtheta + tilt`` with ``dtheta = 2 pi / N``;
     a mashed view has the mean angle of the raw views it merges;
-  * tangential bin ``k`` (centred, ``-n/2 .. n/2 - 1``) lies at ``s = R sin(k b / R)``
-    (``b`` the default bin size, ``R`` the ring radius at the average depth of interaction);
+  * tangential bin ``k`` (centred, ``-n/2 .. n/2 - 1``) lies at ``s = R sin(k pi / N)``
+    (``N`` detectors per ring, ``R`` the ring radius at the average depth of interaction): the
+    bins of a non-arc-corrected sinogram are detector pairs, half a crystal angle apart, as in
+    STIR's ``ProjDataInfoCylindricalNoArcCorr`` (angular increment ``pi / N``). The scanner's
+    ``default_bin_size_mm`` (about ``R pi / N``) is the arc-corrected bin size; it does not set
+    the sampling (on a scanner where it differs from ``R pi / N``, e.g. ``test-3d`` by 2.3 %, the
+    old ``k b / R`` put the bins where neither STIR nor our crystal-pair binning has them);
   * the LOR is ``x cos(phi) + y sin(phi) = s`` and joins the ring points at angles
-    ``theta_a = phi - pi/2 + k b/R`` (ring ``r_a``, lower z for a positive ring difference
-    ``r_b - r_a``) and ``theta_b = phi + pi/2 - k b/R``, as STIR's ``get_LOR`` parametrises it.
+    ``theta_a = phi - pi/2 + k pi/N`` (ring ``r_a``, lower z for a positive ring difference
+    ``r_b - r_a``) and ``theta_b = phi + pi/2 - k pi/N``, as STIR's ``get_LOR`` parametrises it.
 """
 
 from __future__ import annotations
@@ -88,8 +93,8 @@ class SinogramLayout:
         if n is not None and not 1 <= n <= max_bins:
             raise ValueError(f"num_tangential_bins {n} outside 1..{max_bins} for {self.scanner.name}")
         sc = self.scanner
-        if (self.num_tangential // 2) * sc.default_bin_size_mm / sc.effective_radius_mm >= math.pi / 2:
-            raise ValueError(f"{self.num_tangential} tangential bins of {sc.default_bin_size_mm} mm exceed the ring")
+        if (self.num_tangential // 2) * self.angular_increment_rad >= math.pi / 2:
+            raise ValueError(f"{self.num_tangential} tangential bins exceed the {sc.detectors_per_ring}-detector ring")
 
     # --- sizes -----------------------------------------------------------------------
     @property
@@ -179,9 +184,13 @@ class SinogramLayout:
         return self.scanner.effective_radius_mm * np.sin(self._tangential_angles())
 
     def _tangential_angles(self) -> np.ndarray:
-        """``beta_k = k b / R`` (STIR's angular increment times the bin number), shape ``(tangential,)``."""
-        sc = self.scanner
-        return self.tangential_indices() * (sc.default_bin_size_mm / sc.effective_radius_mm)
+        """``beta_k = k pi / N`` (STIR's angular increment times the bin number), shape ``(tangential,)``."""
+        return self.tangential_indices() * self.angular_increment_rad
+
+    @property
+    def angular_increment_rad(self) -> float:
+        """Angle between neighbouring tangential bins seen from the centre: ``pi / N`` (half a crystal angle)."""
+        return math.pi / self.scanner.detectors_per_ring
 
     def sinogram_z_mm(self) -> tuple[np.ndarray, np.ndarray]:
         """Axial centre and axial extent (``z_b - z_a``) of each sinogram's LORs in mm, shape ``(sinograms,)``.

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.io.interfile import read_image, read_projdata
-from petuq_sirf.operators.projector import RayTracingProjector
+from petuq_sirf.operators.axial_tube import AxialTubeProjector
 from petuq_sirf.operators.psf import GaussianPSF
 
 
@@ -37,7 +37,8 @@ def _standard_segment_sequence(num_segments):
 
 def stir_to_our_geometry(layout, geometry):
     """Undo STIR's image conventions (z origin at the first ring); refuse what STIR's ray tracer refuses."""
-    if geometry.shape[1] % 2 == 0 or geometry.shape[2] % 2 == 0 or geometry.offset_mm[1] or geometry.offset_mm[2]:
+    off_xy = max(abs(geometry.offset_mm[1]), abs(geometry.offset_mm[2]))
+    if geometry.shape[1] % 2 == 0 or geometry.shape[2] % 2 == 0 or off_xy > 0.05:  # STIR's tolerance: 0.05 mm
         raise RuntimeError("ProjMatrixByBinUsingRayTracing sadly doesn't support shifted x/y origin yet")
     shift = (layout.scanner.num_rings - 1) / 2 * layout.scanner.ring_spacing_mm
     return type(geometry)(geometry.shape, geometry.voxel_size_mm, (geometry.offset_mm[0] - shift, 0.0, 0.0))
@@ -197,7 +198,7 @@ class AcquisitionModelUsingRayTracingMatrix:
         ours = stir_to_our_geometry(self.layout, img_templ.geometry)
         key = (self.layout, ours)
         if key not in _PROJECTORS:  # building a system matrix is the slow part; share it between models
-            _PROJECTORS[key] = RayTracingProjector(self.layout, ours)
+            _PROJECTORS[key] = AxialTubeProjector(self.layout, ours)  # STIR's axial tube
         self.proj = _PROJECTORS[key]
         self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.P = GaussianPSF(self.psf.fwhms, img_templ.geometry.voxel_size_mm) if self.psf is not None else None

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.io.interfile import read_image, read_projdata
-from petuq_sirf.operators.projector import RayTracingProjector
+from petuq_sirf.operators.axial_tube import AxialTubeProjector
 from tests.backends.fake_sirf import _PROJECTORS, _array_order, stir_to_our_geometry
 
 
@@ -120,7 +120,7 @@ class _Projector:
         ours = stir_to_our_geometry(layout, image.geometry)
         key = (layout, ours)
         if key not in _PROJECTORS:  # share system matrices between projectors and tests
-            _PROJECTORS[key] = RayTracingProjector(layout, ours)
+            _PROJECTORS[key] = AxialTubeProjector(layout, ours)  # STIR's axial tube
         self.proj = _PROJECTORS[key]
         self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.order = _array_order(layout)

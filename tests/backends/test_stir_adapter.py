@@ -32,7 +32,7 @@ def test_stir_adapter_matches_embedded(stir_impl, layout_3d, image_3d_odd, psf):
     m = 0.5 + torch.rand(layout_3d.shape, generator=g)
     b = torch.rand(layout_3d.shape, generator=g)
     model = make_acquisition_model("stir", layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
+    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf, axial_model="tube")
     x = smooth_image(image_3d_odd, batch=2)
     y = ref.forward(x[1])
     assert_close(stir_impl, model.forward(x), ref.forward(x))
@@ -53,7 +53,7 @@ def test_even_grids_are_exchanged_at_half_voxels(stir_impl, layout_3d, image_3d)
     """40 x 40 (even): STIR's odd 41 x 41 grid, our image interpolated onto it; exact adjoint."""
     model = make_acquisition_model("stir", layout_3d, image_3d)
     assert model.projector_settings()["image_exchange"] == "half-voxel"
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d)
+    ref = EmbeddedAcquisitionModel(layout_3d, image_3d, axial_model="tube")
     x = smooth_image(image_3d, seed=3)
     assert nrmse(model.forward(x), ref.forward(x)) < 0.05  # the 2-tap blur of a smooth image is small
     assert float(model.forward(x).sum() / ref.forward(x).sum()) == pytest.approx(1.0, abs=0.01)
@@ -75,6 +75,14 @@ def test_stir_image_grid_conventions(layout_3d, image_3d, image_3d_odd):
     x, z = rng.random(image_3d.shape, np.float32), rng.random(even.shape, np.float32)
     assert float((even.to_stir(x) * z).sum()) == pytest.approx(float((x * even.from_stir(z)).sum()), rel=1e-5)
     assert float(even.to_stir(x).sum()) == pytest.approx(float(x.sum()), rel=1e-5)  # mass preserved
+    # zero padding for the unrestricted FOV: one voxel per in-plane side, cropped on the way back (exact adjoint)
+    padded = StirImageGrid(layout_3d, image_3d, pad_xy=1)
+    assert padded.shape == (7, 43, 43) and padded.geometry.centres_mm(2)[1] == pytest.approx(
+        even.geometry.centres_mm(2)[0]
+    )
+    zp = rng.random(padded.shape, np.float32)
+    assert float((padded.to_stir(x) * zp).sum()) == pytest.approx(float((x * padded.from_stir(zp)).sum()), rel=1e-5)
+    assert np.array_equal(padded.to_stir(x)[:, 1:-1, 1:-1], even.to_stir(x)) and padded.to_stir(x)[:, 0].max() == 0
     with pytest.raises(ValueError, match="centred on the scanner axis"):
         StirImageGrid(layout_3d, ImageGeometry((7, 39, 39), (2.0, 4.0, 4.0), (0.0, 2.0, 0.0)))
 
@@ -84,7 +92,10 @@ def test_settings_are_explicit_and_workdir_is_created(stir_impl, layout_3d, imag
     model = make_acquisition_model("stir", layout_3d, image_3d_odd, workdir=folder)
     assert (folder / "template.hs").is_file() and (folder / "template.hv").is_file()
     settings = model.projector_settings()
-    assert settings["num_tangential_lors"] == DEFAULT_RAYS_PER_BIN and settings["restrict_to_cylindrical_fov"]
+    assert settings["num_tangential_lors"] == DEFAULT_RAYS_PER_BIN and not settings["restrict_to_cylindrical_fov"]
+    assert settings["image_padding_xy"] == 1 and model.grid.shape == (7, 41, 41)  # the whole grid is traced
+    restricted = make_acquisition_model("stir", layout_3d, image_3d_odd, restrict_to_cylindrical_fov=True)
+    assert restricted.projector_settings()["image_padding_xy"] == 0 and restricted.grid.shape == (7, 39, 39)
     assert model._stir["matrix"].get_num_tangential_LORs() == DEFAULT_RAYS_PER_BIN  # set on the matrix itself
     three = make_acquisition_model("stir", layout_3d, image_3d_odd, num_tangential_lors=3)
     assert three._stir["matrix"].get_num_tangential_LORs() == 3

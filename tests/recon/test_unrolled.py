@@ -67,7 +67,9 @@ def test_gradients_flow_through_the_unrolled_network_to_the_projector():
 def test_short_training_lowers_validation_loss_and_fits_a_posterior(layout_2d, image_2d, geometric):
     train = make_low_dose_set(layout_2d, image_2d, LowDoseConfig(8, seed=0), geometric)
     val = make_low_dose_set(layout_2d, image_2d, LowDoseConfig(4, seed=7), geometric)
-    cfg = UnrolledTrainingConfig(num_steps=15, head_steps=5, svi_steps=5, batch_size=2, lr=1e-2)
+    # 30 steps: at 15 the validation loss fell by 5.2 % (0.948, a hair under the 0.95 bound) and by 1.5 % after
+    # the 0.1 % change of the test-2d tangential sampling (k pi / N); at 30 it falls by 8 %
+    cfg = UnrolledTrainingConfig(num_steps=30, head_steps=5, svi_steps=5, batch_size=2, lr=1e-2)
     res = train_unrolled(train, geometric, cfg, UnrolledConfig(num_iterations=3, channels=8, depth=3), val)
     assert len(res.val_losses) == 2
     assert res.val_losses[1] < 0.95 * res.val_losses[0], res.val_losses

@@ -82,11 +82,30 @@ def test_lor_parametrisation_follows_stir_get_lor():
     a_side = p_a[..., 0] * torch.sin(phi) - p_a[..., 1] * torch.cos(phi)
     assert (a_side[pos] > 0).all()
     assert (p_a[pos][..., 2] < p_b[pos][..., 2]).all()
-    # STIR's non-arc-corrected sampling: s = R sin(k * bin_size / R)
+    # STIR's non-arc-corrected sampling (ProjDataInfoCylindricalNoArcCorr::get_s): s = R sin(k * pi / N),
+    # bins half a crystal angle apart whatever the scanner's (arc-corrected) default bin size
     sc = layout.scanner
     k = 100
-    expected = sc.effective_radius_mm * np.sin(k * sc.default_bin_size_mm / sc.effective_radius_mm)
+    expected = sc.effective_radius_mm * np.sin(k * np.pi / sc.detectors_per_ring)
     assert layout.tangential_positions_mm()[layout.num_tangential // 2 + k] == pytest.approx(expected)
+
+
+def test_tangential_bins_are_detector_pairs_half_a_crystal_apart():
+    """Each bin's LOR end points sit on the crystals the list-mode binning assigns to it.
+
+    End point angle = (detector - parity / 2) x crystal angle, ``parity = (N/2 - k) mod 2`` (the
+    interleaved bins lie half a crystal between two pairs). On ``test-3d`` the default bin size
+    (4 mm) differs from ``R pi / N`` (4.09 mm) by 2.3 %: a sampling of ``k b / R`` misses the crystals.
+    """
+    sc = get_scanner("test-3d")
+    layout = SinogramLayout(sc)
+    p_a, p_b = layout.lor_endpoints()
+    det_a, det_b = layout.transaxial_crystal_pairs()  # (view_mashing = 1, views, tangential)
+    parity = (sc.detectors_per_ring // 2 - layout.tangential_indices()) % 2
+    for p, det in ((p_a, det_a), (p_b, det_b)):
+        angle = np.arctan2(p[0, ..., 1].numpy(), p[0, ..., 0].numpy())
+        expected = (det[0] - parity[None, :] / 2) * sc.crystal_angle_rad
+        assert np.abs(np.angle(np.exp(1j * (angle - expected)))).max() < 1e-9
 
 
 def test_explicit_tangential_bins_up_to_the_scanner_default():
