@@ -53,16 +53,18 @@ def test_training_data_is_deterministic_and_cached(tmp_path):
     assert not torch.equal(a.target[:1], other.target)
 
 
-def test_bnn_beats_noisy_input_and_std_tracks_error(splits, svi_model):
+def test_bnn_beats_noisy_input_and_samples_its_weights(splits, svi_model):
+    """(The voxel-wise rank correlation of this small SVI denoiser's std with its error is ~0 on held-out
+    phantoms: -0.0007 / +0.003 after 30 / 60 epochs, RMSE in the lowest- vs highest-std quartile 0.084 vs
+    0.079. An earlier assertion rho > 0 passed by chance (0.025); the std does not track the error per
+    voxel here, which is why the calibrated variants of docs/heldout_uq.md are needed.)"""
     _, test = splits
     post = svi_model.predict(test.noisy, num_samples=16, seed=0)
     mask = test.mask
-    mean, std = post.predictive_mean, post.total_std
+    mean = post.predictive_mean
     nrmse_in = torch.linalg.norm((test.noisy - test.target)[mask]) / torch.linalg.norm(test.target[mask])
     nrmse_out = torch.linalg.norm((mean - test.target)[mask]) / torch.linalg.norm(test.target[mask])
     assert nrmse_out < 0.8 * nrmse_in
-    rho = cal.rank_correlation(std[mask][None, None], (mean - test.target).abs()[mask][None, None])
-    assert rho > 0
     assert float(post.epistemic_std[mask].mean()) > 0  # weights are sampled
     assert torch.all(post.total_std >= post.aleatoric_std)
 
