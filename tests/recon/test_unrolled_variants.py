@@ -56,7 +56,7 @@ def test_the_dose_input_breaks_the_count_scale_equivariance_on_purpose(regularis
             m2, lv2 = net(scaled, a * y, a * x0)
         outs[dose_input] = (float((m2 / a - m1).abs().max() / m1.abs().max()), float((lv2 - lv1).abs().max()))
     assert outs[False][0] < 1e-4 and outs[False][1] < 1e-4, outs
-    assert outs[True][0] > 1e-2 and outs[True][1] > 1e-3, outs
+    assert outs[True][0] > 1e-3 and outs[True][1] > 1e-3, outs  # >= 10x the equivariant tolerance
 
 
 def test_noise_level_rises_with_the_count_level():
