@@ -240,6 +240,35 @@ def _kind(roi: str) -> str:
     return "lesion" if roi.startswith("lesion_") or roi.startswith("hot_") else roi
 
 
+def _interval_summary(recs: list[dict], pick) -> dict:
+    """Coverage (with SE), median (relative) width and, if present, max KKT stationarity per ROI kind;
+    ``pick(record)`` gives ``{"covered", "width"[, "kkt_stationarity"]}`` arrays of shape (realisations, ROIs)."""
+    out = {}
+    for kind in ("lesion", "background"):
+        cov, wid, relw, kkt = [], [], [], []
+        for r in recs:
+            a = pick(r)
+            for i, roi in enumerate(r["rois"]):
+                if _kind(roi) == kind:
+                    cov += list(a["covered"][:, i])
+                    wid += list(a["width"][:, i])
+                    relw += list(a["width"][:, i] / r["truth_roi_mean"][roi])
+                    if "kkt_stationarity" in a:
+                        kkt += list(a["kkt_stationarity"][:, i])
+        if cov:
+            p = float(np.mean(cov))
+            out[kind] = {
+                "n": len(cov),
+                "coverage": p,
+                "coverage_se": _se(p, len(cov)),
+                "median_width": float(np.median(wid)),
+                "median_relative_width": float(np.median(relw)),
+            }
+            if kkt:
+                out[kind]["kkt_stationarity_max"] = float(np.max(kkt))
+    return out
+
+
 def summarise(records: list[dict]) -> dict:
     """Pool the records per (label, counts): per estimator and ROI kind."""
     groups: dict = {}
@@ -304,51 +333,23 @@ def summarise(records: list[dict]) -> dict:
                     "empty_sets": int(np.sum(emp)),
                 }
             s["estimators"][n] = e
-        # prior mixing and comparisons
-        s["prior_mixing"] = {}
-        for c, n in enumerate(recs[0]["prior_mixing"]["estimators"]):
-            d = {}
-            for kind in ("lesion", "background"):
-                cov, wid, relw, kkt = [], [], [], []
-                for r in recs:
-                    pmr = r["prior_mixing"]
-                    for i, roi in enumerate(r["rois"]):
-                        if _kind(roi) == kind:
-                            cov += list(np.array(pmr["covered"])[:, c, i])
-                            wid += list(np.array(pmr["width"])[:, c, i])
-                            relw += list(np.array(pmr["width"])[:, c, i] / r["truth_roi_mean"][roi])
-                            kkt += list(np.array(pmr["kkt_stationarity"])[:, c, i])
-                if cov:
-                    d[kind] = {
-                        "n": len(cov),
-                        "coverage": float(np.mean(cov)),
-                        "coverage_se": _se(float(np.mean(cov)), len(cov)),
-                        "median_width": float(np.median(wid)),
-                        "median_relative_width": float(np.median(relw)),
-                        "kkt_stationarity_max": float(np.max(kkt)),
-                    }
-            s["prior_mixing"][n] = d
-        s["comparison"] = {}
-        for n in recs[0]["comparison"]:
-            d = {}
-            for kind in ("lesion", "background"):
-                cov, wid, relw = [], [], []
-                for r in recs:
-                    cr = r["comparison"][n]
-                    for i, roi in enumerate(r["rois"]):
-                        if _kind(roi) == kind:
-                            cov += list(np.array(cr["covered"])[:, i])
-                            wid += list(np.array(cr["width"])[:, i])
-                            relw += list(np.array(cr["width"])[:, i] / r["truth_roi_mean"][roi])
-                if cov:
-                    d[kind] = {
-                        "n": len(cov),
-                        "coverage": float(np.mean(cov)),
-                        "coverage_se": _se(float(np.mean(cov)), len(cov)),
-                        "median_width": float(np.median(wid)),
-                        "median_relative_width": float(np.median(relw)),
-                    }
-            s["comparison"][n] = d
+        # prior mixing and comparisons: (realisations, ROIs) arrays per record
+        pm = recs[0]["prior_mixing"]["estimators"]
+        s["prior_mixing"] = {
+            n: _interval_summary(
+                recs,
+                lambda r, c=c: {
+                    k: np.array(r["prior_mixing"][k])[:, c] for k in ("covered", "width", "kkt_stationarity")
+                },
+            )
+            for c, n in enumerate(pm)
+        }
+        s["comparison"] = {
+            n: _interval_summary(
+                recs, lambda r, n=n: {k: np.array(r["comparison"][n][k]) for k in ("covered", "width")}
+            )
+            for n in recs[0]["comparison"]
+        }
         summary.append(s)
     return summary
 
