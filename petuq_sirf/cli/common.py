@@ -61,6 +61,17 @@ def float_in(lo: float | None = None, hi: float | None = None, lo_open: bool = F
     return parse
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated numbers (at least one)."""
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
 def int_in(lo: int | None = None, hi: int | None = None, why: str = ""):
     """An argparse ``type``: an integer in ``[lo, hi]`` (``1e3`` is accepted when it is whole)."""
 

@@ -12,7 +12,16 @@ import argparse
 from petuq_sirf.bayes.denoisers import METHODS, DenoiserConfig
 from petuq_sirf.bayes.networks import NetworkConfig
 from petuq_sirf.bayes.training_data import DenoisingDataConfig
-from petuq_sirf.cli.common import COUNTS, LEARNING_RATE, SEED, check_out_dir, float_in, int_in, write_metrics
+from petuq_sirf.cli.common import (
+    COUNTS,
+    LEARNING_RATE,
+    SEED,
+    check_out_dir,
+    float_in,
+    float_list,
+    int_in,
+    write_metrics,
+)
 from petuq_sirf.pipelines.denoiser_training import (
     TRAINING_STATE,
     has_interrupted_run,
@@ -21,23 +30,13 @@ from petuq_sirf.pipelines.denoiser_training import (
 )
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
-
-
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training data")
     g.add_argument("--scanner", default="test-2d", help="Scanner of the simulated data.")
     g.add_argument("--phantoms", type=int_in(1, 100_000), default=40, help="Random phantoms.")
     g.add_argument(
         "--doses",
-        type=_floats,
+        type=float_list,
         default=(0.02, 0.05, 0.1),
         help="Dose fractions of the standard counts, comma-separated (default 0.02,0.05,0.1).",
     )

@@ -18,6 +18,7 @@ from petuq_sirf.cli.common import (
     check_out_dir,
     command_line,
     float_in,
+    float_list,
     int_in,
     resolve_device,
 )
@@ -45,6 +46,7 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--counts-range",
+        type=float_list,
         default=None,
         help="LOW,HIGH expected true counts: each training phantom's counts drawn log-uniformly in the range "
         "(needs --families); --counts is then the count level of the stored calibration.",
@@ -99,18 +101,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from petuq_sirf.pipelines.denoiser_training import phantom_families
     from petuq_sirf.pipelines.network_training import UnrolledTrainingSettings, train_unrolled_network
 
-    counts_range = None
-    if args.counts_range:
-        try:
-            lo, hi = (float(v) for v in args.counts_range.split(","))
-        except ValueError:
-            raise ValueError(f"--counts-range must be LOW,HIGH (two numbers), got {args.counts_range!r}") from None
-        counts_range = (lo, hi)
+    if args.counts_range is not None and len(args.counts_range) != 2:
+        raise ValueError(f"--counts-range must be LOW,HIGH (two numbers), got {args.counts_range}")
     settings = UnrolledTrainingSettings(
-        families=tuple(f for f in args.families.split(",") if f),
-        counts_range=counts_range,
+        families=tuple(phantom_families(args.families)),
+        counts_range=args.counts_range,
         dose_input=args.dose_input,
         regulariser=args.regulariser,
         scanner=args.scanner,

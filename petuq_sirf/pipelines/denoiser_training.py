@@ -24,12 +24,10 @@ TRAINING_STATE = "training_state"
 
 def phantom_families(text: str | None) -> list[str]:
     """Family names from a comma list (``brain,thorax``), checked; ``[]`` for none."""
-    from petuq_sirf.simulation.phantom_families import FAMILIES
+    from petuq_sirf.simulation.phantom_families import check_families
 
     names = [v.strip() for v in (text or "").split(",") if v.strip()]
-    bad = [n for n in names if n not in FAMILIES]
-    if bad:
-        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+    check_families(names)
     return names
 
 

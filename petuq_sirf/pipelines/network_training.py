@@ -53,11 +53,9 @@ class CalibrationSettings:
             raise ValueError("--calibration-phantoms must be >= 0 and --calibration-samples >= 2")
         if not 0 <= self.lesion_probability <= 1:
             raise ValueError("--calibration-lesion-probability must be in [0, 1]")
-        from petuq_sirf.simulation.phantom_families import FAMILIES
+        from petuq_sirf.simulation.phantom_families import check_families
 
-        bad = [f for f in self.families if f not in FAMILIES]
-        if bad:
-            raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+        check_families(self.families)
 
 
 def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings) -> dict:
@@ -158,11 +156,9 @@ class UnrolledTrainingSettings:
             raise ValueError(f"unknown --regulariser {self.regulariser!r}: choose cnn or dbfb")
         if self.counts_range is not None and not 0 < self.counts_range[0] <= self.counts_range[1]:
             raise ValueError(f"--counts-range must be LOW,HIGH with 0 < LOW <= HIGH, got {self.counts_range}")
-        from petuq_sirf.simulation.phantom_families import FAMILIES
+        from petuq_sirf.simulation.phantom_families import check_families
 
-        bad = [f for f in self.families if f not in FAMILIES]
-        if bad:
-            raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+        check_families(self.families)
         if self.posterior not in ("svi", "ais"):
             raise ValueError(f"unknown weight posterior {self.posterior!r}: choose svi or ais")
         if self.posterior == "ais" and (self.ais_iterations < 1 or self.ais_draws < 2 or not self.ais_sigma > 0):

@@ -52,6 +52,14 @@ SEED_RANGES: dict[str, tuple[int, int]] = {
 
 FAMILIES: tuple[str, ...] = ("brain", "thorax", "ellipses")
 
+
+def check_families(names) -> None:
+    """One-line error naming the families of ``names`` that are not in :data:`FAMILIES`."""
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise ValueError(f"unknown phantom families {bad}; choose from {', '.join(FAMILIES)}")
+
+
 #: Out-of-family protocol: learn (train + calibrate) on ``in_family``, test also on ``held_out``.
 OUT_OF_FAMILY: dict[str, tuple[str, ...]] = {"in_family": ("thorax", "ellipses"), "held_out": ("brain",)}
 
