@@ -62,7 +62,7 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case)")
     p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")
-    p.add_argument("--standard-counts", type=float, default=None, help="expected trues at 100 %% dose")
+    p.add_argument("--standard-counts", type=float, default=None, help="expected trues at 100 %% dose (default 1e6)")
     p.add_argument(
         "--no-denoiser-dose-input", dest="denoiser_dose_input", action="store_false", help="denoiser without dose input"
     )
@@ -119,9 +119,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     if args.rings:
         scanner = scanner.with_(name=f"{args.scanner}-{args.rings}rings", num_rings=args.rings)
     layout = SinogramLayout(scanner)
-    global STANDARD_COUNTS
-    if args.standard_counts:
-        STANDARD_COUNTS = args.standard_counts
+    standard_counts = args.standard_counts or STANDARD_COUNTS
     image = ImageGeometry.for_layout(layout)
     vox = image.voxel_size_mm
     geometric = geometric_model(layout, image, 4.0)
@@ -130,7 +128,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
     def case(family: str, seed: int, dose: float):
         ph = family_phantom(family, image, seed)
-        sim = simulate(ph, layout, SimulationConfig(true_counts=dose * STANDARD_COUNTS, seed=seed), model=geometric)
+        sim = simulate(ph, layout, SimulationConfig(true_counts=dose * standard_counts, seed=seed), model=geometric)
         model = geometric.with_terms(sim.multiplicative, sim.additive_true)
         return ph, sim, model
 
@@ -224,7 +222,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
     calibrators: dict[float, dict] = {}
     for dose in doses:
-        cal = family_low_dose_set(layout, image, in_family, "calibration", n_cal, dose * STANDARD_COUNTS, geometric)
+        cal = family_low_dose_set(layout, image, in_family, "calibration", n_cal, dose * standard_counts, geometric)
         bm = cal.model(geometric)
         outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1) for name in unrolled}
         x_den = torch.stack(
@@ -296,7 +294,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
         "settings": {
             "scanner": scanner.name,
             "image_shape": list(image.shape),
-            "standard_counts": STANDARD_COUNTS,
+            "standard_counts": standard_counts,
             "doses": doses,
             "realisations": args.realisations,
             "test_phantoms_per_family": n_test,
@@ -322,6 +320,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
         "cases": {},
     }
     example_maps = {}
+    first = next(iter(unrolled))  # the network whose brain 5 % maps are drawn
     for family in test_families:
         for ti, seed in enumerate(seeds("test", n_test)):
             for dose in doses:
@@ -421,7 +420,6 @@ def main() -> None:  # noqa: C901 - one linear protocol
                         "lesion_roi": lesion_rows,
                         "roi_calibration_lesions": calibrators[dose][name]["roi_n"],
                     }
-                    first = next(iter(unrolled))
                     if family == "brain" and ti == 0 and math.isclose(dose, doses[0]) and name == first:
                         lo90, hi90 = cals["mondrian"].interval(cls, 0.9, mean=m_, std=sd_)
                         example_maps = {

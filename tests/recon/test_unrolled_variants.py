@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.recon import weights as recon_weights
 from petuq_sirf.recon.family_data import family_low_dose_set
+from petuq_sirf.recon.lowdose import BatchedAcquisition, batched_mlem
 from petuq_sirf.recon.unrolled import (
     UnrolledConfig,
     UnrolledFBSEM,
@@ -17,7 +19,8 @@ from petuq_sirf.recon.unrolled import (
     train_unrolled,
 )
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
-from petuq_sirf.simulation.simulate import geometric_model
+from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+from petuq_sirf.simulation.simulate import SimulationConfig, geometric_model, simulate
 
 
 def _tiny_problem():
@@ -109,13 +112,8 @@ def test_unknown_regulariser_is_refused():
 def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, image_2d):
     """The shipped (dose-aware) network on a held-out brain phantom (a family it never saw) at 5 % and
     100 % of the standard dose: its relative std and its actual error both fall with the counts."""
-    from petuq_sirf.recon import weights as recon_weights
-    from petuq_sirf.simulation.phantom_families import family_phantom, seeds
-    from petuq_sirf.simulation.simulate import SimulationConfig, simulate
-
-    net, posterior, info = recon_weights.load_network("unrolled")
-    if not net.config.dose_input:
-        pytest.fail("the shipped unrolled network is expected to be dose-aware")
+    net, posterior, _ = recon_weights.load_network("unrolled")
+    assert net.config.dose_input, "the shipped unrolled network is expected to be dose-aware"
     geometric = geometric_model(layout_2d, image_2d)
     seed = seeds("test", 1, start=3)[0]
     ph = family_phantom("brain", image_2d, seed)
@@ -124,8 +122,6 @@ def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, ima
     for counts in (5e4, 1e6):
         sim = simulate(ph, layout_2d, SimulationConfig(true_counts=counts, seed=seed), model=geometric)
         model = geometric.with_terms(sim.multiplicative, sim.additive_true)
-        from petuq_sirf.recon.lowdose import BatchedAcquisition, batched_mlem
-
         bm = BatchedAcquisition(geometric, sim.multiplicative[None], sim.additive_true[None])
         x0 = batched_mlem(bm, sim.prompts[None], 10)[0]
         pred = predict_unrolled(net, model, sim.prompts, x0, posterior, 4, seed=0)
@@ -155,10 +151,6 @@ def test_train_unrolled_family_options_fail_in_one_line(tmp_path, capsys, args, 
 
 
 def test_shipped_dbfb_network_loads_by_name_and_reconstructs(layout_2d, image_2d):
-    from petuq_sirf.recon import weights as recon_weights
-    from petuq_sirf.simulation.phantom_families import family_phantom, seeds
-    from petuq_sirf.simulation.simulate import SimulationConfig, simulate
-
     net, posterior, info = recon_weights.load_network("unrolled", "dbfb")
     assert net.config.regulariser == "dbfb" and net.config.dose_input and posterior is not None
     assert info["families"] == ["thorax", "ellipses"]
@@ -167,8 +159,6 @@ def test_shipped_dbfb_network_loads_by_name_and_reconstructs(layout_2d, image_2d
     ph = family_phantom("thorax", image_2d, seed)
     sim = simulate(ph, layout_2d, SimulationConfig(true_counts=5e4, seed=seed), model=geometric)
     model = geometric.with_terms(sim.multiplicative, sim.additive_true)
-    from petuq_sirf.recon.lowdose import BatchedAcquisition, batched_mlem
-
     x0 = batched_mlem(
         BatchedAcquisition(geometric, sim.multiplicative[None], sim.additive_true[None]), sim.prompts[None], 10
     )
