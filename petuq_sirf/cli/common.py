@@ -177,13 +177,22 @@ def write_metrics(out_dir: str | os.PathLike, metrics: dict, name: str = "metric
     return atomic_write_json(out / name, metrics)
 
 
-def command_line(command: str, args: argparse.Namespace, skip_none: bool = False) -> str:
-    """``petuq COMMAND --option value ...`` of the parsed options (flags and ``--out`` left out), for weight records."""
-    skip = {"handler", "command", "traceback", "out", "config"}
-    items = [(k, v) for k, v in vars(args).items() if k not in skip and not isinstance(v, bool)]
-    return f"petuq {command} " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in items if not (skip_none and v is None)
-    )
+def command_line(command: str, args: argparse.Namespace, skip_none: bool = True) -> str:
+    """``petuq COMMAND --option value ...`` of the parsed options, for weight records.
+
+    Flags that are set appear as ``--flag`` (every flag of the commands is ``store_true``); ``--out``, the
+    global options (threads, progress, traceback) and, with ``skip_none``, options left at ``None`` are left out.
+    """
+    skip = {"handler", "command", "traceback", "out", "config", "threads", "global_quiet", "quiet"}
+    parts = []
+    for k, v in vars(args).items():
+        if k in skip or (skip_none and v is None) or v is False:
+            continue
+        flag = f"--{k.replace('_', '-')}"
+        if isinstance(v, (tuple, list)):
+            v = ",".join(str(e) for e in v)
+        parts.append(flag if v is True else f"{flag} {v}")
+    return f"petuq {command} " + " ".join(parts)
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:

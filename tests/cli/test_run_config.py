@@ -96,3 +96,31 @@ def test_every_command_has_config():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         assert any("--config" in a.option_strings for a in p._actions), name
+
+
+def test_weight_record_command_line_can_be_run_again():
+    import argparse
+
+    from petuq_sirf.cli.common import command_line
+
+    ns = argparse.Namespace(
+        families="thorax,ellipses",
+        counts_range=(1e4, 1e6),
+        dose_input=True,
+        force=False,
+        weights=None,
+        steps=300,
+        threads=None,
+        global_quiet=True,
+        out="w",
+        handler=print,
+    )
+    cmd = command_line("train-unrolled", ns)
+    assert (
+        cmd
+        == "petuq train-unrolled --families thorax,ellipses --counts-range 10000.0,1000000.0 --dose-input --steps 300"
+    )
+    from petuq_sirf.cli.main import build_parser
+
+    args = build_parser().parse_args(cmd.split()[1:] + ["--out", "w"])
+    assert args.dose_input and args.counts_range == (1e4, 1e6) and args.families == "thorax,ellipses"
