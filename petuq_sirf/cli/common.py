@@ -215,7 +215,7 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--calibration-families",
         default=None,
-        help="Calibrate on anatomical phantom families (comma list of brain, thorax, ellipses; their calibration "
+        help="Calibrate on anatomical phantom families (comma list of brain, thorax, ellipses, texture; their calibration "
         "seeds, --calibration-phantoms per family) and store Mondrian (per voxel class) quantiles too.",
     )
 

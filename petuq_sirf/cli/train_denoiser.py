@@ -103,7 +103,7 @@ def register(sub) -> None:
     p.add_argument(
         "--families",
         default=None,
-        help="Train on anatomical phantom families (comma list of brain, thorax, ellipses; train seeds, "
+        help="Train on anatomical phantom families (comma list of brain, thorax, ellipses, texture; train seeds, "
         "--phantoms per family) instead of random ellipses.",
     )
     p.add_argument(

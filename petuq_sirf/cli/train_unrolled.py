@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.add_argument(
         "--families",
         default="",
-        help="Comma-separated anatomical phantom families (brain, thorax, ellipses) to train on, from their "
+        help="Comma-separated anatomical phantom families (brain, thorax, ellipses, texture) to train on, from their "
         "training seeds; default: random ellipses.",
     )
     p.add_argument(

@@ -38,7 +38,7 @@ class CalibrationSettings:
 
     ``phantoms``: phantoms (per family with ``families``; 0 = no calibration), simulated like the validation
     set from seeds ``seed + 2000`` with a hot lesion of probability ``lesion_probability``; ``samples``
-    posterior draws per phantom. ``families`` (brain, thorax, ellipses): calibrate on these anatomical
+    posterior draws per phantom. ``families`` (brain, thorax, ellipses, texture): calibrate on these anatomical
     families' calibration seeds instead, and store Mondrian (per voxel class) quantiles too.
     """
 

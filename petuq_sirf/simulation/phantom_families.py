@@ -1,4 +1,4 @@
-"""Procedural anatomical phantom families with seeds: brain, thorax/abdomen, random ellipses.
+"""Procedural anatomical phantom families with seeds: brain, thorax/abdomen, random ellipses, random texture.
 
 Each family draws a phantom from a seed: random anatomy (sizes, activity levels), a random smooth
 deformation of the whole anatomy, and random lesions (hot and cold, 4-30 mm diameter, contrast
@@ -50,7 +50,7 @@ SEED_RANGES: dict[str, tuple[int, int]] = {
     "test": (200_000, 300_000),
 }
 
-FAMILIES: tuple[str, ...] = ("brain", "thorax", "ellipses")
+FAMILIES: tuple[str, ...] = ("brain", "thorax", "ellipses", "texture")
 
 
 def check_families(names) -> None:
@@ -61,7 +61,7 @@ def check_families(names) -> None:
 
 
 #: Out-of-family protocol: learn (train + calibrate) on ``in_family``, test also on ``held_out``.
-OUT_OF_FAMILY: dict[str, tuple[str, ...]] = {"in_family": ("thorax", "ellipses"), "held_out": ("brain",)}
+OUT_OF_FAMILY: dict[str, tuple[str, ...]] = {"in_family": ("thorax", "ellipses", "texture"), "held_out": ("brain",)}
 
 LESION_DIAMETER_MM = (4.0, 30.0)
 LESION_CONTRAST = (1.5, 8.0)
@@ -332,8 +332,75 @@ def _ellipses(grid: _Grid, rng: np.random.Generator, k: float) -> tuple[torch.Te
     return activity, mu, body
 
 
+def _random_field(grid: _Grid, rng: np.random.Generator, wavelengths_mm: tuple[float, float], n: int) -> torch.Tensor:
+    """Zero-mean, unit-variance random field: ``n`` plane waves with log-uniform wavelengths (mm)."""
+    out = torch.zeros_like(grid.y)
+    lo, hi = math.log(wavelengths_mm[0]), math.log(wavelengths_mm[1])
+    for _ in range(n):
+        wl = math.exp(rng.uniform(lo, hi))
+        theta = rng.uniform(0, 2 * math.pi)
+        tilt = rng.uniform(-0.5, 0.5)  # variation along z for 3D images
+        arg = 2 * math.pi * (math.cos(theta) * grid.y + math.sin(theta) * grid.x + tilt * grid.z) / wl
+        out += torch.sin(arg + rng.uniform(0, 2 * math.pi))
+    return out * math.sqrt(2 / n)
+
+
+def _texture(grid: _Grid, rng: np.random.Generator, k: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Generic random texture (no organ model): a superelliptic body split into 3-5 activity levels by
+    thresholds of a multi-scale random field (wavelengths 40-160 mm), 1-3 thin winding bands (2-8 mm wide, the
+    level sets of a second field) of raised or lowered uptake, 0-3 near-empty cavities, a smooth 15 %
+    modulation; mu: soft tissue, with the lowest level drawn as lung-like (0.025-0.035 /cm) or a random
+    bone blob / shell under the outline (0.15-0.17 /cm) in some phantoms."""
+    by, bx = rng.uniform(65, 105) * k, rng.uniform(75, 120) * k
+    angle, power = rng.uniform(-30, 30), rng.uniform(2.0, 3.0)
+    body = grid.ellipse(0, 0, by, bx, angle, power=power)
+    activity = torch.zeros_like(grid.y)
+    mu = torch.zeros_like(grid.y)
+    mu[body] = MU_PER_CM["soft_tissue"]
+    levels = int(rng.integers(3, 6))
+    field_ = _random_field(grid, rng, (40 * k, 160 * k), 10)
+    cuts = np.sort(rng.normal(0.0, 0.8, size=levels - 1))
+    values = np.exp(rng.uniform(math.log(0.15), math.log(3.0), size=levels))
+    label = torch.bucketize(field_, torch.as_tensor(cuts, dtype=field_.dtype))
+    activity[body] = torch.as_tensor(values, dtype=activity.dtype)[label][body]
+    if rng.uniform() < 0.3:  # the lowest level is air-filled (lung-like)
+        low = body & (label == 0)
+        mu[low] = rng.uniform(0.025, 0.035)
+    for _ in range(int(rng.integers(1, 4))):
+        band_field = _random_field(grid, rng, (50 * k, 150 * k), 6)
+        width = rng.uniform(2.0, 8.0) * k
+        # |g - c| < w / 2 with g scaled to about mm: the band is roughly ``width`` mm wide
+        band = body & ((band_field - rng.uniform(-0.5, 0.5)).abs() * 20 * k < width / 2)
+        activity[band] = activity[band] * float(np.exp(rng.uniform(math.log(0.3), math.log(3.0))))
+    for _ in range(int(rng.integers(0, 4))):
+        cav = (
+            grid.ellipse(
+                rng.uniform(-0.6, 0.6) * by,
+                rng.uniform(-0.6, 0.6) * bx,
+                rng.uniform(5, 20) * k,
+                rng.uniform(5, 20) * k,
+                rng.uniform(0, 180),
+            )
+            & body
+        )
+        activity[cav] = rng.uniform(0.02, 0.1)
+    if rng.uniform() < 0.5:  # bone: a shell just inside the outline or a blob
+        if rng.uniform() < 0.5:
+            t = rng.uniform(4, 9) * k
+            bone = body & ~grid.ellipse(0, 0, by - t, bx - t, angle, power=power)
+        else:
+            bone = body & grid.ellipse(
+                rng.uniform(-0.5, 0.5) * by, rng.uniform(-0.5, 0.5) * bx, rng.uniform(8, 20) * k, rng.uniform(8, 20) * k
+            )
+        mu[bone] = rng.uniform(0.150, 0.170)
+        activity[bone] = rng.uniform(0.1, 1.0)
+    activity[body] *= _smooth_texture(grid, rng, 0.15)[body]
+    return activity, mu, body
+
+
 _ANATOMY = {"brain": (_brain, 95.0, (-15.0, 20.0), 4.0), "thorax": (_thorax, 170.0, (-20.0, 60.0), 5.0)}
 _ANATOMY["ellipses"] = (_ellipses, 120.0, (-5.0, 5.0), 3.0)
+_ANATOMY["texture"] = (_texture, 125.0, (-20.0, 20.0), 4.0)
 
 
 # ----------------------------------------------------------------------------------------- lesions & ROIs
@@ -429,7 +496,7 @@ def family_phantom(
     lesions: LesionSpec | None = None,
     deform_mm: float | None = None,
 ) -> FamilyPhantom:
-    """Draw the phantom ``seed`` of ``family`` (``brain``, ``thorax``, ``ellipses``) on ``image``.
+    """Draw the phantom ``seed`` of ``family`` (one of :data:`FAMILIES`) on ``image``.
 
     Deterministic per ``(family, image, seed, lesions, deform_mm)``. ``lesions`` defaults to
     :class:`LesionSpec` (1-3 lesions, 4-30 mm, contrast 1.5-8, 70 % hot); ``LesionSpec(count=(0, 0))`` gives

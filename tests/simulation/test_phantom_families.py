@@ -42,7 +42,7 @@ def test_seed_ranges_are_disjoint_and_name_the_split():
         split_of(-1)
 
 
-@pytest.mark.parametrize("family", ["brain", "thorax"])
+@pytest.mark.parametrize("family", ["brain", "thorax", "texture"])
 def test_lesions_have_requested_size_and_contrast_and_masks(family):
     spec = LesionSpec(count=(2, 2), diameter_mm=(12.0, 20.0), contrast=(3.0, 5.0), hot_fraction=0.5)
     found_hot = found_cold = False
@@ -107,6 +107,28 @@ def test_mu_maps_have_the_right_tissue_values():
     pure = inner[(inner > 0.02) & (inner < 0.04)]
     assert pure.numel() > 20 and 0.025 <= float(pure.median()) <= 0.035
     assert float(inner.max()) >= 0.15
+
+
+def test_texture_family_is_heterogeneous_with_edges_and_physical_mu():
+    """The generic texture family: several activity levels and many edges inside the body, mu in 1/cm with
+    soft tissue everywhere in the body except lung-like and bone parts, both of which occur over seeds."""
+    lung = bone = False
+    for seed in seeds("train", 8):
+        ph = family_phantom("texture", IMAGE_2D, seed, LesionSpec(count=(0, 0)))
+        obj = ph.regions["object"]
+        act = ph.activity[obj]
+        assert float(act.quantile(0.95)) > 2.0 * float(act.quantile(0.05))  # not a uniform body
+        assert int(ph.regions["edges"].sum()) > 100
+        mu = ph.mu_per_cm
+        assert float(mu.min()) >= 0 and float(mu.max()) <= 0.171
+        assert float(mu[~obj].max()) < 0.05
+        inner = mu[obj]
+        assert float((inner - MU_PER_CM["soft_tissue"]).abs().lt(1e-4).float().mean()) > 0.3
+        lung |= bool(((inner > 0.024) & (inner < 0.036)).sum() > 20)
+        bone |= bool((inner >= 0.15).sum() > 5)
+    assert lung and bone
+    ph3 = family_phantom("texture", IMAGE_3D, seeds("test", 1)[0])
+    assert not torch.equal(ph3.activity[0], ph3.activity[-1])
 
 
 def test_unknown_family_and_bad_spec_are_clear_errors():
