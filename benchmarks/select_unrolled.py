@@ -1,0 +1,83 @@
+"""Choose between unrolled networks on calibration seeds only (never test seeds, never the held-out family).
+
+    PYTHONPATH=$PWD python benchmarks/select_unrolled.py --candidate "current=shipped" --candidate "new=DIR"
+
+For each candidate and dose: the mean object NRMSE of the posterior-mean image over ``--phantoms``
+calibration-split phantoms per learning-side family (``OUT_OF_FAMILY["in_family"]``), seeds from the
+``--start``-th calibration seed on (600 by default: not the seeds the conformal calibrations or the
+reference tuning use), one noise realisation each. Prints a table and the mean over doses and families;
+the rule the caller states before looking at any test phantom decides which network ships.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+STANDARD_COUNTS = 1e6
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--candidate", action="append", required=True, metavar="NAME=WEIGHTS")
+    p.add_argument("--doses", default="0.05,0.1,1.0")
+    p.add_argument("--phantoms", type=int, default=8, help="calibration phantoms per family")
+    p.add_argument("--start", type=int, default=600, help="first calibration seed index")
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="also write the table here")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from petuq_sirf.recon.family_data import family_low_dose_set
+    from petuq_sirf.recon.lowdose import geometric_model
+    from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.recon.weights import load_network
+    from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+    from petuq_sirf.simulation.phantom_families import OUT_OF_FAMILY
+
+    layout = SinogramLayout(get_scanner("test-2d"))
+    image = ImageGeometry.for_layout(layout)
+    geometric = geometric_model(layout, image, 4.0)
+    nets = {}
+    for spec in args.candidate:
+        name, _, path = spec.partition("=")
+        net, post, _ = load_network("unrolled", None if path in ("", "shipped") else path)
+        nets[name] = (net, post)
+    table: dict = {}
+    for dose in (float(d) for d in args.doses.split(",")):
+        for family in OUT_OF_FAMILY["in_family"]:
+            data = family_low_dose_set(
+                layout,
+                image,
+                [family],
+                "calibration",
+                args.phantoms,
+                dose * STANDARD_COUNTS,
+                geometric,
+                start=args.start,
+            )
+            for name, (net, post) in nets.items():
+                pred = predict_unrolled(net, data.model(geometric), data.prompts, data.init, post, args.samples)
+                vals = []
+                for i, reg in enumerate(data.regions):
+                    obj = reg["object"]
+                    t = data.truth[i][obj]
+                    vals.append(float(torch.linalg.norm(pred.mean[i][obj] - t) / torch.linalg.norm(t)))
+                table.setdefault(name, {})[f"{family} {dose:g}"] = sum(vals) / len(vals)
+    cols = list(next(iter(table.values())))
+    print("| network | " + " | ".join(cols) + " | mean |")
+    print("|---" * (len(cols) + 2) + "|")
+    for name, row in table.items():
+        mean = sum(row.values()) / len(row)
+        row["mean"] = mean
+        print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {mean:.3f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(table, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
