@@ -90,6 +90,38 @@ def build_geometry(
     return layout, ImageGeometry.for_layout(layout, num_xy=num_xy)
 
 
+def projector_timing(
+    layout: SinogramLayout, image: ImageGeometry, family: str = "brain", batches: tuple[int, ...] = (1, 16, 100)
+) -> list[dict]:
+    """Seconds (wall and CPU) of one forward + back projection of the simulated acquisition model, per batch size.
+
+    The model is that of the first test phantom of ``family``, as the run builds it; the first call of
+    each batch size is a warm-up (not timed), then the best of 3 repetitions is reported.
+    """
+    from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+
+    ph = family_phantom(family, image, seeds("test", 1)[0])
+    model = simulate(ph, layout, SimulationConfig(true_counts=1e5, seed=11)).acquisition_model()
+    rows = []
+    for b in batches:
+        x = torch.ones(b, *image.shape)
+        model.adjoint(model.forward(x))
+        wall, cpu = [], []
+        for _ in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            model.adjoint(model.forward(x))
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        rows.append({"batch": b, "wall_s": min(wall), "cpu_s": min(cpu)})
+        print(
+            f"{layout.scanner.name} image {tuple(image.shape)} sinograms {tuple(layout.shape)} "
+            f"[{getattr(getattr(model, 'projector', None), 'path', '?')}]: batch {b:4d} forward+back "
+            f"{min(wall) * 1e3:.1f} ms wall, {min(cpu) * 1e3:.1f} ms CPU ({min(wall) / b * 1e3:.2f} ms per image)",
+            flush=True,
+        )
+    return rows
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -530,6 +562,9 @@ def parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--projector-timing", action="store_true", help="only time forward+back projections on this geometry"
+    )
     ap.add_argument("--replot", default="", help="redraw the figure and tables from a results JSON; no compute")
     ap.add_argument("--name", default="confidence_coverage")
     ap.add_argument("--out", default=str(OUT))
@@ -552,6 +587,9 @@ def main(argv=None) -> int:
         args.name = "confidence_coverage_quick"
     torch.set_num_threads(args.threads)
     layout, image = build_geometry(args.scanner, args.rings, args.num_xy)
+    if args.projector_timing:
+        projector_timing(layout, image, (args.families or "brain").split(",")[0])
+        return 0
     args.image_shape = list(image.shape)
     weights_file = WEIGHTS_DIR / "unrolled_test2d" / "model.safetensors"
     if args.no_unrolled:
