@@ -479,7 +479,7 @@ def _figure(summary, args, path):
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("coverage of the true ROI mean (±1 SE)")
         ax.set_title(
-            f"{s['label']}, {args.scanner}{f'-{args.rings}rings' if args.rings else ''} {tuple(args.image_shape)}, {s['true_counts']:.0e} true counts, {args.frames} frames (1 burn-in),\n"
+            f"{s['label']}, {args.scanner}{f'-{args.rings}rings' if args.rings else ''} {tuple(args.image_shape)}, {s['true_counts']:.3g} true counts, {args.frames} frames (1 burn-in),\n"
             f"alpha={args.alpha}, {s['realisations']} realisations; blue/orange: valid sets (all frames at once), "
             "green: prior mixing, red: 90% bootstrap/Bayes",
             fontsize=6,
@@ -523,7 +523,7 @@ def _figure(summary, args, path):
         ax.set_xlabel("prompts in the sets at the last frame (frames 2..F); full scan for bootstrap/Bayes")
         ax.set_ylabel("median interval width / true ROI mean")
         ax.set_title(
-            f"{s['label']}: relative width vs counts (alpha={args.alpha}; 5e4 level pooled over "
+            f"{s['label']}: relative width vs counts (alpha={args.alpha}; {args.counts:.3g} level pooled over "
             f"{len(s['phantoms'])} phantoms, other levels 1 phantom)",
             fontsize=7,
         )
