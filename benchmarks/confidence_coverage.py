@@ -21,6 +21,13 @@ an OSEM point estimate, the other half evaluates), and the 90 % intervals of the
 
     PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --families brain,thorax   # main run
     PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --quick                   # smoke run
+    PETUQ_PROJECTOR_KERNEL=torch PYTHONPATH=$PWD python benchmarks/confidence_coverage.py --scanner test-3d \
+        --rings 4 --phantoms-per-family 2 --realisations 10 --counts 3.5e5 \
+        --out docs/figures/confidence_3d --name confidence_coverage_3d                  # small 3D case
+
+``--rings N`` keeps the first ``N`` rings of the scanner (test-3d with 4 rings: 7 image planes, 16 sinograms
+of ring differences -3..3); ``PETUQ_PROJECTOR_KERNEL=torch`` lets the projector keep its sparse matrix
+(faster on one CPU thread than the compiled ring-shift kernel at this size).
 
 Writes ``docs/figures/confidence/<name>.json`` and ``.png`` (``--name``); prints tables.
 """
@@ -60,6 +67,59 @@ from petuq_sirf.simulation.simulate import SimulationConfig, simulate
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "figures" / "confidence"
 NAMED_ROIS = {"nema": ("hot_sphere_22mm", "background"), "brain": ("hot_lesion", "background")}
+
+
+def build_geometry(
+    scanner: str, rings: int | None = None, num_xy: int | None = None
+) -> tuple[SinogramLayout, ImageGeometry]:
+    """The sinogram layout (span 1, all ring differences) and STIR's default image for ``scanner``.
+
+    ``rings``: keep only the first ``rings`` rings of the scanner (a reduced-ring copy named
+    ``<scanner>-<rings>rings``, e.g. test-3d with 4 rings: 7 image planes of 2 mm, 16 sinograms of ring
+    differences -3..3); ``num_xy``: in-plane image size (voxels of the scanner's bin size, mm).
+    """
+    sc = get_scanner(scanner)
+    if rings is not None:
+        if not 1 <= rings <= sc.num_rings:
+            raise ValueError(f"--rings must be in 1..{sc.num_rings} for {sc.name}, got {rings}")
+        if rings != sc.num_rings:
+            sc = sc.with_(name=f"{sc.name}-{rings}rings", num_rings=rings)
+    if num_xy is not None and num_xy < 1:
+        raise ValueError(f"--num-xy must be >= 1, got {num_xy}")
+    layout = SinogramLayout(sc)
+    return layout, ImageGeometry.for_layout(layout, num_xy=num_xy)
+
+
+def projector_timing(
+    layout: SinogramLayout, image: ImageGeometry, family: str = "brain", batches: tuple[int, ...] = (1, 16, 100)
+) -> list[dict]:
+    """Seconds (wall and CPU) of one forward + back projection of the simulated acquisition model, per batch size.
+
+    The model is that of the first test phantom of ``family``, as the run builds it; the first call of
+    each batch size is a warm-up (not timed), then the best of 3 repetitions is reported.
+    """
+    from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+
+    ph = family_phantom(family, image, seeds("test", 1)[0])
+    model = simulate(ph, layout, SimulationConfig(true_counts=1e5, seed=11)).acquisition_model()
+    rows = []
+    for b in batches:
+        x = torch.ones(b, *image.shape)
+        model.adjoint(model.forward(x))
+        wall, cpu = [], []
+        for _ in range(3):
+            t, c = time.perf_counter(), time.process_time()
+            model.adjoint(model.forward(x))
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+        rows.append({"batch": b, "wall_s": min(wall), "cpu_s": min(cpu)})
+        print(
+            f"{layout.scanner.name} image {tuple(image.shape)} sinograms {tuple(layout.shape)} "
+            f"[{getattr(getattr(model, 'projector', None), 'path', '?')}]: batch {b:4d} forward+back "
+            f"{min(wall) * 1e3:.1f} ms wall, {min(cpu) * 1e3:.1f} ms CPU ({min(wall) / b * 1e3:.2f} ms per image)",
+            flush=True,
+        )
+    return rows
 
 
 def _sha256(path: Path) -> str:
@@ -138,6 +198,7 @@ def run_phantom(label, ph, roi_names, args, counts, n_real, net, posterior, layo
         "realisations": n_real,
         "rois": roi_names,
         "roi_voxels": {r: int(masks[r].sum()) for r in roi_names},
+        "projector": getattr(getattr(model, "projector", None), "path", None),
         "truth_roi_mean": truth_roi,
         "estimators": names,
         "counts_cumulative_mean": out["counts"].mean(0).tolist(),
@@ -418,7 +479,7 @@ def _figure(summary, args, path):
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("coverage of the true ROI mean (±1 SE)")
         ax.set_title(
-            f"{s['label']}, {args.scanner} {tuple(args.image_shape)}, {s['true_counts']:.0e} true counts, {args.frames} frames (1 burn-in),\n"
+            f"{s['label']}, {args.scanner}{f'-{args.rings}rings' if args.rings else ''} {tuple(args.image_shape)}, {s['true_counts']:.3g} true counts, {args.frames} frames (1 burn-in),\n"
             f"alpha={args.alpha}, {s['realisations']} realisations; blue/orange: valid sets (all frames at once), "
             "green: prior mixing, red: 90% bootstrap/Bayes",
             fontsize=6,
@@ -462,7 +523,7 @@ def _figure(summary, args, path):
         ax.set_xlabel("prompts in the sets at the last frame (frames 2..F); full scan for bootstrap/Bayes")
         ax.set_ylabel("median interval width / true ROI mean")
         ax.set_title(
-            f"{s['label']}: relative width vs counts (alpha={args.alpha}; 5e4 level pooled over "
+            f"{s['label']}: relative width vs counts (alpha={args.alpha}; {args.counts:.3g} level pooled over "
             f"{len(s['phantoms'])} phantoms, other levels 1 phantom)",
             fontsize=7,
         )
@@ -470,7 +531,8 @@ def _figure(summary, args, path):
     save_figure(fig, path)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", default="brain,thorax", help="phantom families (test seeds); '' for none")
     ap.add_argument("--phantoms", default="", help="named phantoms too: nema,brain")
@@ -492,6 +554,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap-replicates", type=int, default=10)
     ap.add_argument("--bayes-samples", type=int, default=8)
     ap.add_argument("--scanner", default="test-2d")
+    ap.add_argument("--rings", type=int, default=None, help="keep the first N rings (e.g. test-3d 4: 7 planes)")
     ap.add_argument("--num-xy", type=int, default=None, help="image size in-plane (default: the scanner's)")
     ap.add_argument("--no-unrolled", action="store_true")
     ap.add_argument(
@@ -499,10 +562,17 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument(
+        "--projector-timing", action="store_true", help="only time forward+back projections on this geometry"
+    )
     ap.add_argument("--replot", default="", help="redraw the figure and tables from a results JSON; no compute")
     ap.add_argument("--name", default="confidence_coverage")
     ap.add_argument("--out", default=str(OUT))
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.replot:
         target = Path(args.replot)
         saved = json.loads(target.read_text())
@@ -516,8 +586,10 @@ def main(argv=None) -> int:
         args.comparison_realisations, args.bootstrap_replicates, args.bayes_samples = 1, 3, 3
         args.name = "confidence_coverage_quick"
     torch.set_num_threads(args.threads)
-    layout = SinogramLayout(get_scanner(args.scanner))
-    image = ImageGeometry.for_layout(layout, num_xy=args.num_xy)
+    layout, image = build_geometry(args.scanner, args.rings, args.num_xy)
+    if args.projector_timing:
+        projector_timing(layout, image, (args.families or "brain").split(",")[0])
+        return 0
     args.image_shape = list(image.shape)
     weights_file = WEIGHTS_DIR / "unrolled_test2d" / "model.safetensors"
     if args.no_unrolled:
@@ -525,7 +597,7 @@ def main(argv=None) -> int:
     else:
         net, posterior, _ = load_weights("unrolled")
     cases = _phantoms(args, image)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     records = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -564,12 +636,16 @@ def main(argv=None) -> int:
     _print(summary, args.alpha)
     meta = {
         "args": vars(args),
-        "scanner": args.scanner,
+        "scanner": layout.scanner.name,
         "image_shape": list(image.shape),
+        "voxel_size_mm": list(image.voxel_size_mm),
+        "sinogram_shape": list(layout.shape),
+        "ring_differences": [layout.segments[0].min_ring_difference, layout.segments[-1].max_ring_difference],
         "unrolled_weights_sha256": None if net is None else _sha256(weights_file),
         "unrolled_weights_file": None if net is None else str(weights_file.relative_to(WEIGHTS_DIR.parents[1])),
         "torch_threads": args.threads,
         "wall_s_total": time.perf_counter() - t0,
+        "cpu_s_total": time.process_time() - cpu0,
     }
     (out / f"{args.name}.json").write_text(json.dumps({**meta, "summary": summary, "records": records}))
     _figure(summary, args, out / f"{args.name}.png")
