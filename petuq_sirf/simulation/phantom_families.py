@@ -309,24 +309,30 @@ def _thorax(grid: _Grid, rng: np.random.Generator, k: float) -> tuple[torch.Tens
     return activity, mu, body
 
 
+def _random_ellipse(
+    grid: _Grid,
+    rng: np.random.Generator,
+    body: torch.Tensor,
+    centre_mm: tuple[float, float],
+    semi_axes_mm: tuple[float, float],
+    z_mm: tuple[tuple[float, float], tuple[float, float]] | None = None,
+) -> torch.Tensor:
+    """A random ellipse inside ``body``: centre uniform in ``+/- centre_mm`` ``(y, x)``, both semi-axes uniform
+    in ``semi_axes_mm``, any angle; ``z_mm`` = (centre range, semi-axis range) makes it an ellipsoid along z."""
+    cy, cx = rng.uniform(-centre_mm[0], centre_mm[0]), rng.uniform(-centre_mm[1], centre_mm[1])
+    ay, ax = rng.uniform(*semi_axes_mm), rng.uniform(*semi_axes_mm)
+    angle = rng.uniform(0, 180)
+    z = {} if z_mm is None else {"cz": rng.uniform(*z_mm[0]), "az": rng.uniform(*z_mm[1])}
+    return grid.ellipse(cy, cx, ay, ax, angle, **z) & body
+
+
 def _ellipses(grid: _Grid, rng: np.random.Generator, k: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random-ellipses training family (water body, inner ellipses of random activity)."""
     body = grid.ellipse(0, 0, rng.uniform(70, 110) * k, rng.uniform(90, 120) * k, rng.uniform(-20, 20))
     activity = torch.zeros_like(grid.y)
     activity[body] = rng.uniform(0.8, 1.2)
     for _ in range(8):
-        e = (
-            grid.ellipse(
-                rng.uniform(-50, 50) * k,
-                rng.uniform(-60, 60) * k,
-                rng.uniform(5, 35) * k,
-                rng.uniform(5, 35) * k,
-                rng.uniform(0, 180),
-                cz=rng.uniform(-10, 10),
-                az=rng.uniform(10, 40),
-            )
-            & body
-        )
+        e = _random_ellipse(grid, rng, body, (50 * k, 60 * k), (5 * k, 35 * k), z_mm=((-10, 10), (10, 40)))
         activity[e] = rng.uniform(0.0, 3.0)
     mu = torch.where(body, torch.tensor(MU_PER_CM["soft_tissue"], dtype=grid.y.dtype), torch.zeros_like(grid.y))
     return activity, mu, body
@@ -373,16 +379,7 @@ def _texture(grid: _Grid, rng: np.random.Generator, k: float) -> tuple[torch.Ten
         band = body & ((band_field - rng.uniform(-0.5, 0.5)).abs() * 20 * k < width / 2)
         activity[band] = activity[band] * float(np.exp(rng.uniform(math.log(0.3), math.log(3.0))))
     for _ in range(int(rng.integers(0, 4))):
-        cav = (
-            grid.ellipse(
-                rng.uniform(-0.6, 0.6) * by,
-                rng.uniform(-0.6, 0.6) * bx,
-                rng.uniform(5, 20) * k,
-                rng.uniform(5, 20) * k,
-                rng.uniform(0, 180),
-            )
-            & body
-        )
+        cav = _random_ellipse(grid, rng, body, (0.6 * by, 0.6 * bx), (5 * k, 20 * k))
         activity[cav] = rng.uniform(0.02, 0.1)
     if rng.uniform() < 0.5:  # bone: a shell just inside the outline or a blob
         if rng.uniform() < 0.5:
