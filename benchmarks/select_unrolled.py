@@ -6,7 +6,10 @@ For each candidate and dose: the mean object NRMSE of the posterior-mean image o
 calibration-split phantoms per learning-side family (``OUT_OF_FAMILY["in_family"]``), seeds from the
 ``--start``-th calibration seed on (600 by default: not the seeds the conformal calibrations or the
 reference tuning use), one noise realisation each. Prints a table and the mean over doses and families;
-the rule the caller states before looking at any test phantom decides which network ships.
+the rule the caller states before looking at any test phantom decides which network ships. A second
+table gives the raw predicted std against the error: RMS std / RMS error over the object (pooled over the
+phantoms) per family and dose, and per family the factor by which each falls from the lowest to the
+highest dose (a std that tracks the error falls as much as the error does).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def main() -> None:
         net, post, _ = load_network("unrolled", None if path in ("", "shipped") else path)
         nets[name] = (net, post)
     table: dict = {}
+    spread: dict = {}  # name -> (family, dose) -> (relative RMS std, relative RMS error)
     for dose in (float(d) for d in args.doses.split(",")):
         for family in OUT_OF_FAMILY["in_family"]:
             data = family_low_dose_set(
@@ -61,12 +65,16 @@ def main() -> None:
             )
             for name, (net, post) in nets.items():
                 pred = predict_unrolled(net, data.model(geometric), data.prompts, data.init, post, args.samples)
-                vals = []
+                vals, s2, e2 = [], 0.0, 0.0
                 for i, reg in enumerate(data.regions):
                     obj = reg["object"]
                     t = data.truth[i][obj]
                     vals.append(float(torch.linalg.norm(pred.mean[i][obj] - t) / torch.linalg.norm(t)))
+                    scale = float(t.mean())
+                    s2 += float(pred.std[i][obj].pow(2).mean()) / scale**2
+                    e2 += float((pred.mean[i][obj] - t).pow(2).mean()) / scale**2
                 table.setdefault(name, {})[f"{family} {dose:g}"] = sum(vals) / len(vals)
+                spread.setdefault(name, {})[(family, dose)] = (s2 / len(vals)) ** 0.5, (e2 / len(vals)) ** 0.5
     cols = list(next(iter(table.values())))
     print("| network | " + " | ".join(cols) + " | mean |")
     print("|---" * (len(cols) + 2) + "|")
@@ -74,6 +82,21 @@ def main() -> None:
         mean = sum(row.values()) / len(row)
         row["mean"] = mean
         print(f"| {name} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + f" | {mean:.3f} |")
+    print()
+    print("| network | " + " | ".join(f"std/RMSE {c}" for c in cols) + " | std falls / error falls (per family) |")
+    print("|---" * (len(cols) + 2) + "|")
+    doses = sorted({d for _, d in next(iter(spread.values()))})
+    for name, cells in spread.items():
+        ratios = [cells[(c.rsplit(" ", 1)[0], float(c.rsplit(" ", 1)[1]))] for c in cols]
+        falls = []
+        for family in dict.fromkeys(f for f, _ in cells):
+            (s_lo, e_lo), (s_hi, e_hi) = cells[(family, doses[0])], cells[(family, doses[-1])]
+            falls.append(f"{family} {s_hi / s_lo:.2f} / {e_hi / e_lo:.2f}")
+            table[name][f"{family} std falls"] = s_hi / s_lo
+            table[name][f"{family} error falls"] = e_hi / e_lo
+        for c, (s_, e_) in zip(cols, ratios):
+            table[name][f"std/RMSE {c}"] = s_ / e_
+        print(f"| {name} | " + " | ".join(f"{s_ / e_:.2f}" for s_, e_ in ratios) + " | " + "; ".join(falls) + " |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(table, f, indent=1)

@@ -73,6 +73,20 @@ def register(sub) -> None:
     )
     p.add_argument("--svi-steps", type=int_in(0, 1_000_000), default=100, help="SVI steps for the weight posterior.")
     p.add_argument(
+        "--svi-fixed-loc",
+        action="store_true",
+        help="Keep the weight posterior's locations at the trained weights and learn only its scales (the "
+        "posterior-mean network stays the trained one).",
+    )
+    p.add_argument(
+        "--init-weights",
+        default=None,
+        metavar="DIR",
+        help="Start from this weights folder's point network (its architecture replaces --channels, "
+        "--unrolled-iterations, --dose-input, --regulariser; its posterior is dropped). With --steps 0: "
+        "retrain only the variance head and the posterior.",
+    )
+    p.add_argument(
         "--posterior",
         choices=("svi", "ais"),
         default="svi",
@@ -111,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         counts_range=args.counts_range,
         dose_input=args.dose_input,
         regulariser=args.regulariser,
+        init_weights=args.init_weights,
+        svi_learn_loc=not args.svi_fixed_loc,
         scanner=args.scanner,
         phantoms=args.phantoms,
         validation_phantoms=args.validation_phantoms,

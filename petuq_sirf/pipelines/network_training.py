@@ -148,6 +148,8 @@ class UnrolledTrainingSettings:
     counts_range: tuple[float, float] | None = None
     dose_input: bool = False
     regulariser: str = "cnn"
+    init_weights: str | None = None
+    svi_learn_loc: bool = True
 
     def __post_init__(self) -> None:
         if self.phantoms < 1 or self.validation_phantoms < 1:
@@ -200,9 +202,23 @@ def train_unrolled_network(
         val = make_low_dose_set(
             layout, image, LowDoseConfig(s.validation_phantoms, s.counts, seed=s.seed + 1000), geometric
         )
-    net_cfg = UnrolledConfig(
-        num_iterations=s.unrolled_iterations, channels=s.channels, dose_input=s.dose_input, regulariser=s.regulariser
-    )
+    init_net = None
+    if s.init_weights is not None:  # continue from a weights folder: its architecture, its point weights
+        from petuq_sirf.recon.weights import load_network
+
+        init_net, _, init_info = load_network("unrolled", s.init_weights)
+        if init_info.get("scanner", "test-2d") != s.scanner:
+            raise ValueError(
+                f"--init-weights {s.init_weights} was trained for scanner {init_info.get('scanner')!r}, not {s.scanner!r}"
+            )
+        net_cfg = init_net.config
+    else:
+        net_cfg = UnrolledConfig(
+            num_iterations=s.unrolled_iterations,
+            channels=s.channels,
+            dose_input=s.dose_input,
+            regulariser=s.regulariser,
+        )
     cfg = UnrolledTrainingConfig(
         num_steps=s.steps,
         head_steps=s.head_steps,
@@ -210,8 +226,9 @@ def train_unrolled_network(
         batch_size=s.batch_size,
         seed=s.seed,
         relative_loss=s.counts_range is not None,
+        svi_learn_loc=s.svi_learn_loc,
     )
-    res = train_unrolled(train, geometric, cfg, net_cfg, validation=val, progress=progress)
+    res = train_unrolled(train, geometric, cfg, net_cfg, validation=val, net=init_net, progress=progress)
     posterior = res.posterior
     ais_info: dict = {}
     if s.posterior == "ais":
@@ -246,6 +263,7 @@ def train_unrolled_network(
         "phantoms": s.phantoms,
         "families": list(s.families) or ["random ellipses"],
         "counts_range": list(s.counts_range) if s.counts_range else None,
+        "init_weights": s.init_weights,
         "training": vars(cfg),
         "validation_mse": res.val_losses,
         "posterior": s.posterior,

@@ -202,6 +202,8 @@ class UnrolledTrainingConfig:
 
     ``relative_loss``: the mean-image loss of each item is its MSE divided by the MSE of its initial
     image (so items at every count level weigh alike; for training over a range of doses).
+    ``svi_learn_loc``: the weight posterior's locations are learned too (True) or kept at the trained weights,
+    only the scales learned (False: the posterior mean network stays the trained one).
     """
 
     num_steps: int = 300
@@ -213,6 +215,7 @@ class UnrolledTrainingConfig:
     prior_scale: float = 1.0
     seed: int = 0
     relative_loss: bool = False
+    svi_learn_loc: bool = True
 
     def __post_init__(self) -> None:
         if self.num_steps < 0 or self.head_steps < 0 or self.svi_steps < 0 or self.batch_size < 1:
@@ -332,7 +335,13 @@ def _train_unrolled(
                     obs=truth / c,
                 )
 
-        svi_cfg = SVIConfig(num_steps=cfg.svi_steps, lr=cfg.svi_lr, prior_scale=cfg.prior_scale, seed=cfg.seed)
+        svi_cfg = SVIConfig(
+            num_steps=cfg.svi_steps,
+            lr=cfg.svi_lr,
+            prior_scale=cfg.prior_scale,
+            seed=cfg.seed,
+            learn_loc=cfg.svi_learn_loc,
+        )
         result.posterior, result.svi_losses = fit_weight_posterior(
             net, bayesian_parameter_names(net), likelihood, batches, svi_cfg, progress=progress
         )

@@ -167,3 +167,30 @@ def test_shipped_dbfb_network_loads_by_name_and_reconstructs(layout_2d, image_2d
     err = float((pred.mean - sim.truth)[body].norm() / sim.truth[body].norm())
     err0 = float((x0[0] - sim.truth)[body].norm() / sim.truth[body].norm())
     assert err < 0.97 * err0, (err, err0)  # better than its MLEM-10 input (0.229 vs 0.243 measured)
+
+
+def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path, capsys):
+    """``--init-weights A --steps 0``: the point network is A's (architecture and regulariser weights), the head
+    is retrained; ``--svi-fixed-loc``: the posterior's locations are A's weights and only the scales moved."""
+    from petuq_sirf.cli.main import main
+
+    base = "train-unrolled --phantoms 2 --validation-phantoms 1 --unrolled-iterations 2 --steps 2 --batch-size 2"
+    base += " --calibration-phantoms 0"
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*base.split(), "--channels", "4", "--head-steps", "0", "--svi-steps", "0", "--out", str(a)]) == 0
+    args = [*base.split(), "--steps", "0", "--head-steps", "3", "--svi-steps", "3", "--svi-fixed-loc"]
+    assert main([*args, "--init-weights", str(a), "--out", str(b)]) == 0
+    net_a, _, _ = recon_weights.load_network("unrolled", a)
+    net_b, post_b, info_b = recon_weights.load_network("unrolled", b)
+    assert net_b.config.channels == 4 and info_b["init_weights"] == str(a)  # A's architecture, not the default 16
+    sa, sb = net_a.state_dict(), net_b.state_dict()
+    for name in sa:
+        same = torch.equal(sa[name], sb[name])
+        assert same != name.startswith("head."), name  # only the head changed
+    for name, loc in post_b.loc.items():
+        assert torch.equal(loc, sa[name]), name
+    assert any(not torch.allclose(s, torch.full_like(s, 1e-3)) for s in post_b.scale.values())
+    capsys.readouterr()
+    assert main([*args, "--init-weights", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing" in err, err
