@@ -59,7 +59,8 @@ def register(sub) -> None:
         "--weights",
         default=None,
         help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones); 'dbfb' "
-        "selects the shipped unrolled network with the DBFB regulariser.",
+        "selects the shipped unrolled network with the DBFB regulariser, 'fbsem32' the 32-channel FBSEM network "
+        "learned on thorax + ellipses + texture phantoms.",
     )
     p.add_argument(
         "--force",

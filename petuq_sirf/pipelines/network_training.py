@@ -202,7 +202,7 @@ def train_unrolled_network(
         val = make_low_dose_set(
             layout, image, LowDoseConfig(s.validation_phantoms, s.counts, seed=s.seed + 1000), geometric
         )
-    init_net = None
+    init_net, init_info = None, {}
     if s.init_weights is not None:  # continue from a weights folder: its architecture, its point weights
         from petuq_sirf.recon.weights import load_network
 
@@ -264,6 +264,8 @@ def train_unrolled_network(
         "families": list(s.families) or ["random ellipses"],
         "counts_range": list(s.counts_range) if s.counts_range else None,
         "init_weights": s.init_weights,
+        "init_weights_command": init_info.get("command"),  # how the starting network was trained
+        "init_weights_seconds": init_info.get("seconds"),
         "training": vars(cfg),
         "validation_mse": res.val_losses,
         "posterior": s.posterior,

@@ -313,15 +313,24 @@ def _train_unrolled(
             result.val_losses.append(validation_loss(net, validation, geometric))
     if cfg.head_steps:
         opt = torch.optim.Adam(net.head.parameters(), lr=cfg.lr)
-        for _ in tqdm(range(cfg.head_steps), desc="unrolled training (variance head)", disable=not progress or None):
-            model, y, x0, truth = next(batches)
-            mean, log_var = net(model, y, x0)
-            c = volume_mean_scale(x0)
-            loss = heteroscedastic_nll_loss(mean.detach() / c, log_var, truth / c)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            result.head_losses.append(float(loss.detach()))
+        frozen = [p for p in mean_params if p.requires_grad]
+        for p in frozen:  # the head's gradients only: autograd does not trace the unrolled iterations
+            p.requires_grad_(False)
+        try:
+            for _ in tqdm(
+                range(cfg.head_steps), desc="unrolled training (variance head)", disable=not progress or None
+            ):
+                model, y, x0, truth = next(batches)
+                mean, log_var = net(model, y, x0)
+                c = volume_mean_scale(x0)
+                loss = heteroscedastic_nll_loss(mean.detach() / c, log_var, truth / c)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                result.head_losses.append(float(loss.detach()))
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
     if cfg.svi_steps:
         n_data = len(data)
 

@@ -28,7 +28,10 @@ SHIPPED: dict[str, Path] = {
     "unrolled": WEIGHTS_DIR / "unrolled_test2d",
 }
 # other shipped networks, selected by name in place of a path (``--weights dbfb``)
-SHIPPED_NAMED: dict[str, Path] = {"dbfb": WEIGHTS_DIR / "unrolled_dbfb_test2d"}
+SHIPPED_NAMED: dict[str, Path] = {
+    "dbfb": WEIGHTS_DIR / "unrolled_dbfb_test2d",
+    "fbsem32": WEIGHTS_DIR / "unrolled_fbsem32_test2d",
+}
 KINDS = {"pnp-admm": "pnp-denoiser", "unrolled": "unrolled"}
 
 

@@ -109,10 +109,11 @@ def test_unknown_regulariser_is_refused():
         UnrolledConfig(regulariser="unet")
 
 
-def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, image_2d):
-    """The shipped (dose-aware) network on a held-out brain phantom (a family it never saw) at 5 % and
+@pytest.mark.parametrize("name", [None, "fbsem32"])
+def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, image_2d, name):
+    """A shipped (dose-aware) FBSEM network on a held-out brain phantom (a family it never saw) at 5 % and
     100 % of the standard dose: its relative std and its actual error both fall with the counts."""
-    net, posterior, _ = recon_weights.load_network("unrolled")
+    net, posterior, _ = recon_weights.load_network("unrolled", name)
     assert net.config.dose_input, "the shipped unrolled network is expected to be dose-aware"
     geometric = geometric_model(layout_2d, image_2d)
     seed = seeds("test", 1, start=3)[0]
@@ -167,6 +168,28 @@ def test_shipped_dbfb_network_loads_by_name_and_reconstructs(layout_2d, image_2d
     err = float((pred.mean - sim.truth)[body].norm() / sim.truth[body].norm())
     err0 = float((x0[0] - sim.truth)[body].norm() / sim.truth[body].norm())
     assert err < 0.97 * err0, (err, err0)  # better than its MLEM-10 input (0.229 vs 0.243 measured)
+
+
+def test_shipped_fbsem32_network_is_the_texture_trained_one_with_its_trained_mean(layout_2d, image_2d):
+    """``--weights fbsem32``: 32 channels, learned on thorax + ellipses + texture (never brain), its posterior's
+    locations are its point weights (fixed-location SVI), and it improves on its MLEM-10 input."""
+    net, posterior, info = recon_weights.load_network("unrolled", "fbsem32")
+    assert net.config.channels == 32 and net.config.dose_input and "brain" not in info["families"]
+    assert info["families"] == ["thorax", "ellipses", "texture"] and info["training"]["svi_learn_loc"] is False
+    point = net.state_dict()
+    assert all(torch.equal(loc, point[k]) for k, loc in posterior.loc.items())
+    geometric = geometric_model(layout_2d, image_2d)
+    seed = seeds("test", 1, start=4)[0]
+    ph = family_phantom("thorax", image_2d, seed)
+    sim = simulate(ph, layout_2d, SimulationConfig(true_counts=5e4, seed=seed), model=geometric)
+    model = geometric.with_terms(sim.multiplicative, sim.additive_true)
+    bm = BatchedAcquisition(geometric, sim.multiplicative[None], sim.additive_true[None])
+    x0 = batched_mlem(bm, sim.prompts[None], 10)[0]
+    pred = predict_unrolled(net, model, sim.prompts, x0, posterior, 3, seed=0)
+    body = ph.regions["object"]
+    err = float((pred.mean - sim.truth)[body].norm() / sim.truth[body].norm())
+    err0 = float((x0 - sim.truth)[body].norm() / sim.truth[body].norm())
+    assert err < 0.9 * err0, (err, err0)
 
 
 def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path, capsys):
