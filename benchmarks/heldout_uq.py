@@ -553,7 +553,10 @@ def figure(results: dict, maps: dict, path: Path) -> None:
     summary = results["summary"]
     keys = list(summary)
     fig, axes = plt.subplots(2, max(3, len(maps)), figsize=(3.2 * max(3, len(maps)), 6.4))
-    for ax, key in zip(axes[0], [k for k in keys if k.endswith("@0.05")] + keys[:1]):
+    doses = sorted({float(k.rsplit("@", 1)[1]) for k in keys})
+    top = [k for d in (doses[0], doses[-1]) for k in keys if float(k.rsplit("@", 1)[1]) == d]
+    top = list(dict.fromkeys(top))[: axes.shape[1]]  # lowest and highest dose, each family once
+    for ax, key in zip(axes[0], top):
         for row in results["cases"].values():
             if f"{row['family']}@{row['dose']:g}" != key:
                 continue
@@ -563,7 +566,8 @@ def figure(results: dict, maps: dict, path: Path) -> None:
                     ax.plot([float(k) for k in cov], list(cov.values()), marker="o", label=f"{name} {vname}")
             break
         ax.plot([0.5, 0.95], [0.5, 0.95], "k--", lw=0.8)
-        ax.set_title(f"object coverage, {key}", fontsize=8)
+        family, dose = key.rsplit("@", 1)
+        ax.set_title(f"object coverage, {family}, {100 * float(dose):g} % dose", fontsize=8)
         ax.set_xlabel("nominal")
         ax.set_ylabel("observed")
     axes[0][0].legend(fontsize=6)
@@ -575,7 +579,7 @@ def figure(results: dict, maps: dict, path: Path) -> None:
             name, "activity (reconstruction units)"
         )
         fig.colorbar(im, ax=ax, fraction=0.046).set_label(unit, fontsize=7)
-    for ax in list(axes[0][len(keys) :]) + list(axes[1][len(maps) :]):
+    for ax in list(axes[0][len(top) :]) + list(axes[1][len(maps) :]):
         ax.axis("off")
     s = results["settings"]
     fig.suptitle(
