@@ -558,6 +558,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-xy", type=int, default=None, help="image size in-plane (default: the scanner's)")
     ap.add_argument("--no-unrolled", action="store_true")
     ap.add_argument(
+        "--unrolled-weights", default="", help="unrolled network: a weights folder or a shipped name (fbsem32, dbfb)"
+    )
+    ap.add_argument(
         "--seed-base", type=int, default=1000, help="realisation seed of the first phantom (+1 per phantom)"
     )
     ap.add_argument("--threads", type=int, default=1)
@@ -569,6 +572,14 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", default="confidence_coverage")
     ap.add_argument("--out", default=str(OUT))
     return ap
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it, else as given."""
+    try:
+        return str(path.resolve().relative_to(WEIGHTS_DIR.parents[1].resolve()))
+    except ValueError:
+        return str(path)
 
 
 def main(argv=None) -> int:
@@ -591,11 +602,15 @@ def main(argv=None) -> int:
         projector_timing(layout, image, (args.families or "brain").split(",")[0])
         return 0
     args.image_shape = list(image.shape)
-    weights_file = WEIGHTS_DIR / "unrolled_test2d" / "model.safetensors"
+    from petuq_sirf.recon.weights import SHIPPED_NAMED
+
+    name = args.unrolled_weights
+    folder = SHIPPED_NAMED.get(name, Path(name)) if name and not Path(name).exists() else Path(name or "")
+    weights_file = (folder if name else WEIGHTS_DIR / "unrolled_test2d") / "model.safetensors"
     if args.no_unrolled:
         net = posterior = None
     else:
-        net, posterior, _ = load_weights("unrolled")
+        net, posterior, _ = load_weights("unrolled", name or None)
     cases = _phantoms(args, image)
     t0, cpu0 = time.perf_counter(), time.process_time()
     records = []
@@ -642,7 +657,7 @@ def main(argv=None) -> int:
         "sinogram_shape": list(layout.shape),
         "ring_differences": [layout.segments[0].min_ring_difference, layout.segments[-1].max_ring_difference],
         "unrolled_weights_sha256": None if net is None else _sha256(weights_file),
-        "unrolled_weights_file": None if net is None else str(weights_file.relative_to(WEIGHTS_DIR.parents[1])),
+        "unrolled_weights_file": None if net is None else _relative(weights_file),
         "torch_threads": args.threads,
         "wall_s_total": time.perf_counter() - t0,
         "cpu_s_total": time.process_time() - cpu0,

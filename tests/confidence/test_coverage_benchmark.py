@@ -89,3 +89,25 @@ def test_projector_timing_on_the_reduced_ring_geometry() -> None:
     rows = projector_timing(layout, image, "thorax", batches=(1, 3))
     assert [r["batch"] for r in rows] == [1, 3]
     assert all(r["wall_s"] > 0 and r["cpu_s"] >= 0 for r in rows)
+
+
+def test_benchmark_takes_a_named_unrolled_network(tmp_path) -> None:
+    """``--unrolled-weights fbsem32``: that network is the unrolled estimator, and the record names its file."""
+    import hashlib
+    import json
+
+    from benchmarks.confidence_coverage import main
+    from petuq_sirf.recon.weights import SHIPPED_NAMED
+
+    argv = [
+        "--families", "thorax", "--num-xy", "32", "--phantoms-per-family", "1", "--realisations", "1",
+        "--frames", "2", "--counts", "1e5", "--comparison-realisations", "0", "--mixing-draws", "2",
+        "--ml-iterations", "5", "--inner-iterations", "2", "--map-iterations", "1",
+        "--unrolled-weights", "fbsem32", "--out", str(tmp_path), "--name", "named",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "named.json").read_text())
+    expected = SHIPPED_NAMED["fbsem32"] / "model.safetensors"
+    assert saved["unrolled_weights_file"].endswith("unrolled_fbsem32_test2d/model.safetensors")
+    assert saved["unrolled_weights_sha256"] == hashlib.sha256(expected.read_bytes()).hexdigest()
+    assert "unrolled" in saved["records"][0]["estimators"]
