@@ -481,7 +481,8 @@ def _figure(summary, args, path):
         ax.set_title(
             f"{s['label']}, {args.scanner}{f'-{args.rings}rings' if args.rings else ''} {tuple(args.image_shape)}, {s['true_counts']:.3g} true counts, {args.frames} frames (1 burn-in),\n"
             f"alpha={args.alpha}, {s['realisations']} realisations; blue/orange: valid sets (all frames at once), "
-            "green: prior mixing, red: 90% bootstrap/Bayes",
+            "green: prior mixing, red: 90% bootstrap/Bayes"
+            + (f"; unrolled = {args.unrolled_weights}" if getattr(args, "unrolled_weights", "") else ""),
             fontsize=6,
         )
         ax.legend(fontsize=6)

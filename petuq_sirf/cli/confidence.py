@@ -46,7 +46,11 @@ def register(sub) -> None:
     p.add_argument(
         "--target-relative-width", type=float, default=None, help="width / midpoint for 'scan time needed' (e.g. 0.2)"
     )
-    p.add_argument("--weights", default=None, help="unrolled weights (default: the shipped test-2d network)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="unrolled weights folder or a shipped name (fbsem32, dbfb); default: the shipped test-2d network",
+    )
     p.add_argument("--denoiser-checkpoint", default=None, help="Bayesian denoiser folder (petuq train-denoiser)")
     p.add_argument("--ml-iterations", type=int, default=200, help="solver: EM iterations of the ML image")
     p.add_argument("--inner-iterations", type=int, default=15, help="solver: iterations per multiplier")
