@@ -51,6 +51,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--realisations", type=int, default=20)
     p.add_argument("--test-phantoms", type=int, default=None, help="test phantoms per family")
     p.add_argument("--calibration-phantoms", type=int, default=None, help="calibration phantoms per family")
+    p.add_argument(
+        "--calibration-families",
+        default="",
+        help="families of the conformal / Mondrian / ROI calibration (default: the in-family ones, thorax and "
+        "ellipses); never the held-out brain",
+    )
     p.add_argument("--samples", type=int, default=None, help="posterior samples per reconstruction")
     p.add_argument("--markdown", default=None, help="only print markdown tables of an existing results.json")
     p.add_argument(
@@ -124,6 +130,9 @@ def main() -> None:  # noqa: C901 - one linear protocol
     vox = image.voxel_size_mm
     geometric = geometric_model(layout, image, 4.0)
     in_family = OUT_OF_FAMILY["in_family"]
+    cal_families = tuple(f for f in args.calibration_families.split(",") if f) or in_family
+    if set(cal_families) & set(OUT_OF_FAMILY["held_out"]):
+        raise SystemExit(f"--calibration-families must not include the held-out {OUT_OF_FAMILY['held_out']}")
     test_families = ("thorax", "brain")  # thorax in-family, brain out-of-family
 
     def case(family: str, seed: int, dose: float):
@@ -222,7 +231,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
     calibrators: dict[float, dict] = {}
     for dose in doses:
-        cal = family_low_dose_set(layout, image, in_family, "calibration", n_cal, dose * standard_counts, geometric)
+        cal = family_low_dose_set(layout, image, cal_families, "calibration", n_cal, dose * standard_counts, geometric)
         bm = cal.model(geometric)
         outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1) for name in unrolled}
         x_den = torch.stack(
@@ -314,6 +323,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
             "denoiser_dose_input": args.denoiser_dose_input,
             "map_rdp_realisations": n_map,
             "in_family": in_family,
+            "calibration_families": list(cal_families),
             "out_of_family": OUT_OF_FAMILY["held_out"],
             "quick": quick,
         },
