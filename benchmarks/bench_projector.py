@@ -12,7 +12,10 @@ memory: tables, image copies, the data and per-thread buffers).
 
 Cases: ``test-2d`` (1 x 64 x 64 LORs), ``mmr-3d`` (mMR, 8 rings, span 3, max ring difference 7,
 view mashing 4; image 15 x 285 x 285) and ``mmr-span11`` (mMR span 11, max ring difference 60,
-view mashing 4: 837 x 63 x 344 = 18.1 M LORs; image 127 x 285 x 285, 2.08626 mm voxels). The plain
+view mashing 4: 837 x 63 x 344 = 18.1 M LORs; image 127 x 285 x 285, 2.08626 mm voxels); ``test-3d``
+(64 x 48 x 48 LORs, image 15 x 48 x 48) and ``test-3d-4rings`` (16 x 48 x 48, image 7 x 48 x 48), the
+confidence-set benchmark's 3D cases. ``matrix`` is the cached sparse system matrix (torch CSR), measured
+on the small cases only. The plain
 torch kernel is measured on every ``--torch-view-stride``-th view of ``mmr-span11`` (per-LOR cost
 extrapolated, marked ``subset``); everything else projects all LORs. STIR's ray-tracing projector
 (``ProjMatrixByBinUsingRayTracing``) is interleaved when ``import stir`` works; the ratio column is
@@ -36,6 +39,12 @@ def _geometry(case: str):
     if case == "test-2d":
         layout = SinogramLayout(get_scanner("test-2d"))
         return layout, ImageGeometry.for_layout(layout)
+    if case in ("test-3d", "test-3d-4rings"):  # the confidence-set benchmark's 3D cases (span 1, all ring differences)
+        scanner = get_scanner("test-3d")
+        if case == "test-3d-4rings":
+            scanner = scanner.with_(name="test-3d-4rings", num_rings=4)
+        layout = SinogramLayout(scanner)
+        return layout, ImageGeometry.for_layout(layout)
     if case == "mmr-3d":
         layout = SinogramLayout(get_scanner("mMR").with_(num_rings=8), span=3, max_ring_difference=7, view_mashing=4)
         return layout, ImageGeometry.for_layout(layout, num_xy=285)
@@ -43,6 +52,9 @@ def _geometry(case: str):
         layout = SinogramLayout(get_scanner("mMR"), span=11, max_ring_difference=60, view_mashing=4)
         return layout, ImageGeometry.for_layout(layout, num_xy=285)
     raise SystemExit(f"bench_projector: error: unknown case {case!r}")
+
+
+MATRIX_CASES = ("test-2d", "test-3d-4rings", "test-3d")  # small enough for the sparse system matrix
 
 
 def _rss_mb() -> float:
@@ -75,7 +87,8 @@ def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, qu
     else:
         from petuq_sirf.operators import RayTracingProjector
 
-        proj = RayTracingProjector(layout, image, views=views, kernel=peer, cache=False)
+        matrix = peer == "matrix"  # the cached sparse system matrix (torch CSR)
+        proj = RayTracingProjector(layout, image, views=views, kernel="torch" if matrix else peer, cache=matrix)
         fwd, back = proj.forward, proj.adjoint
         n_lors = proj.num_lors
         x = torch.rand(image.shape)
@@ -153,7 +166,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=2, help="timed repetitions (the minimum is reported)")
     parser.add_argument("--torch-view-stride", type=int, default=7, help="view subset for torch on mmr-span11")
     parser.add_argument("--no-torch", action="store_true", help="skip the plain-torch kernel")
-    parser.add_argument("--peers", default="stir,torch,numba", help="comma-separated subset of stir,torch,numba")
+    parser.add_argument(
+        "--peers",
+        default="stir,torch,numba,matrix",
+        help="comma-separated subset of stir,torch,numba,matrix (matrix: the cached sparse system matrix, small cases)",
+    )
     args = parser.parse_args()
     from petuq_sirf.operators.kernels import help_line
 
@@ -175,6 +192,8 @@ def main() -> None:
             peers.insert(0, ("stir", 1, 1))
         if not args.no_torch and "torch" in args.peers:
             peers.insert(1 if has_stir else 0, ("torch", 1, args.torch_view_stride if case == "mmr-span11" else 1))
+        if "matrix" in args.peers and case in MATRIX_CASES:
+            peers += [("matrix", 1, 1), ("matrix", 2, 1)]
         for peer, threads, stride in peers:  # the reference first, so each row prints as soon as it is measured
             r = _run(ctx, case, peer, threads, stride, args.reps)
             if r is None:
