@@ -593,6 +593,9 @@ def main(argv=None) -> int:
         _print(summary, args.alpha)
         _figure(summary, args, target.with_suffix(".png"))
         return 0
+    from petuq_sirf.confidence.sets import check_relative_target
+
+    check_relative_target(args.stop_relative_width, "--stop-relative-width")
     if args.quick:
         args.families, args.phantoms_per_family, args.realisations = "brain", 1, 3
         args.comparison_realisations, args.bootstrap_replicates, args.bayes_samples = 1, 3, 3

@@ -264,13 +264,29 @@ def running_interval(lower: Sequence[float], upper: Sequence[float]) -> tuple[li
     return lo, hi
 
 
+def check_relative_target(target: float, name: str = "target relative width") -> float:
+    """``target`` (width / midpoint) if in (0, 2], else a one-line ``ValueError``: width / midpoint of a
+    non-negative interval is at most 2 (2 exactly when its lower bound is 0), so a larger target is always met."""
+    if not 0 < target <= 2:
+        raise ValueError(
+            f"{name} must be in (0, 2]: width / midpoint of a non-negative interval is at most 2, got {target}"
+        )
+    return float(target)
+
+
 def scan_time_needed(
     result: ConfidenceResult, estimator: str, roi: str, target_width: float, relative: bool = False
 ) -> float | None:
     """End time (s) of the first frame after which the running interval is narrower than ``target_width``
-    (absolute, image units; or ``width / midpoint`` when ``relative``); None if never."""
+    (absolute, image units; or ``width / midpoint`` when ``relative``); None if never.
+
+    A relative target must be at most 2: an interval with a lower bound of 0 has ``width / midpoint`` = 2
+    (any non-negative interval at most 2), so a target above 2 would be met by every interval at once.
+    """
     if not target_width > 0:
         raise ValueError(f"target width must be > 0, got {target_width}")
+    if relative:
+        check_relative_target(target_width)
     iv = result.intervals[estimator][roi]
     for t, (lo, hi) in enumerate(zip(iv["running_lower"], iv["running_upper"])):
         width = hi - lo

@@ -54,6 +54,10 @@ def check_confidence_settings(
     ):
         if v is not None and not v > 0:
             raise ValueError(f"--{name} must be > 0")
+    if target_relative_width is not None:
+        from petuq_sirf.confidence.sets import check_relative_target
+
+        check_relative_target(target_relative_width, "--target-relative-width")
     return alpha, estimator_names(estimators)
 
 

@@ -20,7 +20,7 @@ def acq(tmp_path_factory):
 def test_confidence_command_writes_intervals(tmp_path, acq):
     out = tmp_path / "conf"
     args = ["confidence", str(acq), "--estimator", "osem", "--roi", "background", "--alpha", "0.1", "--frames", "3"]
-    assert main(args + ["--target-relative-width", "5", "--out", str(out), *FAST]) == 0
+    assert main(args + ["--target-relative-width", "2", "--out", str(out), *FAST]) == 0
     m = json.loads((out / "metrics.json").read_text())
     iv = m["intervals"]["osem"]["background"]
     assert len(iv["running_lower"]) == 2 and m["frame_end_s"] == [40.0, 60.0]
@@ -39,6 +39,7 @@ def test_confidence_command_writes_intervals(tmp_path, acq):
         (["--estimator", "magic"], "unknown estimator 'magic'"),
         (["--frames", "100000"], "has no events"),
         (["--estimator", "denoiser"], "needs --denoiser-checkpoint"),
+        (["--target-relative-width", "3"], "--target-relative-width must be in (0, 2]"),
     ],
 )
 def test_confidence_bad_input_one_line(tmp_path, acq, capsys, extra, message):

@@ -111,3 +111,11 @@ def test_benchmark_takes_a_named_unrolled_network(tmp_path) -> None:
     assert saved["unrolled_weights_file"].endswith("unrolled_fbsem32_test2d/model.safetensors")
     assert saved["unrolled_weights_sha256"] == hashlib.sha256(expected.read_bytes()).hexdigest()
     assert "unrolled" in saved["records"][0]["estimators"]
+
+
+def test_stop_rule_target_above_two_is_refused() -> None:
+    """width / midpoint of a non-negative interval is at most 2: a larger target would stop every run at once."""
+    from benchmarks.confidence_coverage import main
+
+    with pytest.raises(ValueError, match=r"--stop-relative-width must be in \(0, 2\]"):
+        main(["--stop-relative-width", "3", "--families", "thorax", "--realisations", "1"])
