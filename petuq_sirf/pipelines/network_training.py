@@ -186,6 +186,32 @@ def train_unrolled_network(
     device = torch.device(device or "cpu")
     layout, image = scanner_geometry(s.scanner)
     geometric = geometric_model(layout, image, PSF_FWHM_MM, device=device)
+    init_net, init_info = None, {}
+    if s.init_weights is not None:  # continue from a weights folder: its architecture, its point weights
+        from petuq_sirf.recon.weights import load_network
+
+        init_net, _, init_info = load_network("unrolled", s.init_weights)
+        if init_info.get("scanner", "test-2d") != s.scanner:
+            raise ValueError(
+                f"--init-weights {s.init_weights} was trained for scanner {init_info.get('scanner')!r}, not {s.scanner!r}"
+            )
+        net_cfg = init_net.config
+        defaults = UnrolledTrainingSettings()
+        for option, asked, default, has in (
+            ("--channels", s.channels, defaults.channels, net_cfg.channels),
+            ("--unrolled-iterations", s.unrolled_iterations, defaults.unrolled_iterations, net_cfg.num_iterations),
+            ("--regulariser", s.regulariser, defaults.regulariser, net_cfg.regulariser),
+            ("--dose-input", s.dose_input, defaults.dose_input, net_cfg.dose_input),
+        ):  # an architecture option set away from its default must agree with the starting network
+            if asked != default and asked != has:
+                raise ValueError(f"{option} {asked} disagrees with --init-weights {s.init_weights} ({option} {has})")
+    else:
+        net_cfg = UnrolledConfig(
+            num_iterations=s.unrolled_iterations,
+            channels=s.channels,
+            dose_input=s.dose_input,
+            regulariser=s.regulariser,
+        )
     t0 = time.perf_counter()
     if s.families:  # anatomical families: training seeds, validation from the training split's later seeds
         from petuq_sirf.recon.family_data import family_low_dose_set
@@ -201,23 +227,6 @@ def train_unrolled_network(
         train = make_low_dose_set(layout, image, LowDoseConfig(s.phantoms, s.counts, seed=s.seed), geometric)
         val = make_low_dose_set(
             layout, image, LowDoseConfig(s.validation_phantoms, s.counts, seed=s.seed + 1000), geometric
-        )
-    init_net, init_info = None, {}
-    if s.init_weights is not None:  # continue from a weights folder: its architecture, its point weights
-        from petuq_sirf.recon.weights import load_network
-
-        init_net, _, init_info = load_network("unrolled", s.init_weights)
-        if init_info.get("scanner", "test-2d") != s.scanner:
-            raise ValueError(
-                f"--init-weights {s.init_weights} was trained for scanner {init_info.get('scanner')!r}, not {s.scanner!r}"
-            )
-        net_cfg = init_net.config
-    else:
-        net_cfg = UnrolledConfig(
-            num_iterations=s.unrolled_iterations,
-            channels=s.channels,
-            dose_input=s.dose_input,
-            regulariser=s.regulariser,
         )
     cfg = UnrolledTrainingConfig(
         num_steps=s.steps,

@@ -217,3 +217,7 @@ def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path,
     assert main([*args, "--init-weights", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing" in err, err
+    assert main([*args, "--init-weights", str(a), "--channels", "8", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--channels 8 disagrees with --init-weights" in err, err
+    assert not (tmp_path / "d" / "model.safetensors").exists()
