@@ -606,15 +606,14 @@ def main(argv=None) -> int:
         projector_timing(layout, image, (args.families or "brain").split(",")[0])
         return 0
     args.image_shape = list(image.shape)
-    from petuq_sirf.recon.weights import SHIPPED_NAMED
+    from petuq_sirf.recon.weights import weights_folder
 
-    name = args.unrolled_weights
-    folder = SHIPPED_NAMED.get(name, Path(name)) if name and not Path(name).exists() else Path(name or "")
-    weights_file = (folder if name else WEIGHTS_DIR / "unrolled_test2d") / "model.safetensors"
+    name = args.unrolled_weights or None
+    weights_file = weights_folder("unrolled", name) / "model.safetensors"
     if args.no_unrolled:
         net = posterior = None
     else:
-        net, posterior, _ = load_weights("unrolled", name or None)
+        net, posterior, _ = load_weights("unrolled", name)
     cases = _phantoms(args, image)
     t0, cpu0 = time.perf_counter(), time.process_time()
     records = []

@@ -130,9 +130,16 @@ def main() -> None:  # noqa: C901 - one linear protocol
     vox = image.voxel_size_mm
     geometric = geometric_model(layout, image, 4.0)
     in_family = OUT_OF_FAMILY["in_family"]
-    cal_families = tuple(f for f in args.calibration_families.split(",") if f) or in_family
+    from petuq_sirf.pipelines.denoiser_training import phantom_families
+
+    try:
+        cal_families = tuple(phantom_families(args.calibration_families)) or in_family
+    except ValueError as exc:
+        raise SystemExit(f"heldout_uq: error: --calibration-families: {exc}") from None
     if set(cal_families) & set(OUT_OF_FAMILY["held_out"]):
-        raise SystemExit(f"--calibration-families must not include the held-out {OUT_OF_FAMILY['held_out']}")
+        raise SystemExit(
+            f"heldout_uq: error: --calibration-families must not include the held-out {OUT_OF_FAMILY['held_out']}"
+        )
     test_families = ("thorax", "brain")  # thorax in-family, brain out-of-family
 
     def case(family: str, seed: int, dose: float):

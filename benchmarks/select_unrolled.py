@@ -87,7 +87,7 @@ def main() -> None:
     print("|---" * (len(cols) + 2) + "|")
     doses = sorted({d for _, d in next(iter(spread.values()))})
     for name, cells in spread.items():
-        ratios = [cells[(c.rsplit(" ", 1)[0], float(c.rsplit(" ", 1)[1]))] for c in cols]
+        ratios = list(cells.values())  # filled in the order of the columns
         falls = []
         for family in dict.fromkeys(f for f, _ in cells):
             (s_lo, e_lo), (s_hi, e_hi) = cells[(family, doses[0])], cells[(family, doses[-1])]

@@ -35,6 +35,16 @@ SHIPPED_NAMED: dict[str, Path] = {
 KINDS = {"pnp-admm": "pnp-denoiser", "unrolled": "unrolled"}
 
 
+def weights_folder(method: str, path: str | Path | None = None) -> Path:
+    """The weights folder that :func:`load_network` reads for ``method`` and ``path``: the shipped one for
+    ``None``, a shipped network of :data:`SHIPPED_NAMED` for its name (when no such file exists), else ``path``."""
+    if method not in KINDS:
+        raise ValueError(f"unknown network method {method!r}: choose one of {', '.join(KINDS)}")
+    if path is not None and str(path) in SHIPPED_NAMED and not Path(path).exists():
+        return SHIPPED_NAMED[str(path)]
+    return Path(path) if path else SHIPPED[method]
+
+
 def load_network(
     method: str, path: str | Path | None = None
 ) -> tuple[nn.Module, WeightPosterior | ParticlePosterior | None, dict]:
@@ -44,11 +54,7 @@ def load_network(
     with the DBFB regulariser) when no such file exists. The network is rebuilt from ``info["net_config"]``
     and put in eval mode; a file trained for the other method is refused naming both.
     """
-    if method not in KINDS:
-        raise ValueError(f"unknown network method {method!r}: choose one of {', '.join(KINDS)}")
-    if path is not None and str(path) in SHIPPED_NAMED and not Path(path).exists():
-        path = SHIPPED_NAMED[str(path)]
-    path = Path(path) if path else SHIPPED[method]
+    path = weights_folder(method, path)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
     info = json.loads(read_weights_metadata(path).get("info", "{}"))
@@ -79,4 +85,4 @@ def mondrian_of(info: dict):
     return MondrianConformal.from_dict(info["mondrian"])
 
 
-__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network", "mondrian_of"]
+__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network", "mondrian_of", "weights_folder"]
