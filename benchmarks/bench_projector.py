@@ -1,6 +1,7 @@
 """CPU-seconds per million LORs and peak memory of the embedded projector's kernels (and STIR's, when present).
 
 Run:  python benchmarks/bench_projector.py [--cases test-2d,mmr-3d,mmr-span11] [--reps 2] [--torch-view-stride 7]
+      [--batch N]  (N images per projection call, as the batched solvers use them; STIR is then left out)
 
 Each measurement runs in a fresh (spawned) process: build the projector, one warm-up forward and
 back projection (numba's JIT, loaded from its disk cache after the first run), then ``--reps``
@@ -65,7 +66,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, queue) -> None:
+def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, batch: int, queue) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     import torch
 
@@ -90,8 +91,8 @@ def _measure(case: str, peer: str, threads: int, view_stride: int, reps: int, qu
         matrix = peer == "matrix"  # the cached sparse system matrix (torch CSR)
         proj = RayTracingProjector(layout, image, views=views, kernel="torch" if matrix else peer, cache=matrix)
         fwd, back = proj.forward, proj.adjoint
-        n_lors = proj.num_lors
-        x = torch.rand(image.shape)
+        n_lors = proj.num_lors * batch  # a batch of images projected in one call counts all its LORs
+        x = torch.rand((batch, *image.shape) if batch > 1 else image.shape)
         path = proj.path
     setup = time.process_time() - t0
     c = time.process_time()
@@ -171,7 +172,15 @@ def main() -> None:
         default="stir,torch,numba,matrix",
         help="comma-separated subset of stir,torch,numba,matrix (matrix: the cached sparse system matrix, small cases)",
     )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="images per projection call (our kernels; times are per M LORs of the batch)",
+    )
     args = parser.parse_args()
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
     from petuq_sirf.operators.kernels import help_line
 
     has_stir = _stir_available()
@@ -195,7 +204,9 @@ def main() -> None:
         if "matrix" in args.peers and case in MATRIX_CASES:
             peers += [("matrix", 1, 1), ("matrix", 2, 1)]
         for peer, threads, stride in peers:  # the reference first, so each row prints as soon as it is measured
-            r = _run(ctx, case, peer, threads, stride, args.reps)
+            if peer == "stir" and args.batch > 1:
+                continue  # STIR's projector takes one image at a time
+            r = _run(ctx, case, peer, threads, stride, args.reps, args.batch)
             if r is None:
                 continue
             runs.append(r)
