@@ -7,10 +7,11 @@ import weakref
 import torch
 
 from petuq_sirf.operators.acquisition import AcquisitionModelBase, subset_views
-from petuq_sirf.operators.axial_tube import AXIAL_MODELS, AxialTubeProjector
+from petuq_sirf.operators.axial_tube import AXIAL_MODELS, AxialTubeProjector, line_projector
 from petuq_sirf.operators.base import LinearOperator, Multiplication
 from petuq_sirf.operators.projector import RayTracingProjector
 from petuq_sirf.operators.psf import GaussianPSF
+from petuq_sirf.operators.siddon import SiddonProjector
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -33,6 +34,11 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         axial_model: ``"line"`` (default: each bin one line between the ring centres) or ``"tube"``
             (STIR's ray-tracing model: sub-rays spread over the sinogram's axial sampling,
             :mod:`petuq_sirf.operators.axial_tube`), to match the STIR/SIRF backends exactly.
+        ray_model: ``"joseph"`` (default: bilinear interpolation, the fast kernels) or ``"siddon"``
+            (exact intersection lengths, STIR's in-plane model, :mod:`petuq_sirf.operators.siddon`).
+        rays_per_bin: tangential sub-rays per bin (``"siddon"`` only; STIR's ``num_tangential_LORs``).
+            ``EmbeddedAcquisitionModel(..., axial_model="tube", ray_model="siddon", rays_per_bin=2)`` is the
+            operator of the STIR/SIRF backends' default settings.
     """
 
     def __init__(
@@ -44,19 +50,29 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         psf_fwhm_mm: float | tuple[float, float, float] = 0.0,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        projector: RayTracingProjector | AxialTubeProjector | None = None,
+        projector: RayTracingProjector | SiddonProjector | AxialTubeProjector | None = None,
         axial_model: str = "line",
+        ray_model: str = "joseph",
+        rays_per_bin: int = 1,
     ) -> None:
         if axial_model not in AXIAL_MODELS:
             raise ValueError(f"unknown axial_model {axial_model!r}: choose one of {', '.join(AXIAL_MODELS)}")
         self.axial_model = axial_model
+        self.ray_model = ray_model
+        self.rays_per_bin = int(rays_per_bin)
         self.layout = layout
         self.image = image
         self.device = torch.device(device)
         self.dtype = dtype
         if projector is None:
-            make = AxialTubeProjector if axial_model == "tube" else RayTracingProjector
-            projector = make(layout, image, device=self.device, dtype=dtype)
+            if axial_model == "tube":
+                projector = AxialTubeProjector(
+                    layout, image, device=self.device, dtype=dtype, ray_model=ray_model, rays_per_bin=rays_per_bin
+                )
+            else:
+                projector = line_projector(
+                    layout, image, device=self.device, dtype=dtype, ray_model=ray_model, rays_per_bin=rays_per_bin
+                )
         self.projector = projector
         self.image_shape = image.shape
         self.data_shape = self.projector.data_shape
@@ -70,7 +86,13 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
         """The projector's settings as recorded in ``metrics.json``."""
         return {
             "backend": "embedded",
-            "matrix": "Joseph (bilinear interpolation per plane), exact matched adjoint",
+            "matrix": (
+                "Joseph (bilinear interpolation per plane), exact matched adjoint"
+                if self.ray_model == "joseph"
+                else "exact intersection lengths (Siddon), exact matched adjoint"
+            ),
+            "ray_model": self.ray_model,
+            "rays_per_bin": self.rays_per_bin,
             "axial_model": self.axial_model,
             "values_in": "mm",
             "psf_fwhm_mm": self.psf_fwhm_mm,
@@ -110,6 +132,8 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
             self.dtype,
             projector=proj,
             axial_model=self.axial_model,
+            ray_model=self.ray_model,
+            rays_per_bin=self.rays_per_bin,
         )
 
     def with_terms(
@@ -125,4 +149,6 @@ class EmbeddedAcquisitionModel(AcquisitionModelBase):
             self.dtype,
             projector=self.projector,
             axial_model=self.axial_model,
+            ray_model=self.ray_model,
+            rays_per_bin=self.rays_per_bin,
         )

@@ -28,10 +28,42 @@ import torch
 
 from petuq_sirf.operators.base import LinearOperator
 from petuq_sirf.operators.projector import RayTracingProjector
+from petuq_sirf.operators.siddon import SiddonProjector
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
 AXIAL_MODELS = ("line", "tube")
+#: in-plane models of a ray: Joseph's bilinear interpolation (the default, fast kernels) or exact
+#: intersection lengths with tangential sub-rays (STIR's, :mod:`petuq_sirf.operators.siddon`)
+RAY_MODELS = ("joseph", "siddon")
+
+
+def line_projector(
+    layout: SinogramLayout,
+    image: ImageGeometry,
+    views: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    kernel: str | None = None,
+    ray_model: str = "joseph",
+    rays_per_bin: int = 1,
+) -> RayTracingProjector | SiddonProjector:
+    """The projector of one axial line per bin with the given in-plane ray model.
+
+    ``rays_per_bin`` (tangential sub-rays, STIR's ``num_tangential_LORs``) needs ``ray_model="siddon"``;
+    ``kernel`` applies to Joseph only. Raises ``ValueError`` with one line for unknown or inconsistent choices.
+    """
+    if ray_model not in RAY_MODELS:
+        raise ValueError(f"unknown ray_model {ray_model!r}: choose one of {', '.join(RAY_MODELS)}")
+    if int(rays_per_bin) < 1:
+        raise ValueError(f"rays_per_bin must be >= 1, got {rays_per_bin}")
+    if ray_model == "siddon":
+        return SiddonProjector(layout, image, views, device, dtype, rays_per_bin=rays_per_bin)
+    if int(rays_per_bin) != 1:
+        raise ValueError(
+            f"rays_per_bin={rays_per_bin} needs ray_model='siddon' (the Joseph projector traces one ray per bin)"
+        )
+    return RayTracingProjector(layout, image, views, device, dtype, kernel=kernel)
 
 
 def axial_sampling_mm(layout: SinogramLayout) -> np.ndarray:
@@ -72,6 +104,7 @@ class AxialTubeProjector(LinearOperator):
 
     Args:
         layout, image, views, device, dtype, kernel: as for :class:`RayTracingProjector` (one per sub-ray offset).
+        ray_model, rays_per_bin: the in-plane model of each sub-ray (:func:`line_projector`).
     """
 
     def __init__(
@@ -82,6 +115,8 @@ class AxialTubeProjector(LinearOperator):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         kernel: str | None = None,
+        ray_model: str = "joseph",
+        rays_per_bin: int = 1,
     ) -> None:
         self.layout = layout
         self.image = image
@@ -89,11 +124,13 @@ class AxialTubeProjector(LinearOperator):
         self.device = torch.device(device)
         self.dtype = dtype
         self._kernel = kernel
-        self.parts: list[tuple[RayTracingProjector, torch.Tensor]] = []
+        self.ray_model = ray_model
+        self.rays_per_bin = int(rays_per_bin)
+        self.parts: list[tuple[RayTracingProjector | SiddonProjector, torch.Tensor]] = []
         z0, y0, x0 = image.offset_mm
         for offset, w in axial_subrays(layout, image):
             grid = ImageGeometry(image.shape, image.voxel_size_mm, (z0 - offset, y0, x0))
-            proj = RayTracingProjector(layout, grid, self.views, self.device, dtype, kernel=kernel)
+            proj = line_projector(layout, grid, self.views, self.device, dtype, kernel, ray_model, rays_per_bin)
             self.parts.append((proj, torch.as_tensor(w, dtype=dtype, device=self.device)[:, None, None]))
         first = self.parts[0][0]
         self.data_shape = first.data_shape
@@ -132,6 +169,13 @@ class AxialTubeProjector(LinearOperator):
         cache = self.__dict__.setdefault("_restricted", {})
         if key not in cache:
             cache[key] = AxialTubeProjector(
-                self.layout, self.image, global_views, self.device, self.dtype, self._kernel
+                self.layout,
+                self.image,
+                global_views,
+                self.device,
+                self.dtype,
+                self._kernel,
+                self.ray_model,
+                self.rays_per_bin,
             )
         return cache[key]

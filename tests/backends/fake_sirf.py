@@ -196,9 +196,11 @@ class AcquisitionModelUsingRayTracingMatrix:
         self.layout = acq_templ.layout
         self.order = _array_order(self.layout)
         ours = stir_to_our_geometry(self.layout, img_templ.geometry)
-        key = (self.layout, ours)
+        n = self.matrix.get_num_tangential_LORs()
+        key = (self.layout, ours, n)
         if key not in _PROJECTORS:  # building a system matrix is the slow part; share it between models
-            _PROJECTORS[key] = AxialTubeProjector(self.layout, ours)  # STIR's axial tube
+            # STIR's ray tracer: axial tube, exact intersection lengths, n tangential rays per bin
+            _PROJECTORS[key] = AxialTubeProjector(self.layout, ours, ray_model="siddon", rays_per_bin=n)
         self.proj = _PROJECTORS[key]
         self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.P = GaussianPSF(self.psf.fwhms, img_templ.geometry.voxel_size_mm) if self.psf is not None else None

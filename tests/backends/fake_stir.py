@@ -118,9 +118,11 @@ class _Projector:
     def set_up(self, layout, image):
         self.layout = layout
         ours = stir_to_our_geometry(layout, image.geometry)
-        key = (layout, ours)
+        n = self.matrix.get_num_tangential_LORs()
+        key = (layout, ours, n)
         if key not in _PROJECTORS:  # share system matrices between projectors and tests
-            _PROJECTORS[key] = AxialTubeProjector(layout, ours)  # STIR's axial tube
+            # STIR's ray tracer: axial tube, exact intersection lengths, n tangential rays per bin
+            _PROJECTORS[key] = AxialTubeProjector(layout, ours, ray_model="siddon", rays_per_bin=n)
         self.proj = _PROJECTORS[key]
         self.pixel = ours.voxel_size_mm[2]  # STIR ray tracing: lengths in x-voxel units
         self.order = _array_order(layout)

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import torch
 
-from petuq_sirf.scanner import ImageGeometry
+from petuq_sirf.backends.bridge import DEFAULT_RAYS_PER_BIN
+from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
+from petuq_sirf.scanner import ImageGeometry, SinogramLayout
 
 # NRMSE allowed between the real STIR/SIRF ray tracer and our Joseph projector on the smooth
 # images below (different interpolation models); the fakes (our projector inside) must agree to
 # float precision.
 REAL_NRMSE = 0.05
+
+
+def stir_matched_model(layout: SinogramLayout, image: ImageGeometry, *terms, **options) -> EmbeddedAcquisitionModel:
+    """The embedded model with the external backends' default projector: STIR's axial tube, exact
+    intersection lengths, :data:`DEFAULT_RAYS_PER_BIN` tangential rays per bin."""
+    return EmbeddedAcquisitionModel(
+        layout, image, *terms, axial_model="tube", ray_model="siddon", rays_per_bin=DEFAULT_RAYS_PER_BIN, **options
+    )
 
 
 def smooth_image(image: ImageGeometry, seed: int = 0, batch: int | None = None) -> torch.Tensor:

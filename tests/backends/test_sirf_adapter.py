@@ -18,12 +18,11 @@ from petuq_sirf.backends.bridge import (
     stir_sinogram_order,
     to_stir_order,
 )
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.backends.registry import make_acquisition_model
 from petuq_sirf.backends.sirf_backend import acquisition_template
 from petuq_sirf.recon import osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
-from tests.backends.helpers import assert_close, smooth_image
+from tests.backends.helpers import assert_close, smooth_image, stir_matched_model
 
 
 def test_sirf_terms_reproduce_our_additive_term():
@@ -62,7 +61,7 @@ def terms_3d(layout_3d):
 def test_sirf_adapter_matches_embedded(sirf_impl, layout_3d, image_3d_odd, terms_3d, psf):
     m, b = terms_3d
     sirf_model = make_acquisition_model("sirf", layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf, axial_model="tube")
+    ref = stir_matched_model(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
     x = smooth_image(image_3d_odd, seed=1, batch=2)  # batched
     y = ref.forward(x[1])
     assert_close(sirf_impl, sirf_model.forward(x), ref.forward(x))
@@ -79,7 +78,7 @@ def test_sirf_adapter_autograd_and_reconstruction(sirf_impl, layout_2d, image_2d
     g = torch.Generator().manual_seed(0)
     m, b = 0.5 + torch.rand(layout_2d.shape, generator=g), torch.rand(layout_2d.shape, generator=g)
     model = make_acquisition_model("sirf", layout_2d, image_2d_odd, m, b)
-    ref = EmbeddedAcquisitionModel(layout_2d, image_2d_odd, m, b, axial_model="tube")
+    ref = stir_matched_model(layout_2d, image_2d_odd, m, b)
     x = torch.rand(image_2d_odd.shape, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
     w = torch.rand(layout_2d.shape, generator=torch.Generator().manual_seed(3))
     (model.forward(x) * w).sum().backward()
@@ -103,7 +102,7 @@ def test_sirf_even_grid_and_explicit_settings(sirf_impl, layout_3d, image_3d, tm
     assert (folder / "template.hs").is_file() and (folder / "template.hv").is_file()
     settings = model.projector_settings()
     assert settings["num_tangential_lors"] == DEFAULT_RAYS_PER_BIN and settings["image_exchange"] == "half-voxel"
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d, axial_model="tube")
+    ref = stir_matched_model(layout_3d, image_3d)
     x = smooth_image(image_3d, seed=6)
     assert float(model.forward(x).sum() / ref.forward(x).sum()) == pytest.approx(1.0, abs=0.01)
     w = torch.rand(layout_3d.shape, generator=torch.Generator().manual_seed(7))

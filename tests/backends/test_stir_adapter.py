@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from petuq_sirf.backends.bridge import DEFAULT_RAYS_PER_BIN, StirImageGrid
-from petuq_sirf.backends.embedded import EmbeddedAcquisitionModel
 from petuq_sirf.backends.registry import make_acquisition_model
 from petuq_sirf.scanner import ImageGeometry
 from tests.backends import fake_stir
-from tests.backends.helpers import assert_close, nrmse, smooth_image
+from tests.backends.helpers import assert_close, nrmse, smooth_image, stir_matched_model
 from tests.backends.isolation import SMOKE, importable, run_isolated
 
 
@@ -32,7 +31,7 @@ def test_stir_adapter_matches_embedded(stir_impl, layout_3d, image_3d_odd, psf):
     m = 0.5 + torch.rand(layout_3d.shape, generator=g)
     b = torch.rand(layout_3d.shape, generator=g)
     model = make_acquisition_model("stir", layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf, axial_model="tube")
+    ref = stir_matched_model(layout_3d, image_3d_odd, m, b, psf_fwhm_mm=psf)
     x = smooth_image(image_3d_odd, batch=2)
     y = ref.forward(x[1])
     assert_close(stir_impl, model.forward(x), ref.forward(x))
@@ -53,7 +52,7 @@ def test_even_grids_are_exchanged_at_half_voxels(stir_impl, layout_3d, image_3d)
     """40 x 40 (even): STIR's odd 41 x 41 grid, our image interpolated onto it; exact adjoint."""
     model = make_acquisition_model("stir", layout_3d, image_3d)
     assert model.projector_settings()["image_exchange"] == "half-voxel"
-    ref = EmbeddedAcquisitionModel(layout_3d, image_3d, axial_model="tube")
+    ref = stir_matched_model(layout_3d, image_3d)
     x = smooth_image(image_3d, seed=3)
     assert nrmse(model.forward(x), ref.forward(x)) < 0.05  # the 2-tap blur of a smooth image is small
     assert float(model.forward(x).sum() / ref.forward(x).sum()) == pytest.approx(1.0, abs=0.01)

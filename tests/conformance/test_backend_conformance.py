@@ -16,13 +16,25 @@ from tests.backends.isolation import real_backend_guard
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(params=BACKENDS)
+# the embedded backend twice: its default (Joseph, line) and the STIR-matched model (exact intersection
+# lengths, 2 tangential rays per bin, STIR's axial tube) that the SIRF/STIR backends are compared with
+EMBEDDED_SIDDON = "embedded-siddon"
+_SIDDON_OPTIONS = {"ray_model": "siddon", "rays_per_bin": 2, "axial_model": "tube"}
+
+
+@pytest.fixture(params=[*BACKENDS, EMBEDDED_SIDDON])
 def backend(request):
-    if request.param != "embedded":
+    if request.param not in ("embedded", EMBEDDED_SIDDON):
         real_backend_guard(request.param)
-    if not backend_available(request.param):
+    if request.param != EMBEDDED_SIDDON and not backend_available(request.param):
         pytest.skip(f"backend {request.param!r} is not installed here")
     return request.param
+
+
+def _make(backend, *args, **kwargs):
+    if backend == EMBEDDED_SIDDON:
+        return make_acquisition_model("embedded", *args, **kwargs, **_SIDDON_OPTIONS)
+    return make_acquisition_model(backend, *args, **kwargs)
 
 
 def _terms(shape, seed=0, zeros=False):
@@ -41,7 +53,7 @@ def _dot(a, b):
 @pytest.fixture
 def model_2d(backend, layout_2d, grid_2d):
     m, b = _terms(layout_2d.shape)
-    return make_acquisition_model(backend, layout_2d, grid_2d, m, b)
+    return _make(backend, layout_2d, grid_2d, m, b)
 
 
 def test_shapes_and_voxel_sizes(model_2d, layout_2d, grid_2d, backend, layout_3d, grid_3d):
@@ -51,14 +63,14 @@ def test_shapes_and_voxel_sizes(model_2d, layout_2d, grid_2d, backend, layout_3d
     x = torch.rand(2, *grid_2d.shape)  # a batch
     assert model_2d.forward(x).shape == (2, *layout_2d.shape)
     assert model_2d.adjoint(torch.rand(2, *layout_2d.shape)).shape == (2, *grid_2d.shape)
-    m3 = make_acquisition_model(backend, layout_3d, grid_3d)
+    m3 = _make(backend, layout_3d, grid_3d)
     assert tuple(m3.data_shape) == layout_3d.shape == (11, 24, 48)
     assert m3.forward(torch.rand(grid_3d.shape)).shape == layout_3d.shape
 
 
 def test_adjoint_identity(backend, layout_3d, grid_3d):
     m, b = _terms(layout_3d.shape, seed=1)
-    model = make_acquisition_model(backend, layout_3d, grid_3d, m, b)
+    model = _make(backend, layout_3d, grid_3d, m, b)
     g = torch.Generator().manual_seed(2)
     x = torch.rand(grid_3d.shape, generator=g)
     y = torch.rand(layout_3d.shape, generator=g)
@@ -90,7 +102,7 @@ def _analytic_chords(layout, radius_mm):
 
 def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, grid_2d, layout_3d, grid_3d):
     # 2D: a uniform disc of activity 1 projects to its chord lengths 2 sqrt(r^2 - s^2) (mm)
-    model = make_acquisition_model(backend, layout_2d, grid_2d)
+    model = _make(backend, layout_2d, grid_2d)
     _, yy, xx = grid_2d.meshgrid_mm()
     radius = 60.0
     disc = ((yy**2 + xx**2) <= radius**2).float()
@@ -100,7 +112,7 @@ def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, gri
     assert float(ratio.mean()) == pytest.approx(1.0, abs=0.02)
     assert float((ratio - 1).abs().max()) < 0.06
     # 3D: the direct (ring difference 0 on average) sinograms of a long uniform cylinder
-    model3 = make_acquisition_model(backend, layout_3d, grid_3d)
+    model3 = _make(backend, layout_3d, grid_3d)
     _, yy, xx = grid_3d.meshgrid_mm()
     cyl = ((yy**2 + xx**2) <= 50.0**2).float()
     s, chord = _analytic_chords(layout_3d, 50.0)
@@ -120,7 +132,7 @@ def test_uniform_cylinder_matches_analytic_chord_lengths(backend, layout_2d, gri
 def test_additive_term_convention(backend, layout_2d, grid_2d):
     """``forward = m * G x + b`` with ``b`` in counts, also where ``m = 0`` (SIRF needs a background term there)."""
     m, b = _terms(layout_2d.shape, seed=5, zeros=True)
-    model = make_acquisition_model(backend, layout_2d, grid_2d, m, b)
+    model = _make(backend, layout_2d, grid_2d, m, b)
     x = torch.rand(grid_2d.shape, generator=torch.Generator().manual_seed(6))
     assert torch.allclose(model.forward(x) - model.direct(x), b, atol=1e-4)
     assert torch.allclose(model.forward(torch.zeros(grid_2d.shape)), b, atol=1e-5)
