@@ -5,7 +5,8 @@ difference 2, views mashed by 2; images of 7 x 39 x 39 (odd) and 7 x 40 x 40 (ev
 2 x 4 x 4 mm. Prints, per STIR setting (rays per bin, cylindrical-FOV restriction), the NRMSE and
 ratio of totals of STIR's forward projection of a smooth image and of its back projection of a
 sinogram with terms, against the embedded projector with ``axial_model="line"`` (its default) and
-``"tube"`` (STIR's axial model), and the back projection's ratio per slice and per radius band.
+``"tube"`` (STIR's axial model), and with ``"siddon_tube"`` (the tube with exact intersection lengths and the
+same rays per bin: STIR's model), and the back projection's ratio per slice and per radius band.
 Needs STIR's Python module (``source /work/sirfstir/prefix/env.sh``, see docs/sirf_stir.md)::
 
     PYTHONPATH=$PWD:$PYTHONPATH python benchmarks/stir_projector_agreement.py
@@ -39,7 +40,7 @@ def smooth(image: ImageGeometry, seed: int) -> torch.Tensor:
 
 
 def nrmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return round(float(torch.linalg.norm((a - b).double()) / torch.linalg.norm(b.double())), 4)
+    return float(f"{float(torch.linalg.norm((a - b).double()) / torch.linalg.norm(b.double())):.3g}")
 
 
 def main() -> None:
@@ -64,7 +65,8 @@ def main() -> None:
         r = torch.sqrt(yy**2 + xx**2)
         edges = np.linspace(0.0, float(r.max()) + 1e-3, 6)
         out = {"image": list(shape), "rays_per_bin": rays, "restrict_to_cylindrical_fov": restrict}
-        for name, proj in (("line", line), ("tube", AxialTubeProjector(layout, image))):
+        siddon_tube = AxialTubeProjector(layout, image, ray_model="siddon", rays_per_bin=rays)
+        for name, proj in (("line", line), ("tube", AxialTubeProjector(layout, image)), ("siddon_tube", siddon_tube)):
             fe, be = proj.forward(x), proj.adjoint(y)
             out[name] = {
                 "forward_nrmse": nrmse(fs, fe),

@@ -4,8 +4,10 @@ The Joseph projector (:mod:`petuq_sirf.operators.projector`) interpolates the im
 planes a line crosses. STIR's ``ProjMatrixByBinUsingRayTracing`` (and so SIRF's
 ``AcquisitionModelUsingRayTracingMatrix``) instead gives each voxel the length of the line inside it,
 and traces ``num_tangential_LORs`` parallel rays per bin, spaced ``sampling_s / n`` apart in the
-tangential direction about the bin's line (``sampling_s = R sin(pi / N)`` for non-arc-corrected
-data, R the effective ring radius), each with weight ``1 / n``. :class:`SiddonProjector` is that model,
+tangential direction about the bin's line, each with weight ``1 / n``. ``sampling_s`` is the bin's own
+tangential sampling, STIR's ``get_sampling_in_s(bin) = (s(k + 1) - s(k - 1)) / 2``: for non-arc-corrected
+data with ``s(k) = R sin(k pi / N)`` that is ``R sin(pi / N) cos(k pi / N)`` (R the effective ring radius),
+narrower towards the edge of the field of view. :class:`SiddonProjector` is that model,
 so that the embedded backend can be the same operator as the external ones
 (``EmbeddedAcquisitionModel(ray_model="siddon", rays_per_bin=2, axial_model="tube")``).
 
@@ -47,16 +49,25 @@ _BOUNDARY_TOL = 1e-6  # in voxels: a parallel ray this close to a voxel boundary
 _COORD_OF_AXIS = {0: 2, 1: 1, 2: 0}  # image axis (z, y, x) -> end-point column (x, y, z)
 
 
-def tangential_offsets_mm(layout: SinogramLayout, rays_per_bin: int) -> np.ndarray:
-    """Tangential offsets (mm) of a bin's sub-rays: ``(k - (n - 1) / 2) sampling_s / n``, ``k = 0 .. n - 1``.
+def tangential_sampling_mm(layout: SinogramLayout) -> np.ndarray:
+    """Tangential sampling of each tangential bin (mm), shape ``(tangential,)``.
 
-    ``sampling_s = R sin(pi / N)``, STIR's ``get_sampling_in_s`` at the centre bin of non-arc-corrected data.
+    STIR's ``get_sampling_in_s(bin) = (s(k + 1) - s(k - 1)) / 2`` with ``s(k) = R sin(k a)``, ``a = pi / N``:
+    ``R sin(a) cos(k a)``.
+    """
+    a = layout.angular_increment_rad
+    return layout.scanner.effective_radius_mm * math.sin(a) * np.cos(layout.tangential_indices() * a)
+
+
+def tangential_offsets_mm(layout: SinogramLayout, rays_per_bin: int) -> np.ndarray:
+    """Tangential offsets (mm) of the sub-rays of each tangential bin, shape ``(rays_per_bin, tangential)``.
+
+    ``(j - (n - 1) / 2) sampling_s(k) / n`` for ray ``j = 0 .. n - 1`` of bin ``k`` (:func:`tangential_sampling_mm`).
     """
     n = int(rays_per_bin)
     if n < 1:
         raise ValueError(f"rays_per_bin must be >= 1, got {rays_per_bin}")
-    sampling = layout.scanner.effective_radius_mm * math.sin(layout.angular_increment_rad)
-    return (np.arange(n) - (n - 1) / 2) * sampling / n
+    return (np.arange(n)[:, None] - (n - 1) / 2) * tangential_sampling_mm(layout)[None, :] / n
 
 
 def _split_boundary_rays(
@@ -185,6 +196,9 @@ class SiddonProjector(LinearOperator):
         d = self._p_b - self._p_a
         perp = torch.stack([-d[:, 1], d[:, 0], torch.zeros_like(d[:, 0])], dim=1)
         self._perp = perp / torch.linalg.norm(perp, dim=1, keepdim=True).clamp_min(1e-12)
+        # offset of each sub-ray of each LOR (flat order: sinograms, views, tangential), shape (rays, LORs)
+        offsets = torch.as_tensor(self.offsets_mm, dtype=torch.float64, device=self.device)
+        self._offsets = offsets.repeat(1, self.data_shape[0] * self.data_shape[1])
         self._crossings = sum(image.shape) + 4
         self._matrix: torch.Tensor | None = None
         self._matrix_t: torch.Tensor | None = None
@@ -216,8 +230,9 @@ class SiddonProjector(LinearOperator):
         for start in range(0, self.num_lors, size):
             rows = torch.arange(start, min(start + size, self.num_lors), device=self.device)
             p_a, p_b, perp = self._p_a[rows], self._p_b[rows], self._perp[rows]
-            pa = torch.cat([p_a + float(o) * perp for o in self.offsets_mm])
-            pb = torch.cat([p_b + float(o) * perp for o in self.offsets_mm])
+            shifts = [self._offsets[j, rows, None] * perp for j in range(self.rays_per_bin)]
+            pa = torch.cat([p_a + sh for sh in shifts])
+            pb = torch.cat([p_b + sh for sh in shifts])
             ray, idx, length = siddon_coefficients(pa, pb, self.image, w.expand(pa.shape[0]))
             yield rows[ray % len(rows)], idx, length.to(self.dtype)
 

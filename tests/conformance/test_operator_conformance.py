@@ -144,7 +144,11 @@ def test_every_backend_adjointness_and_norm(kind, monkeypatch, layout_2d, image_
 @pytest.mark.parametrize("kind", ["embedded", "sirf", "stir"])
 def test_backends_agree_on_the_norm(kind, monkeypatch, layout_2d, image_2d_odd):
     # the external backends (fakes here) trace STIR's model: the embedded model with the same settings
-    matched = {} if kind == "embedded" else {"axial_model": "tube", "ray_model": "siddon", "rays_per_bin": DEFAULT_RAYS_PER_BIN}
+    matched = (
+        {}
+        if kind == "embedded"
+        else {"axial_model": "tube", "ray_model": "siddon", "rays_per_bin": DEFAULT_RAYS_PER_BIN}
+    )
     terms = _terms(layout_2d.shape, seed=4)
     ref = EmbeddedAcquisitionModel(layout_2d, image_2d_odd, *terms, psf_fwhm_mm=4.0, **matched)
     model = _models(kind, monkeypatch, layout_2d, image_2d_odd)

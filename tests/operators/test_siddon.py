@@ -3,6 +3,7 @@ rays, tangential sub-rays, adjoint, matrix vs on-the-fly paths, and the embedded
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,9 +76,18 @@ def small():
 
 def test_tangential_sub_rays_are_stirs(small):
     layout, image = small
-    sampling = layout.scanner.effective_radius_mm * math.sin(math.pi / layout.scanner.detectors_per_ring)
-    assert tangential_offsets_mm(layout, 2).tolist() == pytest.approx([-sampling / 4, sampling / 4])
-    assert tangential_offsets_mm(layout, 3).tolist() == pytest.approx([-sampling / 3, 0.0, sampling / 3])
+    # STIR's per-bin sampling (s(k + 1) - s(k - 1)) / 2 of s(k) = R sin(k pi / N)
+    s = layout.tangential_positions_mm()
+    a = math.pi / layout.scanner.detectors_per_ring
+    r = layout.scanner.effective_radius_mm
+    k = layout.tangential_indices()
+    sampling = torch.as_tensor((r * np.sin((k + 1) * a) - r * np.sin((k - 1) * a)) / 2, dtype=torch.float64)
+    assert s[len(s) // 2] == 0.0
+    assert torch.allclose(torch.as_tensor(tangential_offsets_mm(layout, 2)), torch.stack([-sampling / 4, sampling / 4]))
+    assert torch.allclose(
+        torch.as_tensor(tangential_offsets_mm(layout, 3))[:, 0],
+        sampling[0] * torch.tensor([-1, 0, 1.0], dtype=torch.float64) / 3,
+    )
     with pytest.raises(ValueError, match="rays_per_bin"):
         tangential_offsets_mm(layout, 0)
     # the projector's bins are the mean of the two shifted lines, traced independently here
@@ -89,7 +99,8 @@ def test_tangential_sub_rays_are_stirs(small):
     perp = torch.stack([-d[:, 1], d[:, 0], torch.zeros_like(d[:, 0])], 1)
     perp = perp / torch.linalg.norm(perp, dim=1, keepdim=True)
     expected = torch.zeros(p_a.shape[0], dtype=torch.float64)
-    for off in (-sampling / 4, sampling / 4):
+    per_lor = sampling.repeat(layout.num_sinograms * layout.num_views)[:, None]  # flat (sinograms, views, tangential)
+    for off in (-per_lor / 4, per_lor / 4):
         ray, idx, w = siddon_coefficients(p_a + off * perp, p_b + off * perp, image)
         expected.index_add_(0, ray, 0.5 * (x.reshape(-1)[idx] * w).sum(1))
     assert torch.allclose(proj.forward(x).reshape(-1), expected, rtol=1e-10, atol=1e-10)
