@@ -16,6 +16,8 @@ Details that make it STIR's and not only "a Siddon":
 * A ray lying in a plane between two voxel rows (parallel to an axis, on a voxel boundary) is traced
   half a voxel either side with half the weight, as STIR's ``RayTraceVoxelsOnCartesianGrid`` does
   (otherwise rounding decides which row gets the whole line).
+* Bins are whole lines, not segments between the two detectors: the parts of a grid that reach beyond
+  the detector ring (corners of a large image) are traced as STIR traces them.
 * Lengths are in mm over the whole (square) grid, i.e. STIR's unrestricted field of view on a grid
   padded by one zero voxel per side (:class:`~petuq_sirf.backends.bridge.RayTracingSettings`), in our
   units (STIR's are x-voxel units, converted by the adapters).
@@ -96,11 +98,17 @@ def _split_boundary_rays(
 
 
 def siddon_coefficients(
-    p_a: torch.Tensor, p_b: torch.Tensor, image: ImageGeometry, weight: torch.Tensor | None = None
+    p_a: torch.Tensor,
+    p_b: torch.Tensor,
+    image: ImageGeometry,
+    weight: torch.Tensor | None = None,
+    whole_line: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Voxel indices and intersection lengths of the segments from ``p_a`` to ``p_b`` (mm, ``(L, 3)`` as x, y, z).
 
-    ``weight`` (shape ``(L,)``, default ones) multiplies each ray's lengths. Returns ``(ray, index, length)``:
+    ``weight`` (shape ``(L,)``, default ones) multiplies each ray's lengths. ``whole_line`` traces the
+    infinite lines through the two points instead of the segments (STIR's LORs: voxels of a grid that
+    reaches beyond the detector ring are traced too). Returns ``(ray, index, length)``:
     ``ray`` shape ``(L',)`` the input row of each traced ray (``L' >= L``: rays on a voxel boundary are traced
     twice with half the weight), ``index`` and ``length`` shape ``(L', K)``: flat indices into a ``(z, y, x)``
     image and weighted lengths in mm (zero where unused). Computed in the dtype of ``p_a`` (use float64).
@@ -111,8 +119,8 @@ def siddon_coefficients(
     p_a, p_b, ray, w = _split_boundary_rays(p_a, p_b, ray, w, image)
     d = p_b - p_a
     length = torch.linalg.norm(d, dim=1)
-    a_min = torch.zeros_like(length)
-    a_max = torch.ones_like(length)
+    a_min = torch.full_like(length, -math.inf if whole_line else 0.0)
+    a_max = torch.full_like(length, math.inf if whole_line else 1.0)
     crossings = []
     for axis in (0, 1, 2):
         c = _COORD_OF_AXIS[axis]
@@ -233,7 +241,7 @@ class SiddonProjector(LinearOperator):
             shifts = [self._offsets[j, rows, None] * perp for j in range(self.rays_per_bin)]
             pa = torch.cat([p_a + sh for sh in shifts])
             pb = torch.cat([p_b + sh for sh in shifts])
-            ray, idx, length = siddon_coefficients(pa, pb, self.image, w.expand(pa.shape[0]))
+            ray, idx, length = siddon_coefficients(pa, pb, self.image, w.expand(pa.shape[0]), whole_line=True)
             yield rows[ray % len(rows)], idx, length.to(self.dtype)
 
     def _build_matrix(self) -> None:

@@ -1,7 +1,7 @@
 """The SIRF adapter against the fake ``sirf.STIR`` (fake_sirf.py) AND the real SIRF where it imports.
 
 Tests taking ``sirf_impl`` run with both: the fake must equal the embedded model to float
-precision, the real SIRF must agree with it within ``helpers.REAL_NRMSE`` on smooth images (so the
+precision, the real SIRF must agree with it within ``helpers.REAL_NRMSE`` (so the
 fake is checked against SIRF); exact properties are exact on both.
 """
 

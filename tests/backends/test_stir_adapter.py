@@ -2,7 +2,7 @@
 
 Every test taking ``stir_impl`` runs twice: with the fake, which must equal the embedded model to
 float precision (it has our projector inside), and with the real STIR, which must agree with the
-embedded projector within ``helpers.REAL_NRMSE`` on smooth images — so the fake is checked against
+STIR-matched embedded model (``helpers.stir_matched_model``) within ``helpers.REAL_NRMSE`` — so the fake is checked against
 the library it stands in for. Exact properties (adjoint identity, autograd = adjoint, terms) are
 exact on both.
 """

@@ -48,6 +48,11 @@ def test_lengths_match_brute_force_line_integrals():
         [_sampled_line_integral(one, grid, p_a[k], p_b[k]) for k in range(40)], dtype=torch.float64
     )
     assert torch.allclose(ones, brute_ones, rtol=1e-3, atol=1e-3)
+    # whole lines: a short segment inside the grid is traced through the whole grid
+    inner_a = torch.tensor([[0.1, 0.2, 0.3]], dtype=torch.float64)
+    inner_b = torch.tensor([[0.6, 0.2, 0.3]], dtype=torch.float64)
+    assert float(siddon_coefficients(inner_a, inner_b, grid)[2].sum()) == pytest.approx(0.5)
+    assert float(siddon_coefficients(inner_a, inner_b, grid, whole_line=True)[2].sum()) == pytest.approx(22.0)
 
 
 def test_axis_parallel_rays_and_rays_on_voxel_boundaries():
