@@ -180,6 +180,18 @@ class StirImageGrid:
             x = np.pad(x, ((0, 0), (p, p), (p, p)))
         return np.ascontiguousarray(x, dtype=np.float32)
 
+    def to_stir_torch(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`to_stir` in torch on images ``(..., z, y, x)`` (differentiable; autograd gives :meth:`from_stir`)."""
+        for axis, pad in ((-2, self.pad_y), (-1, self.pad_x)):
+            if pad:
+                widths = (0, 0, 1, 0) if axis == -2 else (1, 0)
+                widths_hi = (0, 0, 0, 1) if axis == -2 else (0, 1)
+                x = 0.5 * (torch.nn.functional.pad(x, widths) + torch.nn.functional.pad(x, widths_hi))
+        if self.pad_xy:
+            p = self.pad_xy
+            x = torch.nn.functional.pad(x, (p, p, p, p))
+        return x
+
     def from_stir(self, z: np.ndarray) -> np.ndarray:
         """The adjoint of :meth:`to_stir`: an image on STIR's grid back on ours."""
         z = np.asarray(z, dtype=np.float32)

@@ -62,6 +62,22 @@ def import_sirf():
     return pet
 
 
+def _resolve_autograd(autograd: str):
+    """``sirf.torch`` for ``"sirf.torch"`` (or ``"auto"`` where it imports), ``None`` for our own bridge."""
+    if autograd not in ("auto", "sirf.torch", "petuq"):
+        raise ValueError(f"unknown autograd {autograd!r}: choose auto, sirf.torch or petuq")
+    if autograd == "petuq":
+        return None
+    try:
+        import sirf.pysirf  # noqa: F401  (sirf.torch reads arrays through it: a SIRF whose pysirf fails cannot use it)
+        import sirf.torch as sirf_torch
+    except Exception as err:  # SIRF < 3.9, a SIRF without torch support, or a broken pysirf
+        if autograd == "sirf.torch":
+            raise ValueError(f"autograd='sirf.torch' needs SIRF's sirf.torch module (SIRF >= 3.9): {err}") from None
+        return None
+    return sirf_torch if hasattr(sirf_torch, "Operator") else None
+
+
 def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | None = None):
     """A SIRF ``AcquisitionData`` with our full layout (rings, span, maximum ring difference, mashing, bins).
 
@@ -139,6 +155,12 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         sensitivity_model: a SIRF ``AcquisitionSensitivityModel`` (e.g. from a norm file and a
             mu-map, see :func:`sensitivity_from_files`) used instead of ``multiplicative``; its
             values are read back into :attr:`multiplicative` so the additive conversion stays exact.
+        autograd: how ``forward`` / ``direct`` are differentiated: ``"sirf.torch"`` (SIRF's own torch
+            bridge, ``sirf.torch.Operator``, SIRF >= 3.9; the conversions around it — PSF, grid exchange,
+            sinogram order — are torch operations), ``"petuq"`` (our wrapper,
+            :class:`~petuq_sirf.backends.bridge.ExternalAcquisitionModel`), or ``"auto"`` (default:
+            ``sirf.torch`` where it imports). Both give the same values and gradients
+            (``tests/backends/test_sirf_adapter.py``). ``adjoint`` always uses ours.
     """
 
     backend_name = "sirf"
@@ -158,9 +180,12 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         acq_template=None,
         image_template_data=None,
         sensitivity_model=None,
+        autograd: str = "auto",
     ) -> None:
         pet = import_sirf()
         self._pet = pet
+        self._sirf_torch = _resolve_autograd(autograd)
+        self.autograd = "petuq" if self._sirf_torch is None else "sirf.torch"
         if projector not in ("raytracing", "parallelproj"):
             raise ValueError(f"unknown SIRF projector {projector!r}: choose raytracing or parallelproj")
         self.projector = projector
@@ -182,6 +207,34 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         self.psf = GaussianPSF(fwhm, image.voxel_size_mm) if any(f > 0 for f in fwhm) else None
         self._setup()
 
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        if self._sirf_torch is None:
+            return super().direct(x)
+        return self._via_sirf_torch(x, self._linear)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._sirf_torch is None:
+            return super().forward(x)
+        return self._via_sirf_torch(x, self._am)
+
+    def _via_sirf_torch(self, x: torch.Tensor, operator) -> torch.Tensor:
+        """``operator`` (SIRF's model or its linear part) through ``sirf.torch.Operator``, conversions in torch."""
+        if tuple(x.shape[-3:]) != tuple(self.image_shape):
+            raise ValueError(f"input of shape {tuple(x.shape)} does not end in {tuple(self.image_shape)}")
+        batch = x.shape[:-3]
+        z = x.reshape(-1, *self.image_shape).to("cpu", torch.float32)
+        if self.psf is not None:
+            z = self.psf(z)
+        z = self.grid.to_stir_torch(z)
+        out = self._sirf_torch.Operator(operator, self._image_buffer)(z)  # (B, TOF = 1, sinograms, views, tangential)
+        out = out.reshape(-1, *self.layout.shape)[:, self._from_stir_sinograms]
+        return out.to(x.device).reshape(*batch, *self.layout.shape)
+
+    @property
+    def _from_stir_sinograms(self) -> torch.Tensor:
+        """Index that puts STIR-ordered sinograms into ours (the inverse of ``stir_sinogram_order``)."""
+        return torch.as_tensor(np.argsort(stir_sinogram_order(self.layout)))
+
     def projector_settings(self) -> dict:
         if self.projector == "parallelproj":
             proj = {
@@ -190,7 +243,7 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
             }
         else:
             proj = self.settings.as_dict()
-        return {**super().projector_settings(), **proj, "psf_fwhm_mm": self.psf_fwhm_mm}
+        return {**super().projector_settings(), **proj, "psf_fwhm_mm": self.psf_fwhm_mm, "autograd": self.autograd}
 
     def _new_model(self):
         pet = self._pet
@@ -260,6 +313,7 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
             self._workdir,
             self._acq_template,
             self._img_template,
+            autograd=self.autograd,
         )
 
     @property

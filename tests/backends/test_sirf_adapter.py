@@ -131,3 +131,36 @@ def test_sirf_and_stir_backends_trace_the_same_projector(sirf_impl, stir_impl, l
     x = smooth_image(image_3d_odd, seed=8)
     impl = "fake" if sirf_impl == stir_impl else "real"  # a fake against a real library: projector tolerance
     assert_close(impl, sirf_model.forward(x), stir_model.forward(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("grid", ["odd", "even"])
+def test_sirf_torch_bridge_gives_our_values_and_gradients(sirf_impl, layout_3d, image_3d, image_3d_odd, grid):
+    """SIRF's own torch bridge (sirf.torch, SIRF >= 3.9) is preferred where it imports; it must agree with ours."""
+    image = image_3d_odd if grid == "odd" else image_3d
+    g = torch.Generator().manual_seed(9)
+    m, b = 0.5 + torch.rand(layout_3d.shape, generator=g), torch.rand(layout_3d.shape, generator=g)
+    ours = make_acquisition_model("sirf", layout_3d, image, m, b, psf_fwhm_mm=4.0, autograd="petuq")
+    assert ours.autograd == "petuq" and ours.projector_settings()["autograd"] == "petuq"
+    auto = make_acquisition_model("sirf", layout_3d, image, m, b, psf_fwhm_mm=4.0)
+    if sirf_impl == "fake":  # the fake package has no sirf.torch: our bridge, and asking for SIRF's is one clear error
+        assert auto.autograd == "petuq"
+        with pytest.raises(ValueError, match="sirf.torch"):
+            make_acquisition_model("sirf", layout_3d, image, autograd="sirf.torch")
+        return
+    pytest.importorskip("sirf.torch")
+    # sirf.torch reads arrays through sirf.pysirf; a SIRF build whose pysirf does not load falls back to ours
+    pytest.importorskip("sirf.pysirf", reason="this SIRF's sirf.pysirf does not load (see docs/sirf_stir.md)")
+    assert auto.autograd == "sirf.torch"
+    x = smooth_image(image, seed=10, batch=2)
+    w = torch.rand(2, *layout_3d.shape, generator=g)
+    for fn in ("forward", "direct"):
+        xa, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yo = getattr(auto, fn)(xa), getattr(ours, fn)(xo)
+        assert ya.shape == yo.shape == (2, *layout_3d.shape)
+        assert torch.allclose(ya, yo, rtol=1e-5, atol=1e-5)
+        (ya * w).sum().backward()
+        (yo * w).sum().backward()
+        assert torch.allclose(xa.grad, xo.grad, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(xa.grad[1], ours.adjoint(w[1]), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown autograd"):
+        make_acquisition_model("sirf", layout_3d, image, autograd="jax")
