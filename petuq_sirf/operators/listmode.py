@@ -16,12 +16,12 @@ import torch
 
 from petuq_sirf.operators.kernels import describe, report, select_kernel
 from petuq_sirf.operators.kernels.plan import steps_along_x, transaxial_endpoints
-from petuq_sirf.operators.projector import _CHUNK_ELEMENTS, _BackProject, _Project, _stack, joseph_coefficients
+from petuq_sirf.operators.projector import _CHUNK_ELEMENTS, FlatKernelMixin, _stack, joseph_coefficients
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
 
-class ListModeProjector:
+class ListModeProjector(FlatKernelMixin):
     """Projector from images ``(..., z, y, x)`` to LOR values ``(..., N)`` for ``N`` explicit LORs.
 
     Args:
@@ -31,6 +31,8 @@ class ListModeProjector:
         device, dtype: as for :class:`~petuq_sirf.operators.projector.RayTracingProjector`.
         kernel: ``auto`` | ``torch`` | ``numba`` | ``triton`` (``None`` = ``$PETUQ_PROJECTOR_KERNEL``).
     """
+
+    _data_name = "LOR values"
 
     def __init__(
         self,
@@ -159,24 +161,3 @@ class ListModeProjector:
                 r = rows[start : start + size]
                 idx, w = joseph_coefficients(self._p_a[r], self._p_b[r], self.image, axis)
                 yield r, idx, w
-
-    def _check(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        n = len(shape)
-        if t.dim() < n or tuple(t.shape[t.dim() - n :]) != tuple(shape):
-            raise ValueError(f"{what} has shape {tuple(t.shape)}; expected (..., {', '.join(map(str, shape))})")
-        return t.to(self.device, self.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``w * (G x)`` at the listed LORs: images ``(..., z, y, x)`` to ``(..., N)`` (differentiable)."""
-        return _Project.apply(self._check(x, self.image_shape, "image"), self)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``G^T (w * y)``: LOR values ``(..., N)`` to images ``(..., z, y, x)`` (differentiable)."""
-        return _BackProject.apply(self._check(y, self.data_shape, "LOR values"), self)
-
-    __call__ = forward
-
-    def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
-        batch = t.shape[: t.dim() - len(in_shape)]
-        flat = t.reshape(-1, int(np.prod(in_shape)))
-        return fn(flat).reshape(*batch, *out_shape)

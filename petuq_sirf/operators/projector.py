@@ -89,7 +89,42 @@ def joseph_coefficients(
     return torch.stack(indices, dim=-1), torch.stack(weights, dim=-1)
 
 
-class RayTracingProjector(LinearOperator):
+class FlatKernelMixin:
+    """Shape checks, batching and autograd of projectors built on two flat kernels.
+
+    A class using it provides ``image_shape``, ``data_shape``, ``device``, ``dtype`` and the raw kernels
+    ``_forward_flat`` / ``_adjoint_flat`` on ``(B, voxels) <-> (B, data)`` arrays; ``forward`` / ``adjoint``
+    are then differentiable (each the other's gradient) over any leading batch dimensions.
+    """
+
+    image_shape: tuple[int, ...]
+    data_shape: tuple[int, ...]
+    _data_name = "projection data"
+
+    def _check(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
+        n = len(shape)
+        if t.dim() < n or tuple(t.shape[t.dim() - n :]) != tuple(shape):
+            raise ValueError(f"{what} has shape {tuple(t.shape)}; expected (..., {', '.join(map(str, shape))})")
+        return t.to(self.device, self.dtype)
+
+    def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
+        batch = t.shape[: t.dim() - len(in_shape)]
+        flat = t.reshape(-1, int(np.prod(in_shape)))
+        return fn(flat).reshape(*batch, *out_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Project images ``(..., z, y, x)`` to data ``(..., *data_shape)`` (differentiable)."""
+        return _Project.apply(self._check(x, self.image_shape, "image"), self)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Back project data ``(..., *data_shape)`` to images ``(..., z, y, x)`` (differentiable)."""
+        return _BackProject.apply(self._check(y, self.data_shape, self._data_name), self)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)
+
+
+class RayTracingProjector(FlatKernelMixin, LinearOperator):
     """Geometric projector ``G`` from images ``(..., z, y, x)`` to sinograms ``(..., sinograms, views, tangential)``.
 
     Args:
@@ -277,33 +312,10 @@ class RayTracingProjector(LinearOperator):
             out.index_add_(1, idx.reshape(-1), contrib.reshape(y.shape[0], -1))
         return out
 
-    def _check(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        n = len(shape)
-        if tuple(t.shape[t.dim() - n :]) != tuple(shape) or t.dim() < n:
-            raise ValueError(f"{what} has shape {tuple(t.shape)}; expected (..., {', '.join(map(str, shape))})")
-        if t.dtype != self.dtype:
-            t = t.to(self.dtype)
-        return t.to(self.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project images ``(..., z, y, x)`` to ``(..., sinograms, views, tangential)`` (differentiable)."""
-        x = self._check(x, self.image_shape, "image")
-        return _Project.apply(x, self)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Back project sinograms ``(..., sinograms, views, tangential)`` to images (differentiable)."""
-        y = self._check(y, self.data_shape, "projection data")
-        return _BackProject.apply(y, self)
-
-    __call__ = forward
+    __call__ = FlatKernelMixin.__call__
 
     in_shape = property(lambda self: self.image_shape)  # LinearOperator shapes
     out_shape = property(lambda self: self.data_shape)
-
-    def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
-        batch = t.shape[: t.dim() - len(in_shape)]
-        flat = t.reshape(-1, int(np.prod(in_shape)))
-        return fn(flat).reshape(*batch, *out_shape)
 
 
 def _stack(rows: list[torch.Tensor]) -> torch.Tensor:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.operators.base import LinearOperator
-from petuq_sirf.operators.projector import _BackProject, _csr, _Project
+from petuq_sirf.operators.projector import FlatKernelMixin, _csr
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -160,7 +160,7 @@ def siddon_coefficients(
     return ray, flat, torch.where(valid, seg * w[:, None], torch.zeros_like(seg))
 
 
-class SiddonProjector(LinearOperator):
+class SiddonProjector(FlatKernelMixin, LinearOperator):
     """Geometric projector with exact intersection lengths and ``rays_per_bin`` tangential sub-rays.
 
     Images ``(..., z, y, x)`` to sinograms ``(..., sinograms, views, tangential)``; same interface as
@@ -289,25 +289,7 @@ class SiddonProjector(LinearOperator):
             out.index_add_(1, idx.reshape(-1), (y[:, r, None] * w).reshape(y.shape[0], -1))
         return out
 
-    def _apply_flat(self, t: torch.Tensor, in_shape, out_shape, fn) -> torch.Tensor:
-        batch = t.shape[: t.dim() - len(in_shape)]
-        return fn(t.reshape(-1, int(np.prod(in_shape)))).reshape(*batch, *out_shape)
-
-    def _check(self, t: torch.Tensor, shape: tuple[int, ...], what: str) -> torch.Tensor:
-        n = len(shape)
-        if t.dim() < n or tuple(t.shape[t.dim() - n :]) != tuple(shape):
-            raise ValueError(f"{what} has shape {tuple(t.shape)}; expected (..., {', '.join(map(str, shape))})")
-        return t.to(self.device, self.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Project images ``(..., z, y, x)`` to ``(..., sinograms, views, tangential)`` (differentiable)."""
-        return _Project.apply(self._check(x, self.image_shape, "image"), self)
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """Back project sinograms ``(..., sinograms, views, tangential)`` to images (differentiable)."""
-        return _BackProject.apply(self._check(y, self.data_shape, "projection data"), self)
-
-    __call__ = forward
+    __call__ = FlatKernelMixin.__call__
 
     in_shape = property(lambda self: self.image_shape)
     out_shape = property(lambda self: self.data_shape)
