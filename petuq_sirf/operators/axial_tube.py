@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.operators.base import LinearOperator
-from petuq_sirf.operators.projector import RayTracingProjector
+from petuq_sirf.operators.projector import RayTracingProjector, restricted_projector
 from petuq_sirf.operators.siddon import SiddonProjector
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
@@ -163,19 +163,10 @@ class AxialTubeProjector(LinearOperator):
 
     def restricted(self, views: np.ndarray) -> AxialTubeProjector:
         """The same tube for a subset of this projector's views (memoised, as :meth:`RayTracingProjector.restricted`)."""
-        views = np.asarray(views, dtype=np.int64)
-        global_views = views if self.views is None else self.views[views]
-        key = tuple(global_views.tolist())
-        cache = self.__dict__.setdefault("_restricted", {})
-        if key not in cache:
-            cache[key] = AxialTubeProjector(
-                self.layout,
-                self.image,
-                global_views,
-                self.device,
-                self.dtype,
-                self._kernel,
-                self.ray_model,
-                self.rays_per_bin,
-            )
-        return cache[key]
+        return restricted_projector(
+            self,
+            views,
+            lambda v: AxialTubeProjector(
+                self.layout, self.image, v, self.device, self.dtype, self._kernel, self.ray_model, self.rays_per_bin
+            ),
+        )

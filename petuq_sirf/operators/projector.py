@@ -89,6 +89,21 @@ def joseph_coefficients(
     return torch.stack(indices, dim=-1), torch.stack(weights, dim=-1)
 
 
+def restricted_projector(owner, views: np.ndarray, build):
+    """The projector ``build(global_views)`` for a subset ``views`` of ``owner``'s views, memoised on ``owner``.
+
+    ``owner.views`` (``None`` = all) maps the subset's indices to the layout's views; OSEM reuses subsets,
+    so each is built once per owner.
+    """
+    views = np.asarray(views, dtype=np.int64)
+    global_views = views if owner.views is None else owner.views[views]
+    key = tuple(global_views.tolist())
+    cache = owner.__dict__.setdefault("_restricted", {})
+    if key not in cache:
+        cache[key] = build(global_views)
+    return cache[key]
+
+
 class FlatKernelMixin:
     """Shape checks, batching and autograd of projectors built on two flat kernels.
 
@@ -240,20 +255,13 @@ class RayTracingProjector(FlatKernelMixin, LinearOperator):
 
     def restricted(self, views: np.ndarray) -> RayTracingProjector:
         """A projector for a subset of this projector's views (memoised: subsets are reused by OSEM)."""
-        views = np.asarray(views, dtype=np.int64)
-        global_views = views if self.views is None else self.views[views]
-        key = tuple(global_views.tolist())
-        cache = self.__dict__.setdefault("_restricted", {})
-        if key not in cache:
-            cache[key] = RayTracingProjector(
-                self.layout,
-                self.image,
-                views=global_views,
-                device=self.device,
-                dtype=self.dtype,
-                kernel=self._requested_kernel,
-            )
-        return cache[key]
+        return restricted_projector(
+            self,
+            views,
+            lambda v: RayTracingProjector(
+                self.layout, self.image, views=v, device=self.device, dtype=self.dtype, kernel=self._requested_kernel
+            ),
+        )
 
     @property
     def num_lors(self) -> int:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.operators.base import LinearOperator
-from petuq_sirf.operators.projector import FlatKernelMixin, _csr
+from petuq_sirf.operators.projector import FlatKernelMixin, _csr, restricted_projector
 from petuq_sirf.scanner.image_geometry import ImageGeometry
 from petuq_sirf.scanner.layout import SinogramLayout
 
@@ -262,15 +262,11 @@ class SiddonProjector(FlatKernelMixin, LinearOperator):
 
     def restricted(self, views: np.ndarray) -> SiddonProjector:
         """A projector for a subset of this projector's views (memoised: OSEM reuses subsets)."""
-        views = np.asarray(views, dtype=np.int64)
-        global_views = views if self.views is None else self.views[views]
-        key = tuple(global_views.tolist())
-        cache = self.__dict__.setdefault("_restricted", {})
-        if key not in cache:
-            cache[key] = SiddonProjector(
-                self.layout, self.image, global_views, self.device, self.dtype, self.rays_per_bin
-            )
-        return cache[key]
+        return restricted_projector(
+            self,
+            views,
+            lambda v: SiddonProjector(self.layout, self.image, v, self.device, self.dtype, self.rays_per_bin),
+        )
 
     # --- flat kernels (B, nvox) <-> (B, nlor), used by the autograd functions of projector.py --------
     def _forward_flat(self, x: torch.Tensor) -> torch.Tensor:
