@@ -75,7 +75,11 @@ def _resolve_autograd(autograd: str):
         if autograd == "sirf.torch":
             raise ValueError(f"autograd='sirf.torch' needs SIRF's sirf.torch module (SIRF >= 3.9): {err}") from None
         return None
-    return sirf_torch if hasattr(sirf_torch, "Operator") else None
+    if not hasattr(sirf_torch, "Operator"):
+        if autograd == "sirf.torch":
+            raise ValueError("autograd='sirf.torch' needs sirf.torch.Operator, which this SIRF's sirf.torch lacks")
+        return None
+    return sirf_torch
 
 
 def acquisition_template(layout: SinogramLayout, workdir: str | os.PathLike | None = None):
@@ -185,6 +189,7 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
         pet = import_sirf()
         self._pet = pet
         self._sirf_torch = _resolve_autograd(autograd)
+        self._from_stir_sinograms: torch.Tensor | None = None
         self.autograd = "petuq" if self._sirf_torch is None else "sirf.torch"
         if projector not in ("raytracing", "parallelproj"):
             raise ValueError(f"unknown SIRF projector {projector!r}: choose raytracing or parallelproj")
@@ -227,13 +232,10 @@ class SirfAcquisitionModel(ExternalAcquisitionModel):
             z = self.psf(z)
         z = self.grid.to_stir_torch(z)
         out = self._sirf_torch.Operator(operator, self._image_buffer)(z)  # (B, TOF = 1, sinograms, views, tangential)
+        if self._from_stir_sinograms is None:  # index putting STIR-ordered sinograms into ours, built once
+            self._from_stir_sinograms = torch.as_tensor(np.argsort(stir_sinogram_order(self.layout)))
         out = out.reshape(-1, *self.layout.shape)[:, self._from_stir_sinograms]
         return out.to(x.device).reshape(*batch, *self.layout.shape)
-
-    @property
-    def _from_stir_sinograms(self) -> torch.Tensor:
-        """Index that puts STIR-ordered sinograms into ours (the inverse of ``stir_sinogram_order``)."""
-        return torch.as_tensor(np.argsort(stir_sinogram_order(self.layout)))
 
     def projector_settings(self) -> dict:
         if self.projector == "parallelproj":
