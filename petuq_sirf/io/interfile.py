@@ -251,7 +251,24 @@ class InterfileProjData:
     layout_problem: str = ""
 
 
+def _energy_from_header(h: dict[str, str], path: Path) -> dict:
+    """The scanner's energy resolution and the exam's energy window, where the header gives them."""
+    out: dict = {}
+    if h.get("energy resolution", ""):
+        out["energy_resolution"] = _number(h, "energy resolution", path)
+    if h.get("reference energy (in kev)", ""):
+        out["reference_energy_kev"] = _number(h, "reference energy (in kev)", path)
+    lo, hi = h.get("energy window lower level[1]", ""), h.get("energy window upper level[1]", "")
+    if lo and hi:
+        out["energy_window_kev"] = (
+            _number(h, "energy window lower level[1]", path),
+            _number(h, "energy window upper level[1]", path),
+        )
+    return out
+
+
 def _scanner_from_header(h: dict[str, str], path: Path) -> ScannerGeometry:
+    energy = _energy_from_header(h, path)
     for key in ("scanner type", "originating system"):
         name = h.get(key, "")
         if name:
@@ -261,7 +278,7 @@ def _scanner_from_header(h: dict[str, str], path: Path) -> ScannerGeometry:
                 continue
             rings = h.get("number of rings", "")
             if not rings or int(rings) == named.num_rings:
-                return named
+                return named.with_(**energy) if energy else named
     cm = 10.0
     return ScannerGeometry(
         name=h.get("scanner type", "userdefined") or "userdefined",
@@ -273,6 +290,7 @@ def _scanner_from_header(h: dict[str, str], path: Path) -> ScannerGeometry:
         default_bin_size_mm=_number(h, "default bin size (cm)", path) * cm,
         num_tangential_bins=_number(h, "maximum number of non-arc-corrected bins", path, int),
         intrinsic_tilt_deg=_number(h, "view offset (degrees)", path, default=0.0),
+        **energy,
     )
 
 
@@ -334,6 +352,18 @@ def read_projdata(path: str | os.PathLike) -> InterfileProjData:
     return InterfileProjData(array, layout, h, problem)
 
 
+def _energy_window_keys(sc) -> list[str]:
+    """The exam's energy window (STIR needs it for scatter simulation); none when the scanner's is unknown."""
+    if sc.energy_window_kev is None:
+        return []
+    lo, hi = sc.energy_window_kev
+    return [
+        "number of energy windows := 1",
+        f"energy window lower level[1] := {lo:.6g}",
+        f"energy window upper level[1] := {hi:.6g}",
+    ]
+
+
 def write_projdata(path: str | os.PathLike, array: np.ndarray, layout: SinogramLayout) -> Path:
     """Write ``(sinograms, views, tangential)`` data as STIR Interfile (``.hs`` + ``.s``, sinogram order)."""
     path = Path(path).with_suffix(".hs")
@@ -356,6 +386,7 @@ def write_projdata(path: str | os.PathLike, array: np.ndarray, layout: SinogramL
         "!PET STUDY (General) :=",
         "!PET data type := Emission",
         "applied corrections := {None}",
+        *_energy_window_keys(sc),
         "!number format := float",
         "!number of bytes per pixel := 4",
         "number of dimensions := 4",
@@ -378,6 +409,14 @@ def write_projdata(path: str | os.PathLike, array: np.ndarray, layout: SinogramL
         f"Distance between rings (cm) := {sc.ring_spacing_mm / 10:.6g}",
         f"Default bin size (cm) := {sc.default_bin_size_mm / 10:.6g}",
         f"View offset (degrees) := {sc.intrinsic_tilt_deg:.6g}",
+        *(
+            [
+                f"Energy resolution := {sc.energy_resolution:.6g}",
+                f"Reference energy (in keV) := {sc.reference_energy_kev:.6g}",
+            ]
+            if sc.energy_resolution > 0
+            else []
+        ),
         "Maximum number of (unmashed) TOF time bins := 1",
         f"Maximum number of non-arc-corrected bins := {sc.num_tangential_bins}",
         f"Default number of arc-corrected bins := {sc.num_tangential_bins}",

@@ -26,6 +26,10 @@ class ScannerGeometry:
         intrinsic_tilt_deg: rotation of the detector ring in degrees.
         tof_bins: number of TOF bins (informational; the embedded model is non-TOF).
         tof_resolution_ps: coincidence timing resolution in ps (informational).
+        energy_resolution: energy resolution as FWHM / ``reference_energy_kev`` (0: unknown, as STIR says
+            for scanners it has no value for); single-scatter simulation needs it.
+        reference_energy_kev: the energy at which ``energy_resolution`` holds, keV.
+        energy_window_kev: the vendor's default ``(lower, upper)`` energy window in keV (None: unknown).
     """
 
     name: str
@@ -39,6 +43,9 @@ class ScannerGeometry:
     intrinsic_tilt_deg: float = 0.0
     tof_bins: int = 1
     tof_resolution_ps: float = 0.0
+    energy_resolution: float = 0.0
+    reference_energy_kev: float = 511.0
+    energy_window_kev: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.num_rings < 1:
@@ -53,6 +60,15 @@ class ScannerGeometry:
                 raise ValueError(f"scanner {self.name!r}: {field} must be > 0")
         if self.num_tangential_bins < 1 or self.num_tangential_bins > self.detectors_per_ring // 2 * 2:
             raise ValueError(f"scanner {self.name!r}: invalid num_tangential_bins {self.num_tangential_bins}")
+        if not 0.0 <= self.energy_resolution < 1.0 or not self.reference_energy_kev > 0:
+            raise ValueError(
+                f"scanner {self.name!r}: energy resolution must be in [0, 1) (FWHM / reference energy) and the "
+                f"reference energy > 0 keV, got {self.energy_resolution} at {self.reference_energy_kev} keV"
+            )
+        if self.energy_window_kev is not None:
+            lo, hi = self.energy_window_kev
+            if not 0 < lo < hi:
+                raise ValueError(f"scanner {self.name!r}: energy window must be 0 < lower < upper keV, got {lo}, {hi}")
 
     @property
     def effective_radius_mm(self) -> float:
@@ -88,6 +104,8 @@ _SCANNERS: dict[str, ScannerGeometry] = {
         ring_spacing_mm=4.0625,
         default_bin_size_mm=2.08626,
         num_tangential_bins=344,
+        energy_resolution=0.145,
+        energy_window_kev=(430.0, 610.0),
     ),
     "Siemens mCT": ScannerGeometry(
         name="Siemens mCT",
@@ -100,6 +118,7 @@ _SCANNERS: dict[str, ScannerGeometry] = {
         num_tangential_bins=400,
         tof_bins=13,
         tof_resolution_ps=555.0,
+        energy_window_kev=(435.0, 650.0),
     ),
     "GE Discovery 690": ScannerGeometry(
         name="GE Discovery 690",
@@ -113,6 +132,7 @@ _SCANNERS: dict[str, ScannerGeometry] = {
         intrinsic_tilt_deg=-5.021,
         tof_bins=55,
         tof_resolution_ps=550.0,
+        energy_window_kev=(425.0, 650.0),
     ),
     # Small scanners for tests and quick demos (not real devices).
     "test-2d": ScannerGeometry(

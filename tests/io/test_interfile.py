@@ -106,3 +106,28 @@ def test_interfile_images_use_stirs_axial_origin_when_given_a_scanner(tmp_path):
     assert back.offset_mm[0] == pytest.approx(0.0, abs=1e-4)
     _, raw = read_image(path)  # without a scanner the file's own coordinates are kept
     assert raw.offset_mm[0] == pytest.approx(63 * 2.03125, abs=1e-3)
+
+
+def test_projdata_header_carries_the_scanners_energy_window(tmp_path):
+    """STIR's scatter simulation refuses templates without an energy window; the mMR's is written (430-610 keV)."""
+    mmr = get_scanner("mMR").with_(num_rings=2)
+    layout = SinogramLayout(mmr, span=1, view_mashing=4)
+    path = write_projdata(tmp_path / "mmr.hs", np.zeros(layout.shape, np.float32), layout)
+    text = path.read_text()
+    assert "energy window lower level[1] := 430" in text
+    assert "energy window upper level[1] := 610" in text
+    assert "Energy resolution := 0.145" in text
+    back = read_projdata(path).layout.scanner  # a user-defined (2-ring) mMR: rebuilt from the header's keys
+    assert (back.energy_resolution, back.reference_energy_kev, back.energy_window_kev) == (0.145, 511.0, (430.0, 610.0))
+    unknown = SinogramLayout(get_scanner("test-3d"), span=3, max_ring_difference=4)  # no window: no keys
+    assert (
+        "energy window"
+        not in write_projdata(tmp_path / "t.hs", np.zeros(unknown.shape, np.float32), unknown).read_text()
+    )
+
+
+def test_scanner_energy_fields_are_validated():
+    with pytest.raises(ValueError, match="energy window"):
+        get_scanner("mMR").with_(energy_window_kev=(610.0, 430.0))
+    with pytest.raises(ValueError, match="energy resolution"):
+        get_scanner("mMR").with_(energy_resolution=1.5)
