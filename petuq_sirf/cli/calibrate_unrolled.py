@@ -23,7 +23,11 @@ def register(sub) -> None:
         "calibrate-unrolled",
         help="add split-conformal interval scales to an unrolled weights file (no retraining)",
     )
-    c.add_argument("--weights", default=None, help="Input weights (default: the shipped unrolled network).")
+    c.add_argument(
+        "--weights",
+        default=None,
+        help="Input weights (default: the shipped unrolled network fbsem32; or fbsem16, dbfb).",
+    )
     c.add_argument("--seed", type=SEED, default=0, help="Calibration phantoms use seeds from seed + 2000.")
     c.add_argument("--out", required=True, help="Output weights folder (may equal --weights).")
     add_calibration_arguments(c)

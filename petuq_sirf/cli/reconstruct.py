@@ -58,9 +58,10 @@ def register(sub) -> None:
     p.add_argument(
         "--weights",
         default=None,
-        help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones); 'dbfb' "
-        "selects the shipped unrolled network with the DBFB regulariser, 'fbsem32' the 32-channel FBSEM network "
-        "learned on thorax + ellipses + texture phantoms.",
+        help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones, for unrolled "
+        "'fbsem32', the 32-channel FBSEM network learned on thorax + ellipses + texture phantoms); 'fbsem16' "
+        "selects the previous default (16-channel FBSEM, thorax + ellipses), 'dbfb' the shipped unrolled network "
+        "with the DBFB regulariser.",
     )
     p.add_argument(
         "--force",

@@ -92,7 +92,8 @@ def test_projector_timing_on_the_reduced_ring_geometry() -> None:
 
 
 def test_benchmark_takes_a_named_unrolled_network(tmp_path) -> None:
-    """``--unrolled-weights fbsem32``: that network is the unrolled estimator, and the record names its file."""
+    """``--unrolled-weights fbsem16`` (not the default): that network is the unrolled estimator, and the record names
+    its file."""
     import hashlib
     import json
 
@@ -103,12 +104,12 @@ def test_benchmark_takes_a_named_unrolled_network(tmp_path) -> None:
         "--families", "thorax", "--num-xy", "32", "--phantoms-per-family", "1", "--realisations", "1",
         "--frames", "2", "--counts", "1e5", "--comparison-realisations", "0", "--mixing-draws", "2",
         "--ml-iterations", "5", "--inner-iterations", "2", "--map-iterations", "1",
-        "--unrolled-weights", "fbsem32", "--out", str(tmp_path), "--name", "named",
+        "--unrolled-weights", "fbsem16", "--out", str(tmp_path), "--name", "named",
     ]  # fmt: skip
     assert main(argv) == 0
     saved = json.loads((tmp_path / "named.json").read_text())
-    expected = SHIPPED_NAMED["fbsem32"] / "model.safetensors"
-    assert saved["unrolled_weights_file"].endswith("unrolled_fbsem32_test2d/model.safetensors")
+    expected = SHIPPED_NAMED["fbsem16"] / "model.safetensors"
+    assert saved["unrolled_weights_file"].endswith("unrolled_test2d/model.safetensors")
     assert saved["unrolled_weights_sha256"] == hashlib.sha256(expected.read_bytes()).hexdigest()
     assert "unrolled" in saved["records"][0]["estimators"]
 

@@ -120,7 +120,7 @@ def _test_case(layout, image, family: str, start: int, counts: float):
     return ph, sim, geometric.with_terms(sim.multiplicative, sim.additive_true), x0
 
 
-@pytest.mark.parametrize("name", [None, "fbsem32"])
+@pytest.mark.parametrize("name", [None, "fbsem16"])  # the default (fbsem32) and the previous default
 def test_shipped_network_std_falls_with_the_counts_like_the_error(layout_2d, image_2d, name):
     """A shipped (dose-aware) FBSEM network on a held-out brain phantom (a family it never saw) at 5 % and
     100 % of the standard dose: its relative std and its actual error both fall with the counts."""
@@ -154,6 +154,19 @@ def test_train_unrolled_family_options_fail_in_one_line(tmp_path, capsys, args, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "w" / "model.safetensors").exists()
+
+
+def test_default_unrolled_network_is_fbsem32_and_the_previous_default_is_fbsem16():
+    """The default (no ``--weights``) is the 32-channel texture-trained network, also named ``fbsem32``; the
+    previous default, the 16-channel network trained on thorax + ellipses, stays selectable as ``fbsem16``."""
+    assert recon_weights.weights_folder("unrolled") == recon_weights.weights_folder("unrolled", "fbsem32")
+    assert recon_weights.weights_folder("unrolled").name == "unrolled_fbsem32_test2d"
+    assert recon_weights.weights_folder("unrolled", "fbsem16").name == "unrolled_test2d"
+    net, posterior, info = recon_weights.load_network("unrolled")
+    assert net.config.channels == 32 and info["families"] == ["thorax", "ellipses", "texture"]
+    old, old_posterior, old_info = recon_weights.load_network("unrolled", "fbsem16")
+    assert old.config.channels == 16 and old.config.dose_input and old_posterior is not None
+    assert old_info["families"] == ["thorax", "ellipses"] and old.config.regulariser == "cnn"
 
 
 def test_shipped_dbfb_network_loads_by_name_and_reconstructs(layout_2d, image_2d):
