@@ -2,8 +2,8 @@
 
 Each case runs in its own process so the peak resident memory (``ru_maxrss``) is its own; "extra"
 is the peak minus the resident memory after building the model and inputs. On CUDA the peak is
-``torch.cuda.max_memory_allocated``. Uses the shipped test-2d weights (the CNNs act slice by slice,
-so they run on 3D images too).
+``torch.cuda.max_memory_allocated``. Uses the shipped test-2d weights (for the unrolled network the default,
+``fbsem32``; the CNNs act slice by slice, so they run on 3D images too).
 
     python benchmarks/bench_recon_uq.py [--device cpu|cuda] [--threads 1]
 """

@@ -1,11 +1,12 @@
 """Coverage and width of the anytime-valid ROI confidence intervals (sequential likelihood mixing).
 
-Held-out phantoms only (no shipped network saw them; the unrolled network was trained on random
-ellipses): the procedural anatomical families of :mod:`petuq_sirf.simulation.phantom_families`
-(``--families brain,thorax``: TEST seeds, their random lesions and the background as ROIs) and,
-with ``--phantoms``, the fixed NEMA IEC-like / brain-like phantoms. Poisson realisations of the
-exact model mean are split into equal time frames (frame 1 a burn-in). Estimators: OSEM, MAP-RDP,
-the shipped unrolled network and a deliberately bad constant image (3x the background level).
+Held-out phantoms only (no shipped network saw their seeds; the default unrolled network ``fbsem32`` was
+trained on thorax, ellipse and texture training seeds, never on a brain): the procedural anatomical
+families of :mod:`petuq_sirf.simulation.phantom_families` (``--families brain,thorax``: TEST seeds, their
+random lesions and the background as ROIs) and, with ``--phantoms``, the fixed NEMA IEC-like / brain-like
+phantoms. Poisson realisations of the exact model mean are split into equal time frames (frame 1 a
+burn-in). Estimators: OSEM, MAP-RDP, the shipped unrolled network (default ``fbsem32``;
+``--unrolled-weights``) and a deliberately bad constant image (3x the background level).
 
 Every realisation goes through the ROI solver (realisations of one phantom are solved together, one
 batched projector call per iteration). Reported per family, estimator and ROI kind (lesions pooled,
@@ -559,7 +560,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--num-xy", type=int, default=None, help="image size in-plane (default: the scanner's)")
     ap.add_argument("--no-unrolled", action="store_true")
     ap.add_argument(
-        "--unrolled-weights", default="", help="unrolled network: a weights folder or a shipped name (fbsem32, dbfb)"
+        "--unrolled-weights",
+        default="",
+        help="unrolled network: a weights folder or a shipped name (fbsem32, fbsem16, dbfb); default: the shipped "
+        "default fbsem32",
     )
     ap.add_argument(
         "--seed-base", type=int, default=1000, help="realisation seed of the first phantom (+1 per phantom)"
