@@ -41,6 +41,8 @@ import torch
 STANDARD_COUNTS = 1e6
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 REGIONS = ("object", "lesions", "edges", "background")
+ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups of the size-grouped ROI conformal (equivalent diameter)
+ROI_MIN_GROUP = 15  # calibration lesions a size group needs for its own factor (else the pooled one)
 
 
 def parse() -> argparse.Namespace:
@@ -121,7 +123,16 @@ def main() -> None:  # noqa: C901 - one linear protocol
     from petuq_sirf.simulation.simulate import SimulationConfig, simulate
     from petuq_sirf.uq.calibration import calibration_error, gaussian_quantile
     from petuq_sirf.uq.mondrian import MondrianConformal, global_conformal, voxel_classes
-    from petuq_sirf.uq.roi import RoiConformal, roi_coverage, roi_interval_samples, roi_mean, roi_mean_samples
+    from petuq_sirf.uq.roi import (
+        RoiConformal,
+        equivalent_diameter_mm,
+        roi_coverage,
+        roi_interval_samples,
+        roi_mean,
+        roi_mean_samples,
+        size_group,
+    )
+    from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
     scanner = get_scanner(args.scanner)
     if args.rings:
@@ -238,6 +249,9 @@ def main() -> None:  # noqa: C901 - one linear protocol
         samples = post.draw(per_sample=1, seed=seed).reshape(-1, m, z, ny, nx)
         return samples, mean, std
 
+    def roi_size_group(msk: torch.Tensor) -> str:
+        return size_group(equivalent_diameter_mm(msk, vox), ROI_SIZE_EDGES_MM)
+
     calibrators: dict[float, dict] = {}
     for dose in doses:
         cal = family_low_dose_set(layout, image, cal_families, "calibration", n_cal, dose * standard_counts, geometric)
@@ -260,17 +274,24 @@ def main() -> None:  # noqa: C901 - one linear protocol
                 "global": global_conformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
                 "mondrian": MondrianConformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
                 "mondrian_cqr": MondrianConformal("cqr", LEVELS).fit(cal.truth, cls, samples=s_, mask=body),
+                # per-class std factor: RMS std = RMS error (bias included) on the calibration voxels
+                "std_scaling": MondrianStdScaling().fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
             }
             # ROI-level conformal on the calibration lesions (ROI mean of the mean image, std = mean voxel std)
-            t_roi, c_roi, s_roi = [], [], []
+            t_roi, c_roi, s_roi, g_roi = [], [], [], []
             for i, reg in enumerate(cal.regions):
                 for k, msk in reg.items():
                     if k.startswith("lesion_"):
                         t_roi.append(float(roi_mean(cal.truth[i], msk)))
                         c_roi.append(float(roi_mean(m_[i], msk)))
                         s_roi.append(float(roi_mean(sd_[i], msk)))
+                        g_roi.append(roi_size_group(msk))
             entry[name]["roi"] = RoiConformal(levels=LEVELS).fit(
                 torch.tensor(t_roi), torch.tensor(c_roi), torch.tensor(s_roi)
+            )
+            # the same, one factor per lesion-size group (the size of a drawn VOI is known on a new scan)
+            entry[name]["roi_size"] = RoiConformal(levels=LEVELS, min_group_size=ROI_MIN_GROUP).fit(
+                torch.tensor(t_roi), torch.tensor(c_roi), torch.tensor(s_roi), groups=g_roi
             )
             entry[name]["roi_n"] = len(t_roi)
         calibrators[dose] = entry
@@ -408,6 +429,11 @@ def main() -> None:  # noqa: C901 - one linear protocol
                         lh = {lv: c.interval(cls, lv, **kw) for lv in LEVELS}
                         lo90, hi90 = lh[0.9]
                         variants[vname] = (lh, (hi90 - lo90) / (2 * gaussian_quantile(0.9)))
+                    scaler = cals["std_scaling"]  # Gaussian intervals of the per-class rescaled std
+                    variants["Mondrian std scaling"] = (
+                        {lv: scaler.interval(cls, lv, mean=m_, std=sd_) for lv in LEVELS},
+                        scaler.scaled_std(cls, sd_),
+                    )
                     per_variant = {}
                     for vname, (lh, std_eff) in variants.items():
                         lh = {lv: (lo.to(truth.dtype), hi.to(truth.dtype)) for lv, (lo, hi) in lh.items()}
@@ -424,20 +450,27 @@ def main() -> None:  # noqa: C901 - one linear protocol
                         centre = roi_mean(m_, msk)
                         spread = roi_mean(sd_, msk)
                         lo, hi = cals["roi"].interval(centre, spread, 0.9)
+                        grp = roi_size_group(msk)
+                        lo_s, hi_s = cals["roi_size"].interval(centre, spread, 0.9, groups=[grp] * len(centre))
                         lesion_rows.append(
                             {
                                 "diameter_mm": les.diameter_mm,
                                 "contrast": les.contrast,
                                 "voxels": int(msk.sum()),
+                                "size_group": grp,
                                 "roi_bias": float(centre.mean() / t_roi - 1),
                                 "coverage90_raw": raw_cov,
                                 "coverage90_roi_conformal": roi_coverage(torch.tensor(t_roi), lo, hi),
+                                "width90_rel_roi_conformal": float((hi - lo).mean() / t_roi),
+                                "coverage90_roi_conformal_size": roi_coverage(torch.tensor(t_roi), lo_s, hi_s),
+                                "width90_rel_roi_conformal_size": float((hi_s - lo_s).mean() / t_roi),
                             }
                         )
                     methods[name] = {
                         "variants": per_variant,
                         "lesion_roi": lesion_rows,
                         "roi_calibration_lesions": calibrators[dose][name]["roi_n"],
+                        "roi_calibration_lesions_per_size_group": calibrators[dose][name]["roi_size"].counts,
                     }
                     if family == "brain" and ti == 0 and math.isclose(dose, doses[0]) and name == first:
                         lo90, hi90 = cals["mondrian"].interval(cls, 0.9, mean=m_, std=sd_)
@@ -488,6 +521,9 @@ def summarise(results: dict) -> dict:
                 d_raw.setdefault("roi_cov90", []).extend(r["coverage90_raw"] for r in les)
                 d_c = tgt["methods"].setdefault(f"{name}: ROI conformal", {})
                 d_c.setdefault("roi_cov90", []).extend(r["coverage90_roi_conformal"] for r in les)
+                if "coverage90_roi_conformal_size" in les[0]:  # results.json of runs before the size groups lack it
+                    d_s = tgt["methods"].setdefault(f"{name}: ROI conformal by size", {})
+                    d_s.setdefault("roi_cov90", []).extend(r["coverage90_roi_conformal_size"] for r in les)
     return {
         k: {
             "nrmse": {n: float(np.mean(v)) for n, v in t["nrmse"].items()},
@@ -551,15 +587,27 @@ def markdown_tables(results: dict) -> None:
 def lesion_table(results: dict) -> None:
     """Per test lesion (size, contrast) and method: ROI-mean bias and 90 % ROI-mean coverage (markdown)."""
     print("\n**Lesion ROI means per lesion** (bias of the mean image's ROI mean; coverage over realisations)\n")
-    print("| phantom | dose | lesion Ø (mm) | contrast | voxels | method | ROI bias | raw 90 % | ROI conformal 90 % |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| phantom | dose | lesion Ø (mm) | contrast | voxels | method | ROI bias | raw 90 % | ROI conformal 90 % "
+        "(width / true mean) | by size: group, 90 % (width / true mean) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for key, row in results["cases"].items():
         for name, m in row["methods"].items():
             for les in m["lesion_roi"]:
+                by_size = (
+                    f"{les['size_group']}, {les['coverage90_roi_conformal_size']:.2f} "
+                    f"({les['width90_rel_roi_conformal_size']:.2f})"
+                    if "size_group" in les
+                    else "–"
+                )
+                pooled = f"{les['coverage90_roi_conformal']:.2f}"
+                if "width90_rel_roi_conformal" in les:
+                    pooled += f" ({les['width90_rel_roi_conformal']:.2f})"
                 print(
                     f"| {key.split('@')[0]} | {row['dose'] * 100:g} % | {les['diameter_mm']:.1f} | "
                     f"{les['contrast']:.2f} | {les['voxels']} | {name} | {les['roi_bias']:+.2f} | "
-                    f"{les['coverage90_raw']:.2f} | {les['coverage90_roi_conformal']:.2f} |"
+                    f"{les['coverage90_raw']:.2f} | {pooled} | {by_size} |"
                 )
 
 

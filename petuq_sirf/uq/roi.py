@@ -18,6 +18,7 @@ Mondrian: one quantile per group. Not valid under shift (other families, lesion 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -163,6 +164,24 @@ class RoiConformal:
         out.global_quantiles = {float(k): float(v) for k, v in d["global_quantiles"].items()}
         out.counts = {g: int(n) for g, n in d["counts"].items()}
         return out
+
+
+def equivalent_diameter_mm(mask: torch.Tensor, voxel_size_mm: Sequence[float]) -> float:
+    """Diameter (mm) of the disc (ROI in one slice) or sphere (several slices) with the ROI's area / volume.
+
+    ``mask`` is ``(z, y, x)``; ``voxel_size_mm`` is ``(dz, dy, dx)``. The size a reader of a drawn VOI knows,
+    so a size-grouped calibration (:meth:`RoiConformal.fit` with ``groups``) can be applied to a new scan.
+    """
+    m = torch.as_tensor(mask).bool()
+    if m.dim() != 3 or len(voxel_size_mm) != 3:
+        raise ValueError(f"mask must be (z, y, x) with a 3-element voxel size, got {tuple(m.shape)}")
+    n = int(m.sum())
+    if n == 0:
+        raise ValueError("the ROI is empty")
+    dz, dy, dx = (float(v) for v in voxel_size_mm)
+    if int(m.any(-1).any(-1).sum()) == 1:
+        return 2.0 * math.sqrt(n * dy * dx / math.pi)
+    return (6.0 * n * dz * dy * dx / math.pi) ** (1.0 / 3.0)
 
 
 def size_group(diameter_mm: float, edges_mm: Iterable[float] = (10.0, 20.0)) -> str:

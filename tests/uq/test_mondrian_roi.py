@@ -136,3 +136,36 @@ def test_roi_conformal_coverage_on_exchangeable_rois():
             assert roi_coverage(t2[sel], lo[sel], hi[sel]) >= level - 0.03
     again = RoiConformal.from_dict(cal.to_dict())
     assert again.factor(0.9, "small") == cal.factor(0.9, "small")
+
+
+def test_equivalent_diameter_of_discs_and_spheres_and_size_grouped_roi_conformal():
+    from petuq_sirf.uq.roi import equivalent_diameter_mm, size_group
+
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    disc = ((yy - 32) ** 2 + (xx - 32) ** 2 <= 10.0**2)[None]  # radius 10 voxels of 2 mm: 40 mm
+    assert equivalent_diameter_mm(disc, (5.0, 2.0, 2.0)) == pytest.approx(40.0, rel=0.03)
+    zz, yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    ball = (zz - 16) ** 2 + (yy - 16) ** 2 + (xx - 16) ** 2 <= 8.0**2  # radius 8 voxels of 1.5 mm: 24 mm
+    assert equivalent_diameter_mm(ball, (1.5, 1.5, 1.5)) == pytest.approx(24.0, rel=0.03)
+    assert size_group(equivalent_diameter_mm(ball, (1.5, 1.5, 1.5)), (15.0,)) == ">=15mm"
+    with pytest.raises(ValueError, match="empty"):
+        equivalent_diameter_mm(torch.zeros(1, 4, 4, dtype=torch.bool), (1.0, 1.0, 1.0))
+    # size-grouped calibration: small ROIs with 3x the normalised error get their own, larger factor
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    spread = torch.ones(n)
+    small = torch.arange(n) % 2 == 0
+    err = torch.randn(n, generator=g) * torch.where(small, 3.0, 1.0)
+    groups = ["<15mm" if s else ">=15mm" for s in small.tolist()]
+    cal = RoiConformal(levels=(0.9,)).fit(err, torch.zeros(n), spread, groups=groups)
+    assert cal.factor(0.9, "<15mm") > 2.5 * cal.factor(0.9, ">=15mm")
+    test_err = torch.randn(n, generator=g) * torch.where(small, 3.0, 1.0)
+    lo, hi = cal.interval(torch.zeros(n), spread, 0.9, groups=groups)
+    for sel in (small, ~small):
+        assert roi_coverage_of(test_err[sel], lo[sel], hi[sel]) >= 0.85
+    lo_p, hi_p = RoiConformal(levels=(0.9,)).fit(err, torch.zeros(n), spread).interval(torch.zeros(n), spread, 0.9)
+    assert roi_coverage_of(test_err[small], lo_p[small], hi_p[small]) < 0.8  # pooled under-covers the small ones
+
+
+def roi_coverage_of(t, lo, hi) -> float:
+    return float(((t >= lo) & (t <= hi)).double().mean())
