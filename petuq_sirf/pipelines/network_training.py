@@ -59,7 +59,7 @@ class CalibrationSettings:
 
 
 def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings) -> dict:
-    """``{"conformal_scales": {"0.90": ...}, "calibration": {...}}`` (and ``"mondrian"`` with families);
+    """``{"conformal_scales": {"0.90": ...}, "calibration": {...}}`` (and ``"mondrian"``, ``"std_scaling"`` with families);
     empty without calibration phantoms."""
     if cal.phantoms == 0:
         return {}
@@ -86,16 +86,17 @@ def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, 
 
 def _calibrate_families(net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings) -> dict:
     """Global and Mondrian conformal calibration on anatomical calibration phantoms."""
-    from petuq_sirf.recon.family_data import calibrate_unrolled_mondrian, family_low_dose_set
+    from petuq_sirf.recon.family_data import calibrate_unrolled_classes, family_low_dose_set
     from petuq_sirf.uq.calibration import gaussian_quantile
 
     families = list(cal.families)
     data = family_low_dose_set(layout, image, families, "calibration", cal.phantoms, counts, geometric)
-    mondrian = calibrate_unrolled_mondrian(net, data, geometric, posterior, cal.samples, seed=cal.seed)
+    mondrian, std_scaling = calibrate_unrolled_classes(net, data, geometric, posterior, cal.samples, seed=cal.seed)
     scales = {lv: q / gaussian_quantile(lv) for lv, q in mondrian.global_quantiles.items()}
     return {
         "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
         "mondrian": mondrian.to_dict(),
+        "std_scaling": std_scaling.to_dict(),
         "calibration": {
             "families": families,
             "phantoms_per_family": cal.phantoms,
@@ -310,6 +311,7 @@ def calibrate_unrolled_network(
     posterior = posterior.to(device) if posterior is not None else None
     calib = calibrate_unrolled(net, posterior, layout, image, geometric, info["true_counts"], calibration)
     info.pop("mondrian", None)  # a new calibration replaces an old per-class one
+    info.pop("std_scaling", None)
     info.update(calib)
     info["calibration"]["command"] = command
     return TrainedNetwork(net, posterior, info)

@@ -235,7 +235,7 @@ def _reconstruct_uq(
     from petuq_sirf.backends.registry import acquisition_model_for
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled
-    from petuq_sirf.recon.weights import conformal_scales_of, mondrian_of
+    from petuq_sirf.recon.weights import conformal_scales_of, mondrian_of, std_scaling_of
     from petuq_sirf.uq.calibration import evaluate_uq, gaussian_interval
 
     net, info = network.net, network.info
@@ -307,6 +307,13 @@ def _reconstruct_uq(
         lo_m, hi_m = mondrian.interval(classes, 0.9, mean=mean, std=std)
         images["lower_90_mondrian"] = lo_m.clamp_min(0).float()
         images["upper_90_mondrian"] = hi_m.float()
+    std_scaling = std_scaling_of(info) if s.method == "unrolled" else None
+    if std_scaling is not None:  # per-voxel-class std that describes the total error (bias included)
+        from petuq_sirf.uq.mondrian import VoxelClassSpec, voxel_classes
+
+        spec = mondrian.spec if mondrian is not None else VoxelClassSpec()
+        classes = voxel_classes(mean, acq.image.voxel_size_mm, spec)
+        images["std_calibrated"] = std_scaling.scaled_std(classes, std).float()
     num_samples = int(summary.samples.shape[0])
     metrics = {
         "command": "reconstruct",

@@ -80,9 +80,28 @@ def calibrate_unrolled_mondrian(
     Classes: :func:`~petuq_sirf.uq.mondrian.voxel_classes` of the predicted mean; voxels inside the
     body outline of the prediction are used. ``data`` must not have been used for training.
     """
+    return calibrate_unrolled_classes(net, data, geometric, posterior, num_samples, score, levels, seed)[0]
+
+
+def calibrate_unrolled_classes(
+    net,
+    data: LowDoseSet,
+    geometric: AcquisitionModel,
+    posterior=None,
+    num_samples: int = 8,
+    score: str = "normalised",
+    levels: tuple[float, ...] | None = None,
+    seed: int = 0,
+):
+    """``(MondrianConformal, MondrianStdScaling)`` of the unrolled network's (mean, total std), both fitted on
+    the same calibration predictions and voxel classes (see :func:`calibrate_unrolled_mondrian`):
+    per-class interval quantiles, and per-class std factors that make the RMS std equal the RMS error
+    (bias included) on the calibration voxels (:class:`~petuq_sirf.uq.std_scaling.MondrianStdScaling`).
+    """
     from petuq_sirf.recon.unrolled import predict_unrolled
     from petuq_sirf.uq.calibration import DEFAULT_LEVELS
     from petuq_sirf.uq.mondrian import MondrianConformal, voxel_classes
+    from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
     dev = geometric.device
     pred = predict_unrolled(
@@ -91,4 +110,6 @@ def calibrate_unrolled_mondrian(
     mean, std = pred.mean.cpu(), pred.std.cpu()
     cal = MondrianConformal(score=score, levels=tuple(levels) if levels else DEFAULT_LEVELS)
     classes = voxel_classes(mean, geometric.voxel_size_mm, cal.spec)
-    return cal.fit(data.truth, classes, mean=mean, std=std, mask=classes < cal.spec.num_classes)
+    body = classes < cal.spec.num_classes
+    cal.fit(data.truth, classes, mean=mean, std=std, mask=body)
+    return cal, MondrianStdScaling().fit(data.truth, classes, mean=mean, std=std, mask=body)

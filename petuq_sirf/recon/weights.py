@@ -90,4 +90,23 @@ def mondrian_of(info: dict):
     return MondrianConformal.from_dict(info["mondrian"])
 
 
-__all__ = ["KINDS", "SHIPPED", "WEIGHTS_DIR", "conformal_scales_of", "load_network", "mondrian_of", "weights_folder"]
+def std_scaling_of(info: dict):
+    """The stored per-voxel-class std factors of a weights file (None without them; files calibrated on
+    anatomical families by ``petuq calibrate-unrolled`` / ``train-unrolled`` since the std scaling exist carry them)."""
+    if not info.get("std_scaling"):
+        return None
+    from petuq_sirf.uq.std_scaling import MondrianStdScaling
+
+    return MondrianStdScaling.from_dict(info["std_scaling"])
+
+
+__all__ = [
+    "KINDS",
+    "SHIPPED",
+    "WEIGHTS_DIR",
+    "conformal_scales_of",
+    "load_network",
+    "mondrian_of",
+    "std_scaling_of",
+    "weights_folder",
+]

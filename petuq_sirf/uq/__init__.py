@@ -24,9 +24,11 @@ from petuq_sirf.uq.figures_of_merit import (
     roi_bias,
     roi_mean,
 )
+from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
 __all__ = [
     "DEFAULT_LEVELS",
+    "MondrianStdScaling",
     "background_variability",
     "calibration_error",
     "conformal_quantile",

@@ -34,6 +34,17 @@ def test_cli_calibrate_unrolled_on_families_stores_mondrian_and_reconstruct_uses
     args = ["reconstruct", str(acq), "--method", "unrolled", "--weights", str(weights), "--samples", "2"]
     assert main([*args, "--out", str(out)]) == 0
     assert (out / "lower_90_mondrian.nii.gz").is_file() and (out / "upper_90_mondrian.nii.gz").is_file()
+    # the per-class std factors are stored and the recalibrated std written: factor x std, class by class
+    scaler = reconstruct_uq.std_scaling_of(info)
+    assert scaler is not None and scaler.global_factor > 0 and scaler.factors
+    import nibabel as nib
+    import numpy as np
+
+    std = np.asarray(nib.load(out / "std.nii.gz").dataobj)
+    std_cal = np.asarray(nib.load(out / "std_calibrated.nii.gz").dataobj)
+    ratio = std_cal[std > 1e-3] / std[std > 1e-3]
+    factors = [*scaler.factors.values(), scaler.global_factor]
+    assert np.all(np.min(np.abs(ratio[:, None] - np.array(factors)[None]), axis=1) < 1e-3 * max(factors))
 
 
 def test_unknown_calibration_family_is_a_clear_error(tmp_path, capsys):
