@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+METHODS = ("admm", "ula", "bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 
 
@@ -137,6 +138,8 @@ class Accumulator:
 
 
 def _diag(diag: list[dict]) -> dict:
+    if not diag:  # PnP-ULA not run
+        return {}
     return {
         "rhat_max_median": float(np.median([d["rhat_max"] for d in diag])),
         "ess_min_median": float(np.median([d["ess_min"] for d in diag])),
@@ -249,6 +252,17 @@ def main() -> None:
     p.add_argument("--start", type=int, default=0, help="index of the first test phantom (to split a run)")
     p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of split runs (folders) and print")
     p.add_argument("--quick", action="store_true", help="1 family x 1 phantom x 3 realisations, short chains")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="PnP denoiser weights folder or shipped name (default: the shipped pnp-admm denoiser); it is the prior "
+        "of PnP-ULA and the network of the PnP-ADMM weight draws",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help=f"comma list of the methods to run (of {', '.join(METHODS)}; OSEM + filter always runs)",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/figures/pnp_ula")
     args = p.parse_args()
@@ -257,6 +271,9 @@ def main() -> None:
         args.ula_burn_in, args.ula_kept, args.ula_chains = 300, 10, 2
         args.admm_draws, args.admm_iterations, args.replicates, args.bias_draws = 3, 40, 6, 3
     torch.set_num_threads(args.threads)
+    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    if not methods or methods - set(METHODS):
+        raise SystemExit(f"pnp_ula_coverage: error: --methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
     if args.merge:
         merge(args.merge, Path(args.out))
         return
@@ -273,7 +290,10 @@ def main() -> None:
 
     layout = SinogramLayout(get_scanner("test-2d"))
     image = ImageGeometry.for_layout(layout)
-    net, posterior, _ = load_weights("pnp-admm")
+    try:
+        net, posterior, net_info = load_weights("pnp-admm", args.weights)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"pnp_ula_coverage: error: --weights: {exc}") from None
     fam = load_families()
     cases: list[tuple[str, object, list[object]]] = []  # (family, test phantoms, calibration phantoms)
     if fam is not None:
@@ -291,7 +311,12 @@ def main() -> None:
         num_samples=args.ula_kept, burn_in=args.ula_burn_in, thinning=args.ula_thinning, num_chains=args.ula_chains
     )
     boot_cfg = BootstrapConfig(num_replicates=args.replicates, num_iterations=20, full_data_iterations=60)
-    report: dict = {"source": source, "settings": vars(args), "ula": {k: str(v) for k, v in vars(ula_cfg).items()}}
+    report: dict = {
+        "source": source,
+        "settings": vars(args),
+        "ula": {k: str(v) for k, v in vars(ula_cfg).items()},
+        "denoiser": {"families": net_info.get("families", ["random ellipses"]), "command": net_info.get("command")},
+    }
     print(f"phantoms from: {source}")
     t_all = time.process_time()
     for family, test, calib in cases:
@@ -320,68 +345,73 @@ def main() -> None:
                 t0 = time.process_time()
                 rec = in_plane_filter(osem(model, y, args.osem_iterations, 8).image, fwhm, image.voxel_size_mm)
                 acc.add(f"OSEM + {fwhm:g} mm filter", rec, None, truth, obj, les, time.process_time() - t0)
-                t0 = time.process_time()
-                post = pnp_admm_posterior(
-                    model,
-                    y,
-                    net,
-                    posterior,
-                    args.admm_draws,
-                    PnPADMMConfig(num_iterations=args.admm_iterations),
-                    seed=r,
-                )
-                s = post.summary
-                acc.add(
-                    "PnP-ADMM weight draws (model spread only)",
-                    s.mean,
-                    s.std,
-                    truth,
-                    obj,
-                    les,
-                    time.process_time() - t0,
-                )
-                t0 = time.process_time()
-                support = body_support(sim.mu_per_cm) if args.ula_support else None
-                ula = pnp_ula(model, y, net, PnPULAConfig(**{**vars(ula_cfg), "seed": r}), support=support)
-                acc.add("PnP-ULA", ula.summary.mean, ula.summary.std, truth, obj, les, time.process_time() - t0)
-                diag.append(ula.settings["diagnostics"])
-                t0 = time.process_time()
-                problem = BootstrapProblem(
-                    layout,
-                    image,
-                    sim.multiplicative.float(),
-                    sim.additive.float(),
-                    sim.listmode,
-                    RelativeDifferencePrior(),
-                    psf_fwhm_mm=sim.config.psf_fwhm_mm,
-                )
-                problem.prepare(boot_cfg)
-                reps = np.stack([run_replicate(problem, boot_cfg, b).image for b in range(args.replicates)])
-                b_mean = torch.from_numpy(reps.mean(0))
-                b_std = torch.from_numpy(reps.std(0, ddof=1))
-                t_boot = time.process_time() - t0
-                acc.add("posterior bootstrap", b_mean, b_std, truth, obj, les, t_boot)
-                t0 = time.process_time()
-                est = estimate_bias(problem, boot_cfg, args.bias_draws)
-                c_mean = torch.from_numpy(np.maximum(reps.mean(0) - est.bias, 0)).float()
-                c_std = torch.from_numpy(np.sqrt(reps.var(0, ddof=1) + est.mc_variance)).float()
-                acc.add(
-                    "posterior bootstrap, bias-corrected",
-                    c_mean,
-                    c_std,
-                    truth,
-                    obj,
-                    les,
-                    t_boot + time.process_time() - t0,
-                )
+                if "admm" in methods:
+                    t0 = time.process_time()
+                    post = pnp_admm_posterior(
+                        model,
+                        y,
+                        net,
+                        posterior,
+                        args.admm_draws,
+                        PnPADMMConfig(num_iterations=args.admm_iterations),
+                        seed=r,
+                    )
+                    s = post.summary
+                    acc.add(
+                        "PnP-ADMM weight draws (model spread only)",
+                        s.mean,
+                        s.std,
+                        truth,
+                        obj,
+                        les,
+                        time.process_time() - t0,
+                    )
+                if "ula" in methods:
+                    t0 = time.process_time()
+                    support = body_support(sim.mu_per_cm) if args.ula_support else None
+                    ula = pnp_ula(model, y, net, PnPULAConfig(**{**vars(ula_cfg), "seed": r}), support=support)
+                    acc.add("PnP-ULA", ula.summary.mean, ula.summary.std, truth, obj, les, time.process_time() - t0)
+                    diag.append(ula.settings["diagnostics"])
+                if "bootstrap" in methods:
+                    t0 = time.process_time()
+                    problem = BootstrapProblem(
+                        layout,
+                        image,
+                        sim.multiplicative.float(),
+                        sim.additive.float(),
+                        sim.listmode,
+                        RelativeDifferencePrior(),
+                        psf_fwhm_mm=sim.config.psf_fwhm_mm,
+                    )
+                    problem.prepare(boot_cfg)
+                    reps = np.stack([run_replicate(problem, boot_cfg, b).image for b in range(args.replicates)])
+                    b_mean = torch.from_numpy(reps.mean(0))
+                    b_std = torch.from_numpy(reps.std(0, ddof=1))
+                    t_boot = time.process_time() - t0
+                    acc.add("posterior bootstrap", b_mean, b_std, truth, obj, les, t_boot)
+                    t0 = time.process_time()
+                    est = estimate_bias(problem, boot_cfg, args.bias_draws)
+                    c_mean = torch.from_numpy(np.maximum(reps.mean(0) - est.bias, 0)).float()
+                    c_std = torch.from_numpy(np.sqrt(reps.var(0, ddof=1) + est.mc_variance)).float()
+                    acc.add(
+                        "posterior bootstrap, bias-corrected",
+                        c_mean,
+                        c_std,
+                        truth,
+                        obj,
+                        les,
+                        t_boot + time.process_time() - t0,
+                    )
                 _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
                 report[family] = {"postfilter_fwhm_mm": fwhm, "methods": partial, "ula_diagnostics": _diag(diag)}
                 out_dir = Path(args.out)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / "pnp_ula_coverage.json").write_text(json.dumps(report, indent=2))
+                ula_note = (
+                    f"ULA R-hat max {diag[-1]['rhat_max']:.2f}, ESS min {diag[-1]['ess_min']:.1f}; " if diag else ""
+                )
                 print(
-                    f"[{family}] phantom {pi} realisation {r}: ULA R-hat max {diag[-1]['rhat_max']:.2f}, "
-                    f"ESS min {diag[-1]['ess_min']:.1f}; CPU so far {time.process_time() - t_all:.0f} s",
+                    f"[{family}] phantom {pi} realisation {r}: {ula_note}CPU so far {time.process_time() - t_all:.0f} s",
                     flush=True,
                 )
         table, rows = acc.table()

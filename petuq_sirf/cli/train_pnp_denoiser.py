@@ -17,7 +17,18 @@ def register(sub) -> None:
         help="train the firmly nonexpansive CNN denoiser for PnP-ADMM and its weight posterior",
     )
     q.add_argument("--scanner", default="test-2d", help="Image grid of the training phantoms.")
-    q.add_argument("--images", type=int_in(1, 100_000), default=64, help="Training phantoms (random ellipses).")
+    q.add_argument(
+        "--images",
+        type=int_in(1, 100_000),
+        default=64,
+        help="Training phantoms (random ellipses; with --families: per family).",
+    )
+    q.add_argument(
+        "--families",
+        default=None,
+        help="Learn from anatomical phantom families instead of random ellipses (comma list of brain, thorax, "
+        "ellipses, texture; their train seeds).",
+    )
     q.add_argument("--steps", type=int_in(0, 1_000_000), default=400, help="Adam steps of the denoiser training.")
     q.add_argument(
         "--noise-std",
@@ -44,6 +55,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from petuq_sirf.pipelines.denoiser_training import phantom_families
     from petuq_sirf.pipelines.network_training import PnPDenoiserTrainingSettings, train_pnp_denoiser_network
 
     settings = PnPDenoiserTrainingSettings(
@@ -56,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         spectral_norm=args.spectral_norm,
         svi_steps=args.svi_steps,
         seed=args.seed,
+        families=tuple(phantom_families(args.families)),
     )
     check_out_dir(args.out)
     trained = train_pnp_denoiser_network(

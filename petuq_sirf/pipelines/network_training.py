@@ -330,6 +330,8 @@ class PnPDenoiserTrainingSettings:
     spectral_norm: bool = False
     svi_steps: int = 100
     seed: int = 0
+    #: anatomical phantom families to learn from (``images`` per family, train seeds); () = random ellipses
+    families: tuple[str, ...] = ()
 
 
 def train_pnp_denoiser_network(
@@ -337,14 +339,17 @@ def train_pnp_denoiser_network(
 ) -> TrainedNetwork:
     """Train the firmly nonexpansive denoiser and (``svi_steps > 0``) its weight posterior.
 
-    ``info["jacobian_norm_2D_minus_I_on_test"]``: the largest ``||J_(2D-I)||`` (power iteration, 30 steps) on
-    8 noisy held-out ellipse images (seed ``seed + 12345``); <= 1 means the reflected denoiser is nonexpansive there.
+    Training images: ``images`` random ellipses, or with ``families`` ``images`` phantoms of each anatomical family
+    from its *train* seeds (from the ``seed``-th). ``info["jacobian_norm_2D_minus_I_on_test"]``: the largest
+    ``||J_(2D-I)||`` (power iteration, 30 steps) on 8 noisy held-out images (ellipses of seed ``seed + 12345``, or
+    the families' *calibration* seeds); <= 1 means the reflected denoiser is nonexpansive there.
     """
     from petuq_sirf.inference.weight_posterior import SVIConfig
     from petuq_sirf.recon.nonexpansive import (
         NonexpansiveDenoiserConfig,
         NonexpansiveTrainingConfig,
         clean_ellipse_images,
+        clean_family_images,
         fit_denoiser_posterior,
         jacobian_spectral_norm,
         reflected,
@@ -363,13 +368,18 @@ def train_pnp_denoiser_network(
         seed=s.seed,
     )
     den_cfg = NonexpansiveDenoiserConfig(spectral_norm=s.spectral_norm)
-    res = train_nonexpansive_denoiser(image, cfg, den_cfg, progress=progress)
+    clean = clean_family_images(image, s.families, s.images, "train", start=s.seed) if s.families else None
+    res = train_nonexpansive_denoiser(image, cfg, den_cfg, clean=clean, progress=progress)
     posterior = None
     if s.svi_steps > 0:
         posterior, _ = fit_denoiser_posterior(
-            res.denoiser, image, cfg, SVIConfig(num_steps=s.svi_steps, init_scale=1e-3, learn_loc=False)
+            res.denoiser, image, cfg, SVIConfig(num_steps=s.svi_steps, init_scale=1e-3, learn_loc=False), clean=clean
         )
-    test = clean_ellipse_images(image, 8, seed=s.seed + 12345)
+    if s.families:
+        per_family = max(1, -(-8 // len(s.families)))
+        test = clean_family_images(image, s.families, per_family, "calibration")[:8]
+    else:
+        test = clean_ellipse_images(image, 8, seed=s.seed + 12345)
     noisy = test + 0.2 * torch.randn(test.shape, generator=torch.Generator().manual_seed(s.seed))
     norm = float(jacobian_spectral_norm(reflected(res.denoiser), noisy, 30).max())
     info = {
@@ -378,6 +388,7 @@ def train_pnp_denoiser_network(
         "scanner": s.scanner,
         "voxel_size_mm": list(image.voxel_size_mm),
         "training": vars(cfg),
+        "families": list(s.families) or ["random ellipses"],
         "jacobian_norm_2D_minus_I_on_test": norm,
         "seconds": time.perf_counter() - t0,
         "command": command,

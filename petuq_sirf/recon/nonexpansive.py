@@ -14,7 +14,7 @@ scale first; conjugating by a positive scale keeps firm nonexpansiveness).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +119,25 @@ def clean_ellipse_images(image: ImageGeometry, n: int, seed: int = 0, lesion_pro
     rng = np.random.default_rng(seed)
     imgs = torch.stack(
         [random_ellipses_phantom(image, rng, lesion_probability=lesion_probability).activity for _ in range(n)]
+    )
+    return imgs / imgs.mean(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
+
+
+def clean_family_images(
+    image: ImageGeometry, families: Sequence[str], num_per_family: int, split: str = "train", start: int = 0
+) -> torch.Tensor:
+    """``num_per_family`` phantoms of each anatomical family (``petuq_sirf.simulation.phantom_families``) from
+    ``split``'s seeds, lesions included, ``(n, z, y, x)``, each divided by its mean (mean 1)."""
+    from petuq_sirf.simulation.phantom_families import check_families, family_phantoms
+
+    families = list(families)
+    if not families:
+        raise ValueError("give at least one phantom family")
+    check_families(families)
+    if num_per_family < 1:
+        raise ValueError(f"num_per_family must be >= 1, got {num_per_family}")
+    imgs = torch.stack(
+        [ph.activity for f in families for ph in family_phantoms(f, image, split, num_per_family, start)]
     )
     return imgs / imgs.mean(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
 
