@@ -41,6 +41,7 @@ import torch
 STANDARD_COUNTS = 1e6
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 REGIONS = ("object", "lesions", "edges", "background")
+POOLED_MIN_VOXELS = 600  # voxel-realisations a class needs (pooled over test phantoms) for its std / RMSE
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups of the size-grouped ROI conformal (equivalent diameter)
 ROI_MIN_GROUP = 15  # calibration lesions a size group needs for its own factor (else the pooled one)
 
@@ -318,15 +319,19 @@ def main() -> None:  # noqa: C901 - one linear protocol
                 "width90": float((hi90 - lo90)[..., m].double().mean()),
                 "std_over_rmse": float(std_eff[..., m].double().pow(2).mean().sqrt()) / max(rmse, 1e-12),
             }
-        # std / RMSE per voxel class (classes of the reconstruction), pooled over realisations
-        per_class = {}
+        # std / RMSE per voxel class (classes of the reconstruction), pooled over realisations; and the sums
+        # behind it (voxels, sum std^2, sum error^2) so that the summary can also pool over test phantoms
+        per_class, sums = {}, {}
         for c in torch.unique(classes).tolist():
             sel = classes == c
-            if int(sel.sum()) < 200:
+            n = int(sel.sum())
+            sums[str(c)] = [n, float(std_eff[sel].double().pow(2).sum()), float(err2[sel].double().sum())]
+            if n < 200:
                 continue
             rmse = float(err2[sel].double().mean().sqrt())
             per_class[str(c)] = float(std_eff[sel].double().pow(2).mean().sqrt()) / max(rmse, 1e-12)
         res["std_over_rmse_per_class"] = per_class
+        res["per_class_sums"] = sums
         return res
 
     results: dict = {
@@ -496,7 +501,11 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
 def summarise(results: dict) -> dict:
     """Mean over test phantoms per (family, dose, method variant)."""
+    from petuq_sirf.uq.mondrian import VoxelClassSpec
+
+    body_classes = VoxelClassSpec().num_classes  # the last class is outside the body outline
     agg: dict = {}
+    pooled: dict = {}  # (family, dose) -> method variant -> class -> [voxels, sum std^2, sum error^2]
     for row in results["cases"].values():
         key = (row["family"], row["dose"])
         tgt = agg.setdefault(key, {"nrmse": {}, "methods": {}})
@@ -515,6 +524,10 @@ def summarise(results: dict) -> dict:
                 if ratios:
                     d.setdefault("class_ratio_min", []).append(min(ratios))
                     d.setdefault("class_ratio_max", []).append(max(ratios))
+                for c, v in stats.get("per_class_sums", {}).items():
+                    if int(c) < body_classes:  # inside the body outline
+                        acc = pooled.setdefault(key, {}).setdefault(f"{name}: {vname}", {}).setdefault(c, [0, 0.0, 0.0])
+                        acc[:] = [a + b for a, b in zip(acc, v)]
             les = m["lesion_roi"]
             if les:
                 d_raw = tgt["methods"].setdefault(f"{name}: raw", {})
@@ -524,13 +537,31 @@ def summarise(results: dict) -> dict:
                 if "coverage90_roi_conformal_size" in les[0]:  # results.json of runs before the size groups lack it
                     d_s = tgt["methods"].setdefault(f"{name}: ROI conformal by size", {})
                     d_s.setdefault("roi_cov90", []).extend(r["coverage90_roi_conformal_size"] for r in les)
-    return {
+    out = {
         k: {
             "nrmse": {n: float(np.mean(v)) for n, v in t["nrmse"].items()},
             "methods": {n: {s: float(np.mean(v)) for s, v in d.items()} for n, d in t["methods"].items()},
         }
         for k, t in agg.items()
     }
+    # std / RMSE per voxel class pooled over the test phantoms (and realisations): what a class-level
+    # calibration can promise; classes with >= POOLED_MIN_VOXELS voxel-realisations; 'in band' = the fraction
+    # of body voxel-realisations whose class has a ratio in [0.8, 1.25]
+    for key, per_variant in pooled.items():
+        for vname, classes in per_variant.items():
+            ratios, total, inside = [], 0, 0
+            for n, s2, e2 in classes.values():
+                total += n
+                if n < POOLED_MIN_VOXELS:
+                    continue
+                r = math.sqrt(s2 / n) / max(math.sqrt(e2 / n), 1e-12)
+                ratios.append(r)
+                inside += n if 0.8 <= r <= 1.25 else 0
+            if ratios:
+                d = out[key]["methods"][vname]
+                d["pooled_class_ratio_min"], d["pooled_class_ratio_max"] = min(ratios), max(ratios)
+                d["pooled_class_in_band"] = inside / max(total, 1)
+    return out
 
 
 def print_tables(results: dict) -> None:
@@ -542,7 +573,7 @@ def print_tables(results: dict) -> None:
         print(f"\n=== {family} ({tag}), dose {dose:g} ({counts:.0e} true counts) ===")
         print("NRMSE (object): " + ", ".join(f"{k} {v:.3f}" for k, v in s["nrmse"].items()))
         hdr = f"{'method':<48}{'obj90':>7}{'les90':>7}{'edge90':>7}{'bg90':>7}{'CE obj':>8}{'w90':>8}"
-        hdr += f"{'sd/rmse':>8}{'cls min-max':>13}{'ROI90':>7}"
+        hdr += f"{'sd/rmse':>8}{'cls min-max':>13}{'pooled cls':>12}{'in band':>8}{'ROI90':>7}"
         print(hdr)
         for name, d in s["methods"].items():
 
@@ -550,10 +581,15 @@ def print_tables(results: dict) -> None:
                 return fmt.format(d[k]) if k in d else " " * len(fmt.format(0.0))
 
             cls = f"{d['class_ratio_min']:.2f}-{d['class_ratio_max']:.2f}" if "class_ratio_min" in d else ""
+            pcl = (
+                f"{d['pooled_class_ratio_min']:.2f}-{d['pooled_class_ratio_max']:.2f}"
+                if "pooled_class_ratio_min" in d
+                else ""
+            )
             print(
                 f"{name:<48}{g('object_cov90')}{g('lesions_cov90')}{g('edges_cov90')}{g('background_cov90')}"
                 f"{g('object_ce', '{:8.3f}')}{g('object_width90', '{:8.3f}')}{g('object_ratio', '{:8.2f}')}"
-                f"{cls:>13}{g('roi_cov90')}"
+                f"{cls:>13}{pcl:>12}{g('pooled_class_in_band', '{:8.2f}')}{g('roi_cov90')}"
             )
 
 
@@ -568,19 +604,25 @@ def markdown_tables(results: dict) -> None:
         print("NRMSE (object): " + "; ".join(f"{k} {v:.3f}" for k, v in s["nrmse"].items()) + "\n")
         print(
             "| method | object 90 % | lesions 90 % | edges 90 % | background 90 % | cal. err (object) | "
-            "width 90 % | std/RMSE (object) | std/RMSE per class (min–max) | lesion ROI-mean 90 % |"
+            "width 90 % | std/RMSE (object) | std/RMSE per class (min–max) | per class pooled over phantoms "
+            "(min–max; voxels in 0.8–1.25) | lesion ROI-mean 90 % |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, d in s["methods"].items():
 
             def g(k, fmt="{:.3f}", d=d):
                 return fmt.format(d[k]) if k in d else "–"
 
             cls = f"{d['class_ratio_min']:.2f}–{d['class_ratio_max']:.2f}" if "class_ratio_min" in d else "–"
+            pcl = (
+                f"{d['pooled_class_ratio_min']:.2f}–{d['pooled_class_ratio_max']:.2f}; {d['pooled_class_in_band']:.2f}"
+                if "pooled_class_ratio_min" in d
+                else "–"
+            )
             print(
                 f"| {name} | {g('object_cov90')} | {g('lesions_cov90')} | {g('edges_cov90')} | "
                 f"{g('background_cov90')} | {g('object_ce')} | {g('object_width90', '{:.3g}')} | "
-                f"{g('object_ratio', '{:.2f}')} | {cls} | {g('roi_cov90')} |"
+                f"{g('object_ratio', '{:.2f}')} | {cls} | {pcl} | {g('roi_cov90')} |"
             )
 
 

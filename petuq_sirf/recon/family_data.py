@@ -2,9 +2,10 @@
 
 :func:`family_low_dose_set` simulates phantoms of :mod:`petuq_sirf.simulation.phantom_families` (one
 split's seeds) like :func:`~petuq_sirf.recon.lowdose.make_low_dose_set` does for random ellipses, with
-the families' ROI masks as ``regions``. :func:`calibrate_unrolled_mondrian` fits per-voxel-class
+the families' ROI masks as ``regions``. :func:`calibrate_unrolled_classes` fits per-voxel-class
 conformal quantiles (:class:`~petuq_sirf.uq.mondrian.MondrianConformal`) of the unrolled network on such a
-calibration set (classes from the network's own mean image).
+calibration set (classes from the network's own mean image), and the per-class std factors
+(:class:`~petuq_sirf.uq.std_scaling.MondrianStdScaling`).
 """
 
 from __future__ import annotations
@@ -65,24 +66,6 @@ def family_low_dose_set(
     return data
 
 
-def calibrate_unrolled_mondrian(
-    net,
-    data: LowDoseSet,
-    geometric: AcquisitionModel,
-    posterior=None,
-    num_samples: int = 8,
-    score: str = "normalised",
-    levels: tuple[float, ...] | None = None,
-    seed: int = 0,
-):
-    """Mondrian conformal quantiles of the unrolled network's (mean, total std) on calibration data.
-
-    Classes: :func:`~petuq_sirf.uq.mondrian.voxel_classes` of the predicted mean; voxels inside the
-    body outline of the prediction are used. ``data`` must not have been used for training.
-    """
-    return calibrate_unrolled_classes(net, data, geometric, posterior, num_samples, score, levels, seed)[0]
-
-
 def calibrate_unrolled_classes(
     net,
     data: LowDoseSet,
@@ -93,10 +76,12 @@ def calibrate_unrolled_classes(
     levels: tuple[float, ...] | None = None,
     seed: int = 0,
 ):
-    """``(MondrianConformal, MondrianStdScaling)`` of the unrolled network's (mean, total std), both fitted on
-    the same calibration predictions and voxel classes (see :func:`calibrate_unrolled_mondrian`):
+    """``(MondrianConformal, MondrianStdScaling)`` of the unrolled network's (mean, total std) on calibration data:
     per-class interval quantiles, and per-class std factors that make the RMS std equal the RMS error
     (bias included) on the calibration voxels (:class:`~petuq_sirf.uq.std_scaling.MondrianStdScaling`).
+
+    Classes: :func:`~petuq_sirf.uq.mondrian.voxel_classes` of the predicted mean; voxels inside the
+    body outline of the prediction are used. ``data`` must not have been used for training.
     """
     from petuq_sirf.recon.unrolled import predict_unrolled
     from petuq_sirf.uq.calibration import DEFAULT_LEVELS
