@@ -170,3 +170,11 @@ def test_train_pnp_denoiser_on_anatomical_families(tmp_path, image_2d, capsys):
     assert info["jacobian_norm_2D_minus_I_on_test"] > 0
     assert main(["train-pnp-denoiser", "--families", "liver", "--out", str(tmp_path / "bad")]) == 2
     assert "unknown phantom families" in capsys.readouterr().err
+
+
+def test_shipped_family_prior_is_selectable_by_name_and_was_learned_without_the_brain():
+    net, _, info = recon_weights.load_network("pnp-admm", "pnp-families")
+    assert info["kind"] == "pnp-denoiser" and "brain" not in info["families"]
+    assert set(info["families"]) == {"thorax", "ellipses", "texture"}
+    x = torch.rand(1, 1, 16, 16)
+    assert net(x).shape == x.shape
