@@ -20,7 +20,10 @@ Methods per data set:
 
 Per method: NRMSE of the mean over the object, coverage of the Gaussian intervals ``mean +/- z std``
 at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data sets), calibration
-error (mean |observed - nominal|), and the ratio mean std / RMSE over the object. Prints Markdown
+error (mean |observed - nominal|), and the ratio mean std / RMSE over the object. For the sampling
+methods (PnP-ULA, the bootstrap, the weight draws) also the lesion ROI means: per lesion and data set the
+central 90 % interval of the samples' mean uptake in the lesion, and whether it holds the true mean,
+pooled into coverage per size group (equivalent diameter < / >= 15 mm) and hot / cold. Prints Markdown
 tables and writes ``pnp_ula_coverage.json`` into ``--out``. Timings are CPU seconds
 (``time.process_time``) because the machine is shared.
 
@@ -42,6 +45,8 @@ import torch
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 METHODS = ("admm", "ula", "bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+ROI_LEVEL = 0.9
+ROI_SIZE_EDGE_MM = 15.0
 
 
 def load_families(path: str | None = None):
@@ -99,6 +104,38 @@ class Accumulator:
         r["n_obj"] += int(obj.sum())
         r["n_les"] += int(les.sum())
 
+    def add_rois(self, name: str, samples: torch.Tensor, truth: torch.Tensor, phantom, voxel_mm) -> None:
+        """Lesion ROI-mean intervals (central ``ROI_LEVEL``, sample quantiles) of ``samples (S, z, y, x)``."""
+        from petuq_sirf.uq.roi import equivalent_diameter_mm, roi_interval_samples, roi_mean, roi_mean_samples
+
+        r = self.rows.setdefault(
+            name, {"nrmse": [], "ratio": [], "seconds": [], "obj": np.zeros(len(LEVELS)), "les": np.zeros(len(LEVELS))}
+        )
+        r.setdefault("n_obj", 0)
+        r.setdefault("n_les", 0)
+        rois = r.setdefault("rois", [])
+        for li, lesion in enumerate(getattr(phantom, "lesions", [])):
+            msk = phantom.regions.get(f"lesion_{li}")
+            if msk is None or not bool(msk.any()):
+                continue
+            t_roi = float(roi_mean(truth, msk))
+            lo, hi = roi_interval_samples(roi_mean_samples(samples, msk), ROI_LEVEL)
+            centre = float(roi_mean(samples.mean(0), msk))
+            rois.append(
+                {
+                    "lesion": li,
+                    "diameter_mm": float(lesion.diameter_mm),
+                    "equivalent_diameter_mm": float(equivalent_diameter_mm(msk, voxel_mm)),
+                    "contrast": float(lesion.contrast),
+                    "truth": t_roi,
+                    "lower": float(lo),
+                    "upper": float(hi),
+                    "covered": bool(float(lo) <= t_roi <= float(hi)),
+                    "rel_bias": centre / t_roi - 1.0,
+                    "rel_width": float(hi - lo) / t_roi,
+                }
+            )
+
     def table(self) -> tuple[str, dict]:
         head = "| method | NRMSE | std/RMSE | " + " | ".join(f"cov {lv:.2f}" for lv in LEVELS)
         head += " | cal. err | lesion cov 0.90 | CPU s/dataset |"
@@ -118,8 +155,11 @@ class Accumulator:
                     "les": r["les"].tolist(),
                     "n_obj": r["n_obj"],
                     "n_les": r["n_les"],
+                    "rois": r.get("rois", []),
                 },
             }
+            if r.get("rois"):
+                d["lesion_roi"] = roi_summary(r["rois"])
             if r["n_obj"]:
                 cov = r["obj"] / r["n_obj"]
                 d["coverage"] = {f"{lv:.2f}": float(c) for lv, c in zip(LEVELS, cov)}
@@ -134,7 +174,50 @@ class Accumulator:
                 cells = ["–"] * (len(LEVELS) + 3)
             lines.append(f"| {name} | {d['nrmse']:.3f} | " + " | ".join(cells) + f" | {d['cpu_s']:.1f} |")
             out[name] = d
+        roi_rows = [(name, d["lesion_roi"]) for name, d in out.items() if "lesion_roi" in d]
+        if roi_rows:
+            groups = list(roi_rows[0][1]["groups"])
+            lines += [
+                "",
+                f"Lesion ROI means, {ROI_LEVEL:.0%} sample-quantile intervals (coverage over lesions x realisations; "
+                "n in brackets):",
+                "",
+                "| method | all | " + " | ".join(groups) + " | median rel. bias | median rel. width |",
+                "|" + "---|" * (4 + len(groups)),
+            ]
+            for name, rs in roi_rows:
+                cells = [f"{rs['coverage']:.2f} ({rs['count']})"]
+                cells += [
+                    f"{rs['groups'][g]['coverage']:.2f} ({rs['groups'][g]['count']})"
+                    if rs["groups"][g]["count"]
+                    else "–"
+                    for g in groups
+                ]
+                cells += [f"{rs['median_rel_bias']:+.2f}", f"{rs['median_rel_width']:.2f}"]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines), out
+
+
+def roi_summary(rois: list[dict]) -> dict:
+    """Pooled lesion ROI coverage, per size group (equivalent diameter) and hot / cold."""
+
+    def cov(rows: list[dict]) -> dict:
+        n = len(rows)
+        return {"count": n, "coverage": float(np.mean([x["covered"] for x in rows])) if n else float("nan")}
+
+    groups = {
+        f"< {ROI_SIZE_EDGE_MM:g} mm": [x for x in rois if x["equivalent_diameter_mm"] < ROI_SIZE_EDGE_MM],
+        f">= {ROI_SIZE_EDGE_MM:g} mm": [x for x in rois if x["equivalent_diameter_mm"] >= ROI_SIZE_EDGE_MM],
+        "hot": [x for x in rois if x["contrast"] > 1],
+        "cold": [x for x in rois if x["contrast"] < 1],
+    }
+    return {
+        "level": ROI_LEVEL,
+        **cov(rois),
+        "groups": {k: cov(v) for k, v in groups.items()},
+        "median_rel_bias": float(np.median([x["rel_bias"] for x in rois])),
+        "median_rel_width": float(np.median([x["rel_width"] for x in rois])),
+    }
 
 
 def _diag(diag: list[dict]) -> dict:
@@ -210,6 +293,8 @@ def merge(folders: list[str], out: Path) -> None:
                 r["les"] = r["les"] + np.asarray(raw["les"])
                 r["n_obj"] = r.get("n_obj", 0) + raw["n_obj"]
                 r["n_les"] = r.get("n_les", 0) + raw["n_les"]
+                if raw.get("rois"):
+                    r.setdefault("rois", []).extend(raw["rois"])
         table, rows = acc.table()
         n = max(len(r["nrmse"]) for r in acc.rows.values())
         print(f"\n### {family}: {n} data sets (merged from {len(folders)} runs); post-filter FWHM {sorted(fwhm)} mm\n")
@@ -357,6 +442,7 @@ def main() -> None:
                         seed=r,
                     )
                     s = post.summary
+                    acc.add_rois("PnP-ADMM weight draws (model spread only)", s.samples, truth, ph, image.voxel_size_mm)
                     acc.add(
                         "PnP-ADMM weight draws (model spread only)",
                         s.mean,
@@ -371,6 +457,7 @@ def main() -> None:
                     support = body_support(sim.mu_per_cm) if args.ula_support else None
                     ula = pnp_ula(model, y, net, PnPULAConfig(**{**vars(ula_cfg), "seed": r}), support=support)
                     acc.add("PnP-ULA", ula.summary.mean, ula.summary.std, truth, obj, les, time.process_time() - t0)
+                    acc.add_rois("PnP-ULA", ula.summary.samples, truth, ph, image.voxel_size_mm)
                     diag.append(ula.settings["diagnostics"])
                 if "bootstrap" in methods:
                     t0 = time.process_time()
@@ -389,6 +476,7 @@ def main() -> None:
                     b_std = torch.from_numpy(reps.std(0, ddof=1))
                     t_boot = time.process_time() - t0
                     acc.add("posterior bootstrap", b_mean, b_std, truth, obj, les, t_boot)
+                    acc.add_rois("posterior bootstrap", torch.from_numpy(reps).float(), truth, ph, image.voxel_size_mm)
                     t0 = time.process_time()
                     est = estimate_bias(problem, boot_cfg, args.bias_draws)
                     c_mean = torch.from_numpy(np.maximum(reps.mean(0) - est.bias, 0)).float()
@@ -402,6 +490,8 @@ def main() -> None:
                         les,
                         t_boot + time.process_time() - t0,
                     )
+                    shifted = torch.from_numpy(np.maximum(reps - est.bias, 0)).float()
+                    acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
                 _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
                 report[family] = {"postfilter_fwhm_mm": fwhm, "methods": partial, "ula_diagnostics": _diag(diag)}
                 out_dir = Path(args.out)

@@ -1,0 +1,49 @@
+"""Lesion ROI-mean coverage in ``benchmarks/pnp_ula_coverage.py`` (per lesion, size group, hot / cold)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from benchmarks.pnp_ula_coverage import Accumulator
+from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
+from petuq_sirf.simulation.phantom_families import LesionSpec, family_phantoms
+
+
+def _phantom():
+    image = ImageGeometry.for_layout(SinogramLayout(get_scanner("test-2d")))
+    spec = LesionSpec(count=(3, 3), diameter_mm=(8.0, 30.0), hot_fraction=0.5)
+    (ph,) = family_phantoms("thorax", image, "test", 1, lesions=spec)
+    return ph, image
+
+
+def test_roi_coverage_follows_the_samples_position_and_pools_by_group() -> None:
+    ph, image = _phantom()
+    truth = ph.activity.float()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn((64, *truth.shape), generator=gen)
+    acc = Accumulator()
+    obj = ph.regions["object"].bool()
+    les = ph.regions["lesions"].bool()
+    for name in ("centred", "biased"):
+        acc.add(name, truth, truth.mean().expand_as(truth), truth, obj, les, 0.0)
+    # samples centred on the truth: every lesion's 90 % ROI interval holds its true mean
+    acc.add_rois("centred", truth + 0.05 * truth.mean() * noise, truth, ph, image.voxel_size_mm)
+    # samples of a 30 % too low image with a tiny spread: no interval holds the truth
+    acc.add_rois("biased", 0.7 * truth + 1e-3 * truth.mean() * noise, truth, ph, image.voxel_size_mm)
+    _, out = acc.table()
+    n = len(ph.lesions)
+    assert n == 3
+    centred, biased = out["centred"]["lesion_roi"], out["biased"]["lesion_roi"]
+    assert centred["count"] == biased["count"] == n
+    assert centred["coverage"] == 1.0 and biased["coverage"] == 0.0
+    assert abs(biased["median_rel_bias"] + 0.3) < 0.02 and abs(centred["median_rel_bias"]) < 0.05
+    groups = centred["groups"]
+    assert groups["< 15 mm"]["count"] + groups[">= 15 mm"]["count"] == n
+    assert groups["hot"]["count"] + groups["cold"]["count"] == n
+    hot = sum(les.contrast > 1 for les in ph.lesions)
+    assert groups["hot"]["count"] == hot
+    # the raw per-lesion rows survive a JSON round trip (what --merge pools)
+    rows = json.loads(json.dumps(out["centred"]["raw"]["rois"]))
+    assert len(rows) == n and all(r["lower"] <= r["truth"] <= r["upper"] for r in rows)
