@@ -330,6 +330,13 @@ def main() -> None:
         default=1,
         help="1: PnP-ULA holds voxels outside the mu-map body (dilated 2 voxels) at zero; 0: whole field of view",
     )
+    p.add_argument(
+        "--ula-lipschitz",
+        choices=("support", "local"),
+        default="support",
+        help="PnP-ULA step bound: 'support' (likelihood curvature bounded on all x >= 0, the guarantee) or 'local' "
+        "(curvature at the initial image: larger steps, no guarantee)",
+    )
     p.add_argument("--admm-draws", type=int, default=4)
     p.add_argument("--admm-iterations", type=int, default=60)
     p.add_argument("--replicates", type=int, default=10, help="posterior-bootstrap replicates B")
@@ -393,7 +400,11 @@ def main() -> None:
         cases = [("brain", [brain], [nema]), ("nema", [nema], [brain])][: 1 if args.quick else 2]
     sim_cfg = {"true_counts": args.counts}
     ula_cfg = PnPULAConfig(
-        num_samples=args.ula_kept, burn_in=args.ula_burn_in, thinning=args.ula_thinning, num_chains=args.ula_chains
+        num_samples=args.ula_kept,
+        burn_in=args.ula_burn_in,
+        thinning=args.ula_thinning,
+        num_chains=args.ula_chains,
+        lipschitz=args.ula_lipschitz,
     )
     boot_cfg = BootstrapConfig(num_replicates=args.replicates, num_iterations=20, full_data_iterations=60)
     report: dict = {
