@@ -260,8 +260,61 @@ def _raw_from_summary(d: dict, rep: dict, family: str) -> dict:
     }
 
 
-def merge(folders: list[str], out: Path) -> None:
-    """Pool the raw counts of split runs (same settings) and print the tables."""
+def _roi_arrays(rois: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Truth, centre (samples' mean), spread (half the sample interval) and size group of ROI rows."""
+    t = torch.tensor([x["truth"] for x in rois], dtype=torch.float64)
+    c = t * (1.0 + torch.tensor([x["rel_bias"] for x in rois], dtype=torch.float64))
+    s = torch.tensor([(x["upper"] - x["lower"]) / 2 for x in rois], dtype=torch.float64)
+    g = [
+        f"< {ROI_SIZE_EDGE_MM:g} mm"
+        if x["equivalent_diameter_mm"] < ROI_SIZE_EDGE_MM
+        else f">= {ROI_SIZE_EDGE_MM:g} mm"
+        for x in rois
+    ]
+    return t, c, s, g
+
+
+def roi_conformal(calibration: list[dict], test: list[dict], min_group_size: int = 10) -> dict:
+    """Split-conformal ROI intervals ``centre -/+ q half-width`` (``q`` per size group, fitted on the
+    calibration lesions' scores ``|truth - centre| / half-width``), and their coverage on ``test``."""
+    from petuq_sirf.uq.roi import RoiConformal
+
+    if not calibration or not test:
+        raise ValueError("ROI conformal calibration needs calibration and test lesions")
+    cal = RoiConformal(levels=(ROI_LEVEL,), min_group_size=min_group_size).fit(*_roi_arrays(calibration))
+    t, c, s, g = _roi_arrays(test)
+    lo, hi = cal.interval(c, s, ROI_LEVEL, groups=g)
+    hit = ((t >= lo) & (t <= hi)).double()
+    out = {
+        "level": ROI_LEVEL,
+        "calibration_lesions": len(calibration),
+        "count": len(test),
+        "coverage": float(hit.mean()),
+        "median_rel_width": float(((hi - lo) / t).median()),
+        "conformal": cal.to_dict(),
+        "groups": {},
+    }
+    for name in sorted(set(g)):
+        idx = torch.tensor([i for i, v in enumerate(g) if v == name])
+        out["groups"][name] = {"count": int(idx.numel()), "coverage": float(hit[idx].mean())}
+    return out
+
+
+def _report_rois(folders: list[str], method: str) -> list[dict]:
+    rows: list[dict] = []
+    for f in folders:
+        rep = json.loads((Path(f) / "pnp_ula_coverage.json").read_text())
+        if rep.get("settings", {}).get("split") != "calibration":
+            raise SystemExit(f"pnp_ula_coverage: error: --roi-calibration {f}: not a run with --split calibration")
+        for v in rep.values():
+            if isinstance(v, dict) and method in v.get("methods", {}):
+                rows += v["methods"][method].get("raw", {}).get("rois", [])
+    return rows
+
+
+def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = None) -> None:
+    """Pool the raw counts of split runs (same settings) and print the tables; with ``roi_calibration``
+    (folders of runs on calibration phantoms) also the ROI-conformal lesion intervals."""
     reports = [json.loads((Path(f) / "pnp_ula_coverage.json").read_text()) for f in folders]
     merged: dict = {"source": reports[0]["source"], "merged_from": folders}
     families = [k for k in reports[0] if isinstance(reports[0][k], dict) and "methods" in reports[0][k]]
@@ -307,6 +360,32 @@ def merge(folders: list[str], out: Path) -> None:
             "ula_diagnostics": {k: float(np.median([d[k] for d in diag])) for k in keys},
         }
         print(f"PnP-ULA diagnostics (median over runs of per-run medians): {merged[family]['ula_diagnostics']}")
+        if roi_calibration:
+            print(f"\nROI-conformal lesion intervals at {ROI_LEVEL:.0%}, calibrated on {', '.join(roi_calibration)}:\n")
+            print(
+                "| method | calibration lesions | q (< 15 / >= 15 mm / pooled) | coverage (n) | < 15 mm | >= 15 mm | median rel. width |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            for name, d in rows.items():
+                cal_rows = _report_rois(roi_calibration, name)
+                test_rows = d["raw"].get("rois", [])
+                if not cal_rows or not test_rows:
+                    continue
+                rc = roi_conformal(cal_rows, test_rows)
+                d["lesion_roi_conformal"] = rc
+                qs = rc["conformal"]["quantiles"][f"{ROI_LEVEL:.2f}"]
+                q_cells = " / ".join(
+                    f"{qs[k]:.1f}" if k in qs else "–"
+                    for k in (f"< {ROI_SIZE_EDGE_MM:g} mm", f">= {ROI_SIZE_EDGE_MM:g} mm")
+                )
+                q_cells += f" / {rc['conformal']['global_quantiles'][f'{ROI_LEVEL:.2f}']:.1f}"
+                grp = [rc["groups"].get(k) for k in (f"< {ROI_SIZE_EDGE_MM:g} mm", f">= {ROI_SIZE_EDGE_MM:g} mm")]
+                g_cells = [f"{x['coverage']:.2f} ({x['count']})" if x else "–" for x in grp]
+                print(
+                    f"| {name} | {rc['calibration_lesions']} | {q_cells} | {rc['coverage']:.2f} ({rc['count']}) | "
+                    + " | ".join(g_cells)
+                    + f" | {rc['median_rel_width']:.2f} |"
+                )
     out.mkdir(parents=True, exist_ok=True)
     (out / "pnp_ula_coverage.json").write_text(json.dumps(merged, indent=2))
     print(f"\nmerged JSON written to {out / 'pnp_ula_coverage.json'}")
@@ -343,6 +422,19 @@ def main() -> None:
     p.add_argument("--bias-draws", type=int, default=5, help="parametric draws K of the bias estimate")
     p.add_argument("--start", type=int, default=0, help="index of the first test phantom (to split a run)")
     p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of split runs (folders) and print")
+    p.add_argument(
+        "--roi-calibration",
+        nargs="+",
+        default=None,
+        help="with --merge: folders of runs with --split calibration; fits ROI-conformal lesion intervals on their "
+        "lesions and reports their coverage on the merged runs",
+    )
+    p.add_argument(
+        "--split",
+        choices=("test", "calibration"),
+        default="test",
+        help="phantom split to evaluate ('calibration' for the lesions of --roi-calibration)",
+    )
     p.add_argument("--quick", action="store_true", help="1 family x 1 phantom x 3 realisations, short chains")
     p.add_argument(
         "--weights",
@@ -367,7 +459,7 @@ def main() -> None:
     if not methods or methods - set(METHODS):
         raise SystemExit(f"pnp_ula_coverage: error: --methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
     if args.merge:
-        merge(args.merge, Path(args.out))
+        merge(args.merge, Path(args.out), args.roi_calibration)
         return
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
@@ -391,7 +483,7 @@ def main() -> None:
     if fam is not None:
         source = f"family module {fam.__file__}"
         for family in args.families.split(","):
-            test = fam.family_phantoms(family, image, "test", args.phantoms, start=args.start)
+            test = fam.family_phantoms(family, image, args.split, args.phantoms, start=args.start)
             calib = fam.family_phantoms(family, image, "calibration", args.calibration)
             cases.append((family, test, calib))
     else:

@@ -47,3 +47,33 @@ def test_roi_coverage_follows_the_samples_position_and_pools_by_group() -> None:
     # the raw per-lesion rows survive a JSON round trip (what --merge pools)
     rows = json.loads(json.dumps(out["centred"]["raw"]["rois"]))
     assert len(rows) == n and all(r["lower"] <= r["truth"] <= r["upper"] for r in rows)
+
+
+def test_roi_conformal_widens_biased_intervals_to_cover_exchangeable_lesions() -> None:
+    from benchmarks.pnp_ula_coverage import roi_conformal
+
+    gen = torch.Generator().manual_seed(1)
+
+    def rows(n: int) -> list[dict]:
+        out = []
+        for i in range(n):
+            t = 1.0 + float(torch.rand(1, generator=gen))
+            bias = -0.2 + 0.05 * float(torch.randn(1, generator=gen))  # -20 % bias, half-width 2 %
+            out.append(
+                {
+                    "truth": t,
+                    "rel_bias": bias,
+                    "lower": t * (1 + bias) - 0.02 * t,
+                    "upper": t * (1 + bias) + 0.02 * t,
+                    "equivalent_diameter_mm": 8.0 if i % 2 else 20.0,
+                }
+            )
+        return out
+
+    cal, test = rows(200), rows(400)
+    raw = sum(r["lower"] <= r["truth"] <= r["upper"] for r in test) / len(test)
+    rc = roi_conformal(cal, test)
+    assert raw < 0.05  # the raw intervals miss the biased means
+    assert 0.85 <= rc["coverage"] <= 0.96  # split-conformal: >= 0.9 in expectation on exchangeable lesions
+    assert set(rc["groups"]) == {"< 15 mm", ">= 15 mm"} and all(g["count"] == 200 for g in rc["groups"].values())
+    assert rc["median_rel_width"] > 0.3  # widened from 4 % to cover a 20 % bias
