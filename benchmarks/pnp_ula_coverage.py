@@ -23,12 +23,16 @@ at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data s
 error (mean |observed - nominal|), and the ratio mean std / RMSE over the object. For the sampling
 methods (PnP-ULA, the bootstrap, the weight draws) also the lesion ROI means: per lesion and data set the
 central 90 % interval of the samples' mean uptake in the lesion, and whether it holds the true mean,
-pooled into coverage per size group (equivalent diameter < / >= 15 mm) and hot / cold. Prints Markdown
+pooled into coverage per size group (equivalent diameter < / >= 15 mm) and hot / cold; with
+``--split calibration`` runs on calibration phantoms and ``--merge TEST --roi-calibration CAL`` the
+split-conformal ROI intervals (per size group) fitted on the calibration lesions. Prints Markdown
 tables and writes ``pnp_ula_coverage.json`` into ``--out``. Timings are CPU seconds
 (``time.process_time``) because the machine is shared.
 
     python benchmarks/pnp_ula_coverage.py --out docs/figures/pnp_ula          # full (>= 20 realisations)
     python benchmarks/pnp_ula_coverage.py --quick --out /tmp/pnp_ula_quick    # a few minutes
+    python benchmarks/pnp_ula_coverage.py --split calibration --start 2 --families thorax --out CAL
+    python benchmarks/pnp_ula_coverage.py --merge TEST --roi-calibration CAL --out MERGED
 """
 
 from __future__ import annotations
