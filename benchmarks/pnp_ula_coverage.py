@@ -304,15 +304,20 @@ def roi_conformal(calibration: list[dict], test: list[dict], min_group_size: int
     return out
 
 
+def _families(report: dict) -> list[str]:
+    """The family sections of a report (not ``settings``, whose ``methods`` is the command-line string)."""
+    return [k for k, v in report.items() if isinstance(v, dict) and isinstance(v.get("methods"), dict)]
+
+
 def _report_rois(folders: list[str], method: str) -> list[dict]:
     rows: list[dict] = []
     for f in folders:
         rep = json.loads((Path(f) / "pnp_ula_coverage.json").read_text())
         if rep.get("settings", {}).get("split") != "calibration":
             raise SystemExit(f"pnp_ula_coverage: error: --roi-calibration {f}: not a run with --split calibration")
-        for v in rep.values():
-            if isinstance(v, dict) and method in v.get("methods", {}):
-                rows += v["methods"][method].get("raw", {}).get("rois", [])
+        for family in _families(rep):
+            if method in rep[family]["methods"]:
+                rows += rep[family]["methods"][method].get("raw", {}).get("rois", [])
     return rows
 
 
@@ -321,7 +326,7 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
     (folders of runs on calibration phantoms) also the ROI-conformal lesion intervals."""
     reports = [json.loads((Path(f) / "pnp_ula_coverage.json").read_text()) for f in folders]
     merged: dict = {"source": reports[0]["source"], "merged_from": folders}
-    families = [k for k in reports[0] if isinstance(reports[0][k], dict) and "methods" in reports[0][k]]
+    families = _families(reports[0])
     for family in families:
         acc = Accumulator()
         diag = []
