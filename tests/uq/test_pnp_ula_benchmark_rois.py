@@ -77,3 +77,41 @@ def test_roi_conformal_widens_biased_intervals_to_cover_exchangeable_lesions() -
     assert 0.85 <= rc["coverage"] <= 0.96  # split-conformal: >= 0.9 in expectation on exchangeable lesions
     assert set(rc["groups"]) == {"< 15 mm", ">= 15 mm"} and all(g["count"] == 200 for g in rc["groups"].values())
     assert rc["median_rel_width"] > 0.3  # widened from 4 % to cover a 20 % bias
+
+
+def test_merge_with_roi_calibration_reads_reports_and_refuses_test_runs(tmp_path, capsys) -> None:
+    import pytest
+
+    from benchmarks.pnp_ula_coverage import merge
+
+    ph, image = _phantom()
+    truth = ph.activity.float()
+    obj, les = ph.regions["object"].bool(), ph.regions["lesions"].bool()
+    gen = torch.Generator().manual_seed(2)
+
+    def report(folder, split: str, seed_shift: float) -> None:
+        acc = Accumulator()
+        acc.add("PnP-ULA", 0.8 * truth, 0.1 * truth, truth, obj, les, 1.0)
+        for _ in range(8):  # realisations: a 20 % low image with a small spread and some jitter
+            jitter = 1.0 + seed_shift * float(torch.randn(1, generator=gen))
+            samples = (0.8 * jitter) * truth + 1e-3 * torch.randn((16, *truth.shape), generator=gen)
+            acc.add_rois("PnP-ULA", samples, truth, ph, image.voxel_size_mm)
+        _, rows = acc.table()
+        rep = {
+            "source": "test",
+            "settings": {"methods": "ula,bootstrap", "split": split},  # a string 'methods', as the CLI writes
+            "thorax": {"postfilter_fwhm_mm": 4.0, "methods": rows, "ula_diagnostics": {}},
+        }
+        folder.mkdir()
+        (folder / "pnp_ula_coverage.json").write_text(json.dumps(rep))
+
+    report(tmp_path / "cal", "calibration", 0.05)
+    report(tmp_path / "test", "test", 0.05)
+    merge([str(tmp_path / "test")], tmp_path / "out", [str(tmp_path / "cal")])
+    out = json.loads((tmp_path / "out" / "pnp_ula_coverage.json").read_text())
+    rc = out["thorax"]["methods"]["PnP-ULA"]["lesion_roi_conformal"]
+    assert out["thorax"]["methods"]["PnP-ULA"]["lesion_roi"]["coverage"] == 0.0  # raw: all miss
+    assert rc["calibration_lesions"] == 8 * len(ph.lesions) and rc["coverage"] > 0.5  # widened by the factors
+    assert "ROI-conformal" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--split calibration"):
+        merge([str(tmp_path / "test")], tmp_path / "out2", [str(tmp_path / "test")])
