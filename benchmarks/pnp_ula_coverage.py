@@ -23,7 +23,7 @@ at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data s
 error (mean |observed - nominal|), and the ratio mean std / RMSE over the object. For the sampling
 methods (PnP-ULA, the bootstrap, the weight draws) also the lesion ROI means: per lesion and data set the
 central 90 % interval of the samples' mean uptake in the lesion, and whether it holds the true mean,
-pooled into coverage per size group (equivalent diameter < / >= 15 mm) and hot / cold; with
+pooled into coverage per size group (equivalent diameter < / >= 15 mm, ``uq.roi.size_group``) and hot / cold; with
 ``--split calibration`` runs on calibration phantoms and ``--merge TEST --roi-calibration CAL`` the
 split-conformal ROI intervals (per size group) fitted on the calibration lesions. Prints Markdown
 tables and writes ``pnp_ula_coverage.json`` into ``--out``. Timings are CPU seconds
@@ -50,7 +50,7 @@ LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 METHODS = ("admm", "ula", "bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 ROI_LEVEL = 0.9
-ROI_SIZE_EDGE_MM = 15.0
+ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
 
 
 def load_families(path: str | None = None):
@@ -89,12 +89,22 @@ class Accumulator:
     def __init__(self) -> None:
         self.rows: dict[str, dict] = {}
 
-    def add(self, name, mean, std, truth, obj, les, seconds) -> None:
-        r = self.rows.setdefault(
-            name, {"nrmse": [], "ratio": [], "seconds": [], "obj": np.zeros(len(LEVELS)), "les": np.zeros(len(LEVELS))}
+    def _row(self, name: str) -> dict:
+        return self.rows.setdefault(
+            name,
+            {
+                "nrmse": [],
+                "ratio": [],
+                "seconds": [],
+                "obj": np.zeros(len(LEVELS)),
+                "les": np.zeros(len(LEVELS)),
+                "n_obj": 0,
+                "n_les": 0,
+            },
         )
-        r.setdefault("n_obj", 0)
-        r.setdefault("n_les", 0)
+
+    def add(self, name, mean, std, truth, obj, les, seconds) -> None:
+        r = self._row(name)
         err = (mean - truth)[obj]
         r["nrmse"].append(float(err.norm() / truth[obj].norm()))
         r["seconds"].append(seconds)
@@ -112,19 +122,15 @@ class Accumulator:
         """Lesion ROI-mean intervals (central ``ROI_LEVEL``, sample quantiles) of ``samples (S, z, y, x)``."""
         from petuq_sirf.uq.roi import equivalent_diameter_mm, roi_interval_samples, roi_mean, roi_mean_samples
 
-        r = self.rows.setdefault(
-            name, {"nrmse": [], "ratio": [], "seconds": [], "obj": np.zeros(len(LEVELS)), "les": np.zeros(len(LEVELS))}
-        )
-        r.setdefault("n_obj", 0)
-        r.setdefault("n_les", 0)
-        rois = r.setdefault("rois", [])
+        rois = self._row(name).setdefault("rois", [])
         for li, lesion in enumerate(getattr(phantom, "lesions", [])):
             msk = phantom.regions.get(f"lesion_{li}")
             if msk is None or not bool(msk.any()):
                 continue
             t_roi = float(roi_mean(truth, msk))
-            lo, hi = roi_interval_samples(roi_mean_samples(samples, msk), ROI_LEVEL)
-            centre = float(roi_mean(samples.mean(0), msk))
+            roi_samples = roi_mean_samples(samples, msk)
+            lo, hi = roi_interval_samples(roi_samples, ROI_LEVEL)
+            centre = float(roi_samples.mean())
             rois.append(
                 {
                     "lesion": li,
@@ -202,6 +208,18 @@ class Accumulator:
         return "\n".join(lines), out
 
 
+def roi_size_groups() -> list[str]:
+    """The size-group labels of :func:`roi_size_group`, smallest first."""
+    return [roi_size_group({"equivalent_diameter_mm": d}) for d in (0.0, *ROI_SIZE_EDGES_MM)]
+
+
+def roi_size_group(roi: dict) -> str:
+    """Size group of an ROI row (``uq.roi.size_group`` of its equivalent diameter)."""
+    from petuq_sirf.uq.roi import size_group
+
+    return size_group(roi["equivalent_diameter_mm"], ROI_SIZE_EDGES_MM)
+
+
 def roi_summary(rois: list[dict]) -> dict:
     """Pooled lesion ROI coverage, per size group (equivalent diameter) and hot / cold."""
 
@@ -209,12 +227,9 @@ def roi_summary(rois: list[dict]) -> dict:
         n = len(rows)
         return {"count": n, "coverage": float(np.mean([x["covered"] for x in rows])) if n else float("nan")}
 
-    groups = {
-        f"< {ROI_SIZE_EDGE_MM:g} mm": [x for x in rois if x["equivalent_diameter_mm"] < ROI_SIZE_EDGE_MM],
-        f">= {ROI_SIZE_EDGE_MM:g} mm": [x for x in rois if x["equivalent_diameter_mm"] >= ROI_SIZE_EDGE_MM],
-        "hot": [x for x in rois if x["contrast"] > 1],
-        "cold": [x for x in rois if x["contrast"] < 1],
-    }
+    groups = {g: [x for x in rois if roi_size_group(x) == g] for g in roi_size_groups()}
+    groups["hot"] = [x for x in rois if x["contrast"] > 1]
+    groups["cold"] = [x for x in rois if x["contrast"] < 1]
     return {
         "level": ROI_LEVEL,
         **cov(rois),
@@ -269,13 +284,7 @@ def _roi_arrays(rois: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     t = torch.tensor([x["truth"] for x in rois], dtype=torch.float64)
     c = t * (1.0 + torch.tensor([x["rel_bias"] for x in rois], dtype=torch.float64))
     s = torch.tensor([(x["upper"] - x["lower"]) / 2 for x in rois], dtype=torch.float64)
-    g = [
-        f"< {ROI_SIZE_EDGE_MM:g} mm"
-        if x["equivalent_diameter_mm"] < ROI_SIZE_EDGE_MM
-        else f">= {ROI_SIZE_EDGE_MM:g} mm"
-        for x in rois
-    ]
-    return t, c, s, g
+    return t, c, s, [roi_size_group(x) for x in rois]
 
 
 def roi_conformal(calibration: list[dict], test: list[dict], min_group_size: int = 10) -> dict:
@@ -338,23 +347,14 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
             diag.append(rep[family]["ula_diagnostics"])
             for name, d in rep[family]["methods"].items():
                 raw = d["raw"] if "raw" in d else _raw_from_summary(d, rep, family)
-                r = acc.rows.setdefault(
-                    name,
-                    {
-                        "nrmse": [],
-                        "ratio": [],
-                        "seconds": [],
-                        "obj": np.zeros(len(LEVELS)),
-                        "les": np.zeros(len(LEVELS)),
-                    },
-                )
+                r = acc._row(name)
                 r["nrmse"] += raw["nrmse"]
                 r["ratio"] += raw["ratio"]
                 r["seconds"] += raw["seconds"]
                 r["obj"] = r["obj"] + np.asarray(raw["obj"])
                 r["les"] = r["les"] + np.asarray(raw["les"])
-                r["n_obj"] = r.get("n_obj", 0) + raw["n_obj"]
-                r["n_les"] = r.get("n_les", 0) + raw["n_les"]
+                r["n_obj"] += raw["n_obj"]
+                r["n_les"] += raw["n_les"]
                 if raw.get("rois"):
                     r.setdefault("rois", []).extend(raw["rois"])
         table, rows = acc.table()
@@ -371,10 +371,13 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
         print(f"PnP-ULA diagnostics (median over runs of per-run medians): {merged[family]['ula_diagnostics']}")
         if roi_calibration:
             print(f"\nROI-conformal lesion intervals at {ROI_LEVEL:.0%}, calibrated on {', '.join(roi_calibration)}:\n")
+            sizes = roi_size_groups()
             print(
-                "| method | calibration lesions | q (< 15 / >= 15 mm / pooled) | coverage (n) | < 15 mm | >= 15 mm | median rel. width |"
+                f"| method | calibration lesions | q ({' / '.join(sizes)} / pooled) | coverage (n) | "
+                + " | ".join(sizes)
+                + " | median rel. width |"
             )
-            print("|---|---|---|---|---|---|---|")
+            print("|" + "---|" * (5 + len(sizes)))
             for name, d in rows.items():
                 cal_rows = _report_rois(roi_calibration, name)
                 test_rows = d["raw"].get("rois", [])
@@ -383,12 +386,9 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
                 rc = roi_conformal(cal_rows, test_rows)
                 d["lesion_roi_conformal"] = rc
                 qs = rc["conformal"]["quantiles"][f"{ROI_LEVEL:.2f}"]
-                q_cells = " / ".join(
-                    f"{qs[k]:.1f}" if k in qs else "–"
-                    for k in (f"< {ROI_SIZE_EDGE_MM:g} mm", f">= {ROI_SIZE_EDGE_MM:g} mm")
-                )
+                q_cells = " / ".join(f"{qs[k]:.1f}" if k in qs else "–" for k in sizes)
                 q_cells += f" / {rc['conformal']['global_quantiles'][f'{ROI_LEVEL:.2f}']:.1f}"
-                grp = [rc["groups"].get(k) for k in (f"< {ROI_SIZE_EDGE_MM:g} mm", f">= {ROI_SIZE_EDGE_MM:g} mm")]
+                grp = [rc["groups"].get(k) for k in sizes]
                 g_cells = [f"{x['coverage']:.2f} ({x['count']})" if x else "–" for x in grp]
                 print(
                     f"| {name} | {rc['calibration_lesions']} | {q_cells} | {rc['coverage']:.2f} ({rc['count']}) | "

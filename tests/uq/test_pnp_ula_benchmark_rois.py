@@ -40,7 +40,7 @@ def test_roi_coverage_follows_the_samples_position_and_pools_by_group() -> None:
     assert centred["coverage"] == 1.0 and biased["coverage"] == 0.0
     assert abs(biased["median_rel_bias"] + 0.3) < 0.02 and abs(centred["median_rel_bias"]) < 0.05
     groups = centred["groups"]
-    assert groups["< 15 mm"]["count"] + groups[">= 15 mm"]["count"] == n
+    assert groups["<15mm"]["count"] + groups[">=15mm"]["count"] == n
     assert groups["hot"]["count"] + groups["cold"]["count"] == n
     hot = sum(les.contrast > 1 for les in ph.lesions)
     assert groups["hot"]["count"] == hot
@@ -75,7 +75,7 @@ def test_roi_conformal_widens_biased_intervals_to_cover_exchangeable_lesions() -
     rc = roi_conformal(cal, test)
     assert raw < 0.05  # the raw intervals miss the biased means
     assert 0.85 <= rc["coverage"] <= 0.96  # split-conformal: >= 0.9 in expectation on exchangeable lesions
-    assert set(rc["groups"]) == {"< 15 mm", ">= 15 mm"} and all(g["count"] == 200 for g in rc["groups"].values())
+    assert set(rc["groups"]) == {"<15mm", ">=15mm"} and all(g["count"] == 200 for g in rc["groups"].values())
     assert rc["median_rel_width"] > 0.3  # widened from 4 % to cover a 20 % bias
 
 
