@@ -14,9 +14,15 @@ Methods per data set:
 * OSEM + post-filter: ``--osem-iterations`` x 8 subsets, in-plane Gaussian filter (no z blur) with the
   FWHM that minimises the NRMSE on ``--calibration`` calibration-split phantoms of the same family and
   dose (searched over 0-12 mm; never on the test truth); no uncertainty.
+* MAP-RDP with the strength that minimises the NRMSE on the same calibration phantoms
+  (``recon.reference_tuning.tune_map_rdp``, strengths 0.002-0.05, 20 iterations after 2 OSEM passes);
+  no uncertainty. These two references always run.
 * PnP-ADMM over denoiser weight draws (``pnp_admm_posterior``, model spread only).
 * PnP-ULA (``pnp_ula``, shipped denoiser, default prior strength).
 * Posterior bootstrap (Exp weights, MAP-RDP strength 0.01) and its parametric bias correction.
+* ``osem-bootstrap``: the list-mode bootstrap (same Exp weights) of unfiltered OSEM,
+  ``--osem-bootstrap-iterations`` x 8 subsets, every replicate reconstructed from a uniform image like the
+  estimator itself: a less biased estimator of lesion ROI means, at the price of noisy voxels.
 
 Per method: NRMSE of the mean over the object, coverage of the Gaussian intervals ``mean +/- z std``
 at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data sets), calibration
@@ -47,8 +53,10 @@ import numpy as np
 import torch
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-METHODS = ("admm", "ula", "bootstrap")
+METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+RDP_STRENGTH_GRID = (0.002, 0.005, 0.01, 0.02, 0.05)  # as benchmarks/heldout_uq.py
+RDP_ITERATIONS = 20
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
 
@@ -140,6 +148,7 @@ class Accumulator:
                     "truth": t_roi,
                     "lower": float(lo),
                     "upper": float(hi),
+                    "centre": centre,
                     "covered": bool(float(lo) <= t_roi <= float(hi)),
                     "rel_bias": centre / t_roi - 1.0,
                     "rel_width": float(hi - lo) / t_roi,
@@ -239,6 +248,23 @@ def roi_summary(rois: list[dict]) -> dict:
     }
 
 
+def osem_bootstrap(model, listmode, iterations: int, replicates: int, seed: int) -> torch.Tensor:
+    """List-mode bootstrap of unfiltered OSEM (8 subsets): ``replicates`` Exp-weighted prompt histograms, each
+    reconstructed from a uniform image with ``iterations`` passes -> ``(B, z, y, x)``.
+
+    Unlike the MAP bootstrap (replicates warm-started from the full-data MAP), the replicates repeat the
+    estimator exactly, so their spread is the estimator's sampling spread, not a spread damped by the start.
+    """
+    from petuq_sirf.bootstrap.weights import draw_weights, replicate_rng
+    from petuq_sirf.recon import osem
+
+    out = []
+    for b in range(replicates):
+        w = draw_weights(len(listmode), "exp", replicate_rng(seed, b))
+        out.append(osem(model, listmode.histogram(prompts=True, weights=w), iterations, 8).image)
+    return torch.stack(out).float()
+
+
 def _diag(diag: list[dict]) -> dict:
     if not diag:  # PnP-ULA not run
         return {}
@@ -280,9 +306,13 @@ def _raw_from_summary(d: dict, rep: dict, family: str) -> dict:
 
 
 def _roi_arrays(rois: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Truth, centre (samples' mean), spread (half the sample interval) and size group of ROI rows."""
+    """Truth, centre (samples' mean), spread (half the sample interval) and size group of ROI rows.
+
+    Rows written before the centre was stored (the JSON of 2026-12-07) give it as ``truth (1 + rel_bias)``.
+    """
     t = torch.tensor([x["truth"] for x in rois], dtype=torch.float64)
-    c = t * (1.0 + torch.tensor([x["rel_bias"] for x in rois], dtype=torch.float64))
+    c = [x["centre"] if "centre" in x else x["truth"] * (1.0 + x["rel_bias"]) for x in rois]
+    c = torch.tensor(c, dtype=torch.float64)
     s = torch.tensor([(x["upper"] - x["lower"]) / 2 for x in rois], dtype=torch.float64)
     return t, c, s, [roi_size_group(x) for x in rois]
 
@@ -364,6 +394,7 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
         keys = diag[0].keys() if diag else []
         merged[family] = {
             "postfilter_fwhm_mm": sorted(fwhm),
+            "map_rdp_per_run": [rep[family].get("map_rdp") for rep in reports if family in rep],
             "methods": rows,
             "ula_diagnostics_per_run": diag,
             "ula_diagnostics": {k: float(np.median([d[k] for d in diag])) for k in keys},
@@ -428,6 +459,13 @@ def main() -> None:
     p.add_argument("--admm-draws", type=int, default=4)
     p.add_argument("--admm-iterations", type=int, default=60)
     p.add_argument("--replicates", type=int, default=10, help="posterior-bootstrap replicates B")
+    p.add_argument(
+        "--osem-bootstrap-iterations",
+        type=int,
+        default=5,
+        help="OSEM passes (8 subsets) of the osem-bootstrap (5: the narrowest ROI-conformal intervals of 5 / 10 / 20 "
+        "in a cross-fit on thorax calibration phantoms)",
+    )
     p.add_argument("--bias-draws", type=int, default=5, help="parametric draws K of the bias estimate")
     p.add_argument("--start", type=int, default=0, help="index of the first test phantom (to split a run)")
     p.add_argument("--merge", nargs="+", default=None, help="merge the JSON of split runs (folders) and print")
@@ -454,7 +492,8 @@ def main() -> None:
     p.add_argument(
         "--methods",
         default=",".join(METHODS),
-        help=f"comma list of the methods to run (of {', '.join(METHODS)}; OSEM + filter always runs)",
+        help=f"comma list of the methods to run (of {', '.join(METHODS)}), or 'none' for the references only "
+        "(OSEM + filter and tuned MAP-RDP always run)",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/figures/pnp_ula")
@@ -465,7 +504,9 @@ def main() -> None:
         args.admm_draws, args.admm_iterations, args.replicates, args.bias_draws = 3, 40, 6, 3
     torch.set_num_threads(args.threads)
     methods = {m.strip() for m in args.methods.split(",") if m.strip()}
-    if not methods or methods - set(METHODS):
+    if methods == {"none"}:
+        methods = set()
+    elif not methods or methods - set(METHODS):
         raise SystemExit(f"pnp_ula_coverage: error: --methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
     if args.merge:
         merge(args.merge, Path(args.out), args.roi_calibration)
@@ -476,6 +517,7 @@ def main() -> None:
     from petuq_sirf.recon import RelativeDifferencePrior, osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.pnp_ula import PnPULAConfig, body_support, pnp_ula
+    from petuq_sirf.recon.reference_tuning import TuningCase, map_rdp_reference, tune_map_rdp
     from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation import SimulationConfig, simulate
@@ -508,6 +550,21 @@ def main() -> None:
         lipschitz=args.ula_lipschitz,
     )
     boot_cfg = BootstrapConfig(num_replicates=args.replicates, num_iterations=20, full_data_iterations=60)
+
+    def bootstrap(sim, cfg: BootstrapConfig) -> tuple[BootstrapProblem, np.ndarray]:
+        """The list-mode bootstrap of one data set: the prepared problem and the replicates ``(B, z, y, x)``."""
+        problem = BootstrapProblem(
+            layout,
+            image,
+            sim.multiplicative.float(),
+            sim.additive.float(),
+            sim.listmode,
+            RelativeDifferencePrior(),
+            psf_fwhm_mm=sim.config.psf_fwhm_mm,
+        )
+        problem.prepare(cfg)
+        return problem, np.stack([run_replicate(problem, cfg, b).image for b in range(cfg.num_replicates)])
+
     report: dict = {
         "source": source,
         "settings": vars(args),
@@ -519,16 +576,23 @@ def main() -> None:
     for family, test, calib in cases:
         # --- NRMSE-optimal post-filter on calibration phantoms (same family and dose)
         errs = np.zeros(len(FWHM_GRID_MM))
+        tuning_cases = []
         for j, ph in enumerate(calib):
             sim = simulate(ph, layout, SimulationConfig(seed=90_000 + j, **sim_cfg))
             model = sim.acquisition_model()
             rec = osem(model, sim.prompts, args.osem_iterations, 8).image
             obj, _ = object_and_lesions(ph, sim.truth)
+            tuning_cases.append(TuningCase(model, sim.prompts, sim.truth, obj))
             for i, f in enumerate(FWHM_GRID_MM):
                 e = (in_plane_filter(rec, f, image.voxel_size_mm) - sim.truth)[obj]
                 errs[i] += float(e.norm() / sim.truth[obj].norm())
         fwhm = FWHM_GRID_MM[int(np.argmin(errs))]
-        print(f"[{family}] post-filter FWHM {fwhm} mm (NRMSE-optimal on {len(calib)} calibration phantoms)")
+        rdp = tune_map_rdp(tuning_cases, strength_grid=RDP_STRENGTH_GRID, num_iterations=RDP_ITERATIONS)
+        rdp_name = f"MAP-RDP, strength {rdp['strength']:g}"
+        print(
+            f"[{family}] post-filter FWHM {fwhm} mm, RDP strength {rdp['strength']:g} "
+            f"(NRMSE-optimal on {len(calib)} calibration phantoms)"
+        )
         acc = Accumulator()
         diag = []
         for pi, ph in enumerate(test):
@@ -542,6 +606,8 @@ def main() -> None:
                 t0 = time.process_time()
                 rec = in_plane_filter(osem(model, y, args.osem_iterations, 8).image, fwhm, image.voxel_size_mm)
                 acc.add(f"OSEM + {fwhm:g} mm filter", rec, None, truth, obj, les, time.process_time() - t0)
+                t0 = time.process_time()
+                acc.add(rdp_name, map_rdp_reference(model, y, rdp), None, truth, obj, les, time.process_time() - t0)
                 if "admm" in methods:
                     t0 = time.process_time()
                     post = pnp_admm_posterior(
@@ -573,17 +639,7 @@ def main() -> None:
                     diag.append(ula.settings["diagnostics"])
                 if "bootstrap" in methods:
                     t0 = time.process_time()
-                    problem = BootstrapProblem(
-                        layout,
-                        image,
-                        sim.multiplicative.float(),
-                        sim.additive.float(),
-                        sim.listmode,
-                        RelativeDifferencePrior(),
-                        psf_fwhm_mm=sim.config.psf_fwhm_mm,
-                    )
-                    problem.prepare(boot_cfg)
-                    reps = np.stack([run_replicate(problem, boot_cfg, b).image for b in range(args.replicates)])
+                    problem, reps = bootstrap(sim, boot_cfg)
                     b_mean = torch.from_numpy(reps.mean(0))
                     b_std = torch.from_numpy(reps.std(0, ddof=1))
                     t_boot = time.process_time() - t0
@@ -604,8 +660,25 @@ def main() -> None:
                     )
                     shifted = torch.from_numpy(np.maximum(reps - est.bias, 0)).float()
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
+                if "osem-bootstrap" in methods:
+                    t0 = time.process_time()
+                    reps_t = osem_bootstrap(
+                        model,
+                        sim.listmode,
+                        args.osem_bootstrap_iterations,
+                        args.replicates,
+                        1000 * (pi + args.start) + r,
+                    )
+                    name = f"OSEM bootstrap ({args.osem_bootstrap_iterations} it, no filter)"
+                    acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0)
+                    acc.add_rois(name, reps_t, truth, ph, image.voxel_size_mm)
                 _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
-                report[family] = {"postfilter_fwhm_mm": fwhm, "methods": partial, "ula_diagnostics": _diag(diag)}
+                report[family] = {
+                    "postfilter_fwhm_mm": fwhm,
+                    "map_rdp": rdp,
+                    "methods": partial,
+                    "ula_diagnostics": _diag(diag),
+                }
                 out_dir = Path(args.out)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / "pnp_ula_coverage.json").write_text(json.dumps(report, indent=2))
@@ -621,6 +694,7 @@ def main() -> None:
         print(table)
         report[family] = {
             "postfilter_fwhm_mm": fwhm,
+            "map_rdp": rdp,
             "methods": rows,
             "ula_diagnostics": _diag(diag),
         }

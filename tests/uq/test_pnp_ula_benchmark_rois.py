@@ -115,3 +115,81 @@ def test_merge_with_roi_calibration_reads_reports_and_refuses_test_runs(tmp_path
     assert "ROI-conformal" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--split calibration"):
         merge([str(tmp_path / "test")], tmp_path / "out2", [str(tmp_path / "test")])
+
+
+def test_roi_rows_store_the_centre_and_old_rows_rebuild_it() -> None:
+    from benchmarks.pnp_ula_coverage import _roi_arrays
+    from petuq_sirf.uq.roi import roi_mean_samples
+
+    ph, image = _phantom()
+    truth = ph.activity.float()
+    gen = torch.Generator().manual_seed(3)
+    samples = 1.3 * truth + 0.02 * truth.mean() * torch.randn((32, *truth.shape), generator=gen)
+    acc = Accumulator()
+    acc.add_rois("m", samples, truth, ph, image.voxel_size_mm)
+    rows = acc.rows["m"]["rois"]
+    for row in rows:
+        expected = float(roi_mean_samples(samples, ph.regions[f"lesion_{row['lesion']}"]).mean())
+        assert abs(row["centre"] - expected) <= 1e-6 * abs(expected)
+    t, c, s, _ = _roi_arrays(rows)
+    assert torch.allclose(c, torch.tensor([r["centre"] for r in rows], dtype=torch.float64))
+    # a row without the centre (the JSON written before it was stored) rebuilds it from rel_bias
+    old = {k: v for k, v in rows[0].items() if k != "centre"}
+    _, c_old, _, _ = _roi_arrays([old])
+    assert abs(float(c_old[0]) - rows[0]["centre"]) <= 1e-6 * rows[0]["centre"]
+    # and the stored centre wins over a rel_bias that disagrees with it
+    _, c_new, _, _ = _roi_arrays([{**rows[0], "rel_bias": 5.0}])
+    assert float(c_new[0]) == rows[0]["centre"]
+
+
+def test_osem_bootstrap_spread_matches_the_sampling_spread_of_the_roi_mean() -> None:
+    """The OSEM bootstrap repeats the estimator on reweighted list-mode data, so the spread of a lesion's ROI
+    mean over its replicates is that over independent noise realisations (it is ~0 if the weights are ignored)."""
+    from benchmarks.pnp_ula_coverage import osem_bootstrap
+    from petuq_sirf.recon import osem
+    from petuq_sirf.scanner import SinogramLayout, get_scanner
+    from petuq_sirf.simulation import SimulationConfig, simulate
+    from petuq_sirf.uq.roi import roi_mean, roi_mean_samples
+
+    ph, _ = _phantom()
+    layout = SinogramLayout(get_scanner("test-2d"))
+    big = max(range(len(ph.lesions)), key=lambda i: ph.lesions[i].diameter_mm)
+    mask = ph.regions[f"lesion_{big}"]
+    sims = [simulate(ph, layout, SimulationConfig(seed=500 + r, listmode=True, true_counts=5e4)) for r in range(2)]
+    model = sims[0].acquisition_model()
+    gen = torch.Generator().manual_seed(4)
+    lam = sims[0].expected_prompts.double()
+    estimates = [
+        float(roi_mean(osem(model, torch.poisson(lam, generator=gen).float(), 3, 8).image, mask)) for _ in range(16)
+    ]
+    boot_std = []
+    for r, sim in enumerate(sims):
+        reps = osem_bootstrap(sim.acquisition_model(), sim.listmode, 3, 16, seed=r)
+        assert reps.shape == (16, *sim.truth.shape)
+        boot_std.append(float(roi_mean_samples(reps, mask).std()))
+    true_std = float(torch.tensor(estimates).std())
+    ratio = (sum(boot_std) / len(boot_std)) / true_std
+    assert 0.6 <= ratio <= 1.6, ratio
+    again = osem_bootstrap(sims[1].acquisition_model(), sims[1].listmode, 3, 2, seed=1)
+    assert torch.equal(again, reps[:2])  # replicate b of a seed is reproducible
+
+
+def test_benchmark_references_only_run_tunes_map_rdp_on_calibration_phantoms(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from benchmarks import pnp_ula_coverage
+
+    out = tmp_path / "refs"
+    argv = ["pnp_ula_coverage.py", "--quick", "--methods", "none", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    pnp_ula_coverage.main()
+    rep = json.loads((out / "pnp_ula_coverage.json").read_text())
+    brain = rep["brain"]
+    assert brain["map_rdp"]["strength"] in pnp_ula_coverage.RDP_STRENGTH_GRID
+    assert set(brain["map_rdp"]["grid"]) == {f"{s:g}" for s in pnp_ula_coverage.RDP_STRENGTH_GRID}
+    names = list(brain["methods"])
+    assert names == [
+        f"OSEM + {brain['postfilter_fwhm_mm']:g} mm filter",
+        f"MAP-RDP, strength {brain['map_rdp']['strength']:g}",
+    ]
+    assert all(brain["methods"][n]["datasets"] == 3 and 0 < brain["methods"][n]["nrmse"] < 1 for n in names)
