@@ -20,9 +20,10 @@ Methods per data set:
 * PnP-ADMM over denoiser weight draws (``pnp_admm_posterior``, model spread only).
 * PnP-ULA (``pnp_ula``, shipped denoiser, default prior strength).
 * Posterior bootstrap (Exp weights, MAP-RDP strength 0.01) and its parametric bias correction.
-* ``osem-bootstrap``: the list-mode bootstrap (same Exp weights) of unfiltered OSEM,
-  ``--osem-bootstrap-iterations`` x 8 subsets, every replicate reconstructed from a uniform image like the
-  estimator itself: a less biased estimator of lesion ROI means, at the price of noisy voxels.
+* ``osem-bootstrap``: the list-mode bootstrap (same Exp weights) of unfiltered OSEM
+  (``BootstrapConfig(estimator="osem")``), ``--osem-bootstrap-iterations`` x 8 subsets, every replicate
+  reconstructed from a uniform image like the estimator itself: a less biased estimator of lesion ROI
+  means, at the price of noisy voxels.
 
 Per method: NRMSE of the mean over the object, coverage of the Gaussian intervals ``mean +/- z std``
 at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data sets), calibration
@@ -47,6 +48,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -248,23 +250,6 @@ def roi_summary(rois: list[dict]) -> dict:
     }
 
 
-def osem_bootstrap(model, listmode, iterations: int, replicates: int, seed: int) -> torch.Tensor:
-    """List-mode bootstrap of unfiltered OSEM (8 subsets): ``replicates`` Exp-weighted prompt histograms, each
-    reconstructed from a uniform image with ``iterations`` passes -> ``(B, z, y, x)``.
-
-    Unlike the MAP bootstrap (replicates warm-started from the full-data MAP), the replicates repeat the
-    estimator exactly, so their spread is the estimator's sampling spread, not a spread damped by the start.
-    """
-    from petuq_sirf.bootstrap.weights import draw_weights, replicate_rng
-    from petuq_sirf.recon import osem
-
-    out = []
-    for b in range(replicates):
-        w = draw_weights(len(listmode), "exp", replicate_rng(seed, b))
-        out.append(osem(model, listmode.histogram(prompts=True, weights=w), iterations, 8).image)
-    return torch.stack(out).float()
-
-
 def _diag(diag: list[dict]) -> dict:
     if not diag:  # PnP-ULA not run
         return {}
@@ -339,7 +324,11 @@ def roi_conformal(calibration: list[dict], test: list[dict], min_group_size: int
     }
     for name in sorted(set(g)):
         idx = torch.tensor([i for i, v in enumerate(g) if v == name])
-        out["groups"][name] = {"count": int(idx.numel()), "coverage": float(hit[idx].mean())}
+        out["groups"][name] = {
+            "count": int(idx.numel()),
+            "coverage": float(hit[idx].mean()),
+            "median_rel_width": float(((hi - lo) / t)[idx].median()),
+        }
     return out
 
 
@@ -403,6 +392,7 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
         if roi_calibration:
             print(f"\nROI-conformal lesion intervals at {ROI_LEVEL:.0%}, calibrated on {', '.join(roi_calibration)}:\n")
             sizes = roi_size_groups()
+            print("(per size group: coverage (n; median width / true uptake))\n")
             print(
                 f"| method | calibration lesions | q ({' / '.join(sizes)} / pooled) | coverage (n) | "
                 + " | ".join(sizes)
@@ -420,7 +410,9 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
                 q_cells = " / ".join(f"{qs[k]:.1f}" if k in qs else "–" for k in sizes)
                 q_cells += f" / {rc['conformal']['global_quantiles'][f'{ROI_LEVEL:.2f}']:.1f}"
                 grp = [rc["groups"].get(k) for k in sizes]
-                g_cells = [f"{x['coverage']:.2f} ({x['count']})" if x else "–" for x in grp]
+                g_cells = [
+                    f"{x['coverage']:.2f} ({x['count']}; w {x['median_rel_width']:.2f})" if x else "–" for x in grp
+                ]
                 print(
                     f"| {name} | {rc['calibration_lesions']} | {q_cells} | {rc['coverage']:.2f} ({rc['count']}) | "
                     + " | ".join(g_cells)
@@ -550,6 +542,9 @@ def main() -> None:
         lipschitz=args.ula_lipschitz,
     )
     boot_cfg = BootstrapConfig(num_replicates=args.replicates, num_iterations=20, full_data_iterations=60)
+    osem_cfg = BootstrapConfig(
+        num_replicates=args.replicates, estimator="osem", num_iterations=args.osem_bootstrap_iterations
+    )
 
     def bootstrap(sim, cfg: BootstrapConfig) -> tuple[BootstrapProblem, np.ndarray]:
         """The list-mode bootstrap of one data set: the prepared problem and the replicates ``(B, z, y, x)``."""
@@ -662,13 +657,8 @@ def main() -> None:
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
                 if "osem-bootstrap" in methods:
                     t0 = time.process_time()
-                    reps_t = osem_bootstrap(
-                        model,
-                        sim.listmode,
-                        args.osem_bootstrap_iterations,
-                        args.replicates,
-                        1000 * (pi + args.start) + r,
-                    )
+                    _, reps_np = bootstrap(sim, replace(osem_cfg, seed=1000 * (pi + args.start) + r))
+                    reps_t = torch.from_numpy(reps_np).float()
                     name = f"OSEM bootstrap ({args.osem_bootstrap_iterations} it, no filter)"
                     acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0)
                     acc.add_rois(name, reps_t, truth, ph, image.voxel_size_mm)

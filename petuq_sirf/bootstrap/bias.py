@@ -54,7 +54,8 @@ class BiasEstimate:
 
 
 def parametric_draw(problem: BootstrapProblem, config: BootstrapConfig, index: int) -> np.ndarray:
-    """``MAP(y*)`` for ``y* ~ Poisson(ybar(x_hat))`` (draw ``index``), computed like the full-data MAP."""
+    """``MAP(y*)`` for ``y* ~ Poisson(ybar(x_hat))`` (draw ``index``), computed like the full-data MAP (or the
+    full-data OSEM image with ``config.estimator == "osem"``)."""
     if problem.x0 is None:
         raise ValueError("the problem has no full-data MAP image: call prepare() first")
     model = problem.model()
@@ -62,8 +63,11 @@ def parametric_draw(problem: BootstrapProblem, config: BootstrapConfig, index: i
     with torch.no_grad():
         ybar = model.forward(problem.x0.to(model.device)).cpu().double().numpy()
         y_star = torch.from_numpy(rng.poisson(ybar).astype(np.float32)).to(model.device)
-        init = osem(model, y_star, 2, 8).image  # as BootstrapProblem.prepare
-        image = map_rdp(model, y_star, problem.prior, config.full_data_iterations, x0=init).image
+        if config.estimator == "osem":
+            image = osem(model, y_star, config.num_iterations, config.num_subsets).image
+        else:
+            init = osem(model, y_star, 2, 8).image  # as BootstrapProblem.prepare
+            image = map_rdp(model, y_star, problem.prior, config.full_data_iterations, x0=init).image
     out = image.detach().cpu().numpy().astype(np.float32)
     if not np.isfinite(out).all():
         raise FloatingPointError(f"parametric bias draw {index} produced a non-finite image")

@@ -51,8 +51,19 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int_in(1, 4096), default=2, help="Workers of a local pool / LocalCluster.")
     p.add_argument("--threads-per-worker", type=int_in(1, 1024), default=1, help="Torch threads in each worker.")
     p.add_argument(
-        "--iterations", type=int_in(1, 100_000), default=30, help="MAP-RDP iterations per replicate (warm-started)."
+        "--estimator",
+        default="map-rdp",
+        choices=("map-rdp", "osem"),
+        help="Estimator each replicate repeats: MAP-RDP (warm-started from the full-data MAP) or unfiltered OSEM "
+        "from a uniform image (less biased lesion ROI means, noisier voxels; the prior options are unused).",
     )
+    p.add_argument(
+        "--iterations",
+        type=int_in(1, 100_000),
+        default=None,
+        help="Iterations per replicate: MAP-RDP iterations (default 30) or OSEM passes (default 5).",
+    )
+    p.add_argument("--subsets", type=int_in(1, 10_000), default=8, help="OSEM subsets (--estimator osem).")
     p.add_argument(
         "--full-data-iterations",
         type=int_in(1, 100_000),
@@ -101,10 +112,12 @@ def _run(args: argparse.Namespace) -> int:
         num_replicates=args.replicates,
         weights=args.weights,
         seed=args.seed,
-        num_iterations=args.iterations,
+        num_iterations=args.iterations or (5 if args.estimator == "osem" else 30),
         prior_strength=args.beta_strength,
         prior_cv=args.prior_cv,
         full_data_iterations=args.full_data_iterations,
+        estimator=args.estimator,
+        num_subsets=args.subsets,
     )
     backend = resolve_backend(args.backend)
     acq = load_acquisition(args.input)

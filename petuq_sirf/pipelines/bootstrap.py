@@ -215,11 +215,15 @@ def bootstrap_acquisition(
         fig_images[f"bias-corrected mean (K = {estimate.draws})"] = corrected.mean
     if truth is not None:
         fig_images = {"truth": truth, **fig_images}
-    title = (
-        f"posterior bootstrap, B = {summary.count}, {'Exp(1)' if config.weights == 'exp' else 'Poisson(1)'} "
-        f"weights; MAP-RDP {config.num_iterations} it per replicate ({config.full_data_iterations} full data), "
-        f"\u03b2 strength {config.prior_strength:g}, penalty CV {config.prior_cv:g}"
-    )
+    weights = "Exp(1)" if config.weights == "exp" else "Poisson(1)"
+    if config.estimator == "osem":
+        how = f"OSEM {config.num_iterations} it x {config.num_subsets} subsets per replicate, no filter"
+    else:
+        how = (
+            f"MAP-RDP {config.num_iterations} it per replicate ({config.full_data_iterations} full data), "
+            f"\u03b2 strength {config.prior_strength:g}, penalty CV {config.prior_cv:g}"
+        )
+    title = f"posterior bootstrap, B = {summary.count}, {weights} weights; {how}"
     return BootstrapRun(images, metrics, fig_images, summary.roi, level, title, acq)
 
 
