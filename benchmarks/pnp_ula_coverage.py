@@ -15,7 +15,7 @@ Methods per data set:
   FWHM that minimises the NRMSE on ``--calibration`` calibration-split phantoms of the same family and
   dose (searched over 0-12 mm; never on the test truth); no uncertainty.
 * MAP-RDP with the strength that minimises the NRMSE on the same calibration phantoms
-  (``recon.reference_tuning.tune_map_rdp``, strengths 0.002-0.05, 20 iterations after 2 OSEM passes);
+  (``recon.reference_tuning.tune_map_rdp``, strengths 0.0005-0.05, 20 iterations after 2 OSEM passes);
   no uncertainty. These two references always run.
 * PnP-ADMM over denoiser weight draws (``pnp_admm_posterior``, model spread only).
 * PnP-ULA (``pnp_ula``, shipped denoiser, default prior strength).
@@ -57,7 +57,7 @@ import torch
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
-RDP_STRENGTH_GRID = (0.002, 0.005, 0.01, 0.02, 0.05)  # as benchmarks/heldout_uq.py
+RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_uq.py grid, extended down for full dose
 RDP_ITERATIONS = 20
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
