@@ -93,6 +93,13 @@ def register(sub) -> None:
         help="Parametric: estimate the full-data MAP's bias from MAPs of Poisson(ybar(MAP)) draws and shift the "
         "mean and intervals by it (extra *_bias_corrected outputs).",
     )
+    p.add_argument(
+        "--roi-calibration",
+        default=None,
+        help="ROI calibration (the output folder of 'petuq calibrate-roi', or its roi_calibration.json): adds "
+        "ROI-conformal intervals of the lesion ROIs to metrics.json (roi_conformal); the run's bootstrap settings "
+        "must be the calibration's.",
+    )
     p.add_argument("--bias-draws", type=int_in(1, 10_000), default=10, help="Parametric draws K of the bias estimate.")
     p.add_argument(
         "--out", required=True, help="Output folder (re-run to resume; one run at a time: a lock file guards it)."
@@ -120,6 +127,11 @@ def _run(args: argparse.Namespace) -> int:
         num_subsets=args.subsets,
     )
     backend = resolve_backend(args.backend)
+    roi_calibration = None
+    if args.roi_calibration:
+        from petuq_sirf.pipelines.roi_calibration import load_roi_calibration
+
+        roi_calibration = load_roi_calibration(args.roi_calibration)
     acq = load_acquisition(args.input)
     result = bootstrap_acquisition(
         acq,
@@ -135,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         input_name=str(args.input),
         manifest_extra={"input": str(Path(args.input).resolve())},
+        roi_calibration=roi_calibration,
     )
     result.write(args.out)
     print(f"{result.metrics['replicates']} replicates ({result.metrics['new_replicates']} new) in {args.out}")

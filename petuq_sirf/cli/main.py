@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "train_pnp_denoiser",
     "demo",
     "bootstrap",
+    "calibrate_roi",
     "train_denoiser",
     "denoise",
     "evaluate_uq",

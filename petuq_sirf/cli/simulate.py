@@ -57,7 +57,12 @@ def geometry_from_args(args: argparse.Namespace) -> tuple[SinogramLayout, ImageG
 def register(sub) -> None:
     p = sub.add_parser("simulate", help="simulate prompts, delayeds, randoms, scatter (and list-mode) of a phantom")
     add_geometry_arguments(p)
-    p.add_argument("--phantom", default="nema", help="Phantom: nema, brain, ellipses, sirf-brain or sirf-thorax.")
+    p.add_argument(
+        "--phantom",
+        default="nema",
+        help="Phantom: nema, brain, ellipses, sirf-brain, sirf-thorax, or family:<family>:<split>:<index> (an anatomical "
+        "family phantom, e.g. family:thorax:calibration:0).",
+    )
     p.add_argument("--counts", type=COUNTS, default=1e6, help="Expected true (unscattered) coincidences.")
     p.add_argument("--randoms-fraction", type=FRACTION, default=0.2, help="Expected randoms / prompts.")
     p.add_argument("--scatter-fraction", type=FRACTION, default=0.3, help="Expected scatter / (trues + scatter).")

@@ -22,6 +22,7 @@ from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.atomic import atomic_write_json
 from petuq_sirf.io.image_io import write_image
 from petuq_sirf.uq.calibration import DEFAULT_LEVELS, coverage, evaluate_uq
+from petuq_sirf.uq.roi import equivalent_diameter_mm
 from petuq_sirf.viz.bootstrap_figures import bootstrap_figure
 from petuq_sirf.viz.labels import activity_units
 
@@ -84,6 +85,7 @@ def bootstrap_acquisition(
     progress: bool = False,
     input_name: str | None = None,
     manifest_extra: dict | None = None,
+    roi_calibration: dict | None = None,
 ) -> BootstrapRun:
     """Run the missing replicates of ``acq`` into ``store_dir`` (resumable) and summarise all of them.
 
@@ -91,8 +93,16 @@ def bootstrap_acquisition(
     (:func:`~petuq_sirf.bootstrap.make_executor`). ``level``: the central interval written as images.
     ``bias_correction="parametric"``: estimate the full-data MAP's bias from MAPs of ``bias_draws``
     Poisson(ybar(MAP)) draws and add ``*_bias_corrected`` images and metrics. ``input_name`` is recorded
-    in the metrics, ``manifest_extra`` in the store's manifest.
+    in the metrics, ``manifest_extra`` in the store's manifest. ``roi_calibration`` (from
+    :func:`petuq_sirf.pipelines.roi_calibration.load_roi_calibration`) adds ROI-conformal intervals of the
+    lesion ROIs (``metrics["roi_conformal"]``); its bootstrap settings must be this run's.
     """
+    if roi_calibration is not None:
+        from petuq_sirf.pipelines.roi_calibration import check_settings
+
+        check_settings(roi_calibration, {**config.replicate_settings(), "num_replicates": config.num_replicates})
+        if round(float(roi_calibration["level"]), 4) != round(level, 4):
+            raise ValueError(f"the ROI calibration is for level {roi_calibration['level']:g}: use --level to match")
     if not 0 < level < 1:
         raise ValueError(f"--level must be in (0, 1), got {level}")
     if workers < 1 or threads_per_worker < 1:
@@ -124,6 +134,9 @@ def bootstrap_acquisition(
     regions = {k: v.numpy() for k, v in acq.regions.items()}
     truth = acq.truth.numpy() if acq.truth is not None else None
     summary = summarise_store(store, levels=levels, regions=regions, truth=truth, indices=indices)
+    for name, post in summary.roi.items():  # the size a reader of a drawn VOI knows (size-grouped calibration)
+        if regions[name].any():
+            post["equivalent_diameter_mm"] = equivalent_diameter_mm(acq.regions[name], acq.image.voxel_size_mm)
     lo, hi = summary.intervals[round(level, 4)]
     tag = f"{level:.2f}"
     images = {
@@ -162,6 +175,20 @@ def bootstrap_acquisition(
         "mean_std_in_image": float(summary.std.mean()),
         "roi": summary.roi,
     }
+    if roi_calibration is not None:
+        from petuq_sirf.pipelines.roi_calibration import apply_roi_calibration
+
+        rois = apply_roi_calibration(metrics, roi_calibration)
+        block = {
+            "level": roi_calibration["level"],
+            "calibration_rois": roi_calibration["calibration_rois"],
+            "size_edges_mm": roi_calibration["size_edges_mm"],
+            "roi": rois,
+        }
+        inside = [r["inside"] for r in rois.values() if "inside" in r]
+        if inside:
+            block["coverage"] = float(np.mean(inside))
+        metrics["roi_conformal"] = block
     mask = body_mask(acq)
     if truth is not None:
         t = torch.from_numpy(truth)

@@ -167,8 +167,18 @@ def random_ellipses_phantom(
 
 
 def make_phantom(name: str, image: ImageGeometry, seed: int = 0) -> Phantom:
-    """A phantom by name: ``brain``, ``nema``, ``ellipses``, or ``sirf-brain`` / ``sirf-thorax`` (shared data)."""
+    """A phantom by name: ``brain``, ``nema``, ``ellipses``, ``sirf-brain`` / ``sirf-thorax`` (shared data), or
+    ``family:<family>:<split>:<index>``: phantom ``index`` of a split (``train``, ``calibration``, ``test``) of
+    an anatomical family (``simulation.phantom_families``; e.g. ``family:thorax:calibration:0``)."""
     key = name.lower()
+    if key.startswith("family:"):
+        from petuq_sirf.simulation.phantom_families import family_phantom, seeds
+
+        parts = key.split(":")
+        if len(parts) != 4 or not parts[3].isdigit():
+            raise ValueError(f"family phantom {name!r}: use family:<family>:<split>:<index>, e.g. family:thorax:test:0")
+        _, family, split, index = parts
+        return family_phantom(family, image, seeds(split, 1, start=int(index))[0])
     if key == "brain":
         return brain_phantom(image)
     if key in ("nema", "nema_iec", "iec"):
@@ -179,4 +189,7 @@ def make_phantom(name: str, image: ImageGeometry, seed: int = 0) -> Phantom:
         from petuq_sirf.simulation.sirf_data import load_sirf_phantom
 
         return load_sirf_phantom(key.split("-")[1], image)
-    raise ValueError(f"unknown phantom {name!r}; choose brain, nema, ellipses, sirf-brain or sirf-thorax")
+    raise ValueError(
+        f"unknown phantom {name!r}; choose brain, nema, ellipses, sirf-brain, sirf-thorax or "
+        "family:<family>:<split>:<index>"
+    )
