@@ -66,4 +66,4 @@ def test_dose_is_required_and_validated(trained):
         net(torch.rand(3, 8, 8), torch.tensor([0.1, 1.0]))
     with pytest.raises(ValueError, match="ais"):
         DenoiserConfig(method="ais", network=NetworkConfig(dose_input=True))
-    assert np.isfinite(float(mean.sum()))
+    assert np.isfinite(float(mean.detach().sum()))
