@@ -151,6 +151,7 @@ class Accumulator:
                     "lower": float(lo),
                     "upper": float(hi),
                     "centre": centre,
+                    "std": float(roi_samples.std()),
                     "covered": bool(float(lo) <= t_roi <= float(hi)),
                     "rel_bias": centre / t_roi - 1.0,
                     "rel_width": float(hi - lo) / t_roi,

@@ -129,8 +129,10 @@ def test_roi_rows_store_the_centre_and_old_rows_rebuild_it() -> None:
     acc.add_rois("m", samples, truth, ph, image.voxel_size_mm)
     rows = acc.rows["m"]["rois"]
     for row in rows:
-        expected = float(roi_mean_samples(samples, ph.regions[f"lesion_{row['lesion']}"]).mean())
+        roi_samples = roi_mean_samples(samples, ph.regions[f"lesion_{row['lesion']}"])
+        expected = float(roi_samples.mean())
         assert abs(row["centre"] - expected) <= 1e-6 * abs(expected)
+        assert abs(row["std"] - float(roi_samples.std())) <= 1e-6 * row["std"]
     t, c, s, _ = _roi_arrays(rows)
     assert torch.allclose(c, torch.tensor([r["centre"] for r in rows], dtype=torch.float64))
     # a row without the centre (the JSON written before it was stored) rebuilds it from rel_bias
