@@ -507,7 +507,7 @@ def main() -> None:
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
     from petuq_sirf.bootstrap.bias import estimate_bias
-    from petuq_sirf.recon import RelativeDifferencePrior, osem
+    from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.pnp_ula import PnPULAConfig, body_support, pnp_ula
     from petuq_sirf.recon.reference_tuning import TuningCase, map_rdp_reference, tune_map_rdp
@@ -549,15 +549,7 @@ def main() -> None:
 
     def bootstrap(sim, cfg: BootstrapConfig) -> tuple[BootstrapProblem, np.ndarray]:
         """The list-mode bootstrap of one data set: the prepared problem and the replicates ``(B, z, y, x)``."""
-        problem = BootstrapProblem(
-            layout,
-            image,
-            sim.multiplicative.float(),
-            sim.additive.float(),
-            sim.listmode,
-            RelativeDifferencePrior(),
-            psf_fwhm_mm=sim.config.psf_fwhm_mm,
-        )
+        problem = BootstrapProblem.from_acquisition(sim)
         problem.prepare(cfg)
         return problem, np.stack([run_replicate(problem, cfg, b).image for b in range(cfg.num_replicates)])
 

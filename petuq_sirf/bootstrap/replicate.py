@@ -180,7 +180,8 @@ class BootstrapProblem:
 
     @classmethod
     def from_acquisition(cls, acq, backend: str = "embedded") -> BootstrapProblem:
-        """The problem of an :class:`~petuq_sirf.io.acquisition_folder.Acquisition` (needs its list-mode).
+        """The problem of an :class:`~petuq_sirf.io.acquisition_folder.Acquisition` or a
+        :class:`~petuq_sirf.simulation.simulate.SimulatedAcquisition` (needs its list-mode).
 
         Call :meth:`prepare` (or let :func:`~petuq_sirf.bootstrap.runner.run_bootstrap` do it) before
         running replicates.

@@ -116,6 +116,11 @@ class SimulatedAcquisition:
     def additive_true(self) -> torch.Tensor:
         return self.randoms + self.scatter
 
+    @property
+    def psf_fwhm_mm(self) -> float:
+        """The simulated resolution (mm), as an acquisition folder records it."""
+        return float(self.config.psf_fwhm_mm)
+
     def acquisition_model(
         self, device: str | torch.device = "cpu", psf_fwhm_mm: float | None = None
     ) -> EmbeddedAcquisitionModel:

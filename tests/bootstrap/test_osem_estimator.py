@@ -11,7 +11,7 @@ import torch
 
 from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
 from petuq_sirf.bootstrap.bias import estimate_bias
-from petuq_sirf.recon import RelativeDifferencePrior, osem
+from petuq_sirf.recon import osem
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 from petuq_sirf.simulation import SimulationConfig, simulate
 from petuq_sirf.simulation.phantom_families import LesionSpec, family_phantoms
@@ -24,16 +24,7 @@ def _case(seed: int):
     spec = LesionSpec(count=(3, 3), diameter_mm=(8.0, 30.0), hot_fraction=0.5)
     (ph,) = family_phantoms("thorax", image, "test", 1, lesions=spec)
     sim = simulate(ph, layout, SimulationConfig(seed=seed, listmode=True, true_counts=5e4))
-    problem = BootstrapProblem(
-        layout,
-        image,
-        sim.multiplicative.float(),
-        sim.additive.float(),
-        sim.listmode,
-        RelativeDifferencePrior(),
-        psf_fwhm_mm=sim.config.psf_fwhm_mm,
-    )
-    return ph, sim, problem
+    return ph, sim, BootstrapProblem.from_acquisition(sim)
 
 
 def test_osem_bootstrap_spread_matches_the_sampling_spread_of_a_lesion_mean() -> None:
