@@ -26,7 +26,7 @@ def test_long_run_reaches_the_exact_prox_zero_duality_gap():
         x, u = block.iterate(z, repeat_last=400)
         primal, dual = block.objective(x, z), _dual_value(block, z, u)
         short, _ = block.iterate(z)
-    lam = torch.exp(block.log_threshold[-1])
+    lam = torch.exp(block.log_threshold[-1]).detach()
     for b in range(2):
         assert float(u[b].abs().max()) <= float(lam[b]) * (1 + 1e-6)  # dual feasible
     assert bool((x >= 0).all())
