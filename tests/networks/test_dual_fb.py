@@ -34,7 +34,7 @@ def test_long_run_reaches_the_exact_prox_zero_duality_gap():
     assert float(gap.max()) < 1e-4 and float(gap.min()) > -1e-6  # weak duality, and a tight gap
     # the prior does something: the prox is not the positive part of z, and the short run is on its way
     assert float((x - z.clamp_min(0)).abs().max()) > 1e-2
-    assert float(block.objective(short, z).sum()) < float(block.objective(z.clamp_min(0), z).sum())
+    assert float(block.objective(short, z).sum().detach()) < float(block.objective(z.clamp_min(0), z).sum().detach())
 
 
 def test_dual_steps_are_below_two_over_the_block_norm_squared():
@@ -42,7 +42,7 @@ def test_dual_steps_are_below_two_over_the_block_norm_squared():
     with torch.no_grad():
         block.filters.mul_(5.0)
         block.step_logit.fill_(10.0)  # sigmoid -> 1: the largest step the bound allows
-    tau = block.step_sizes()
+    tau = block.step_sizes().detach()
     per = 2
     for b in range(3):
         wb = block.filters[b * per : (b + 1) * per].detach()
