@@ -66,6 +66,7 @@ class BootstrapRun:
             level=self.level,
             title=self.title,
             units=activity_units(acq.info),
+            roi_calibrated=(self.metrics.get("roi_conformal") or {}).get("roi"),
         )
         paths["metrics"] = atomic_write_json(out / "metrics.json", self.metrics)
         return paths
@@ -232,8 +233,12 @@ def bootstrap_acquisition(
                 levels=DEFAULT_LEVELS,
             )
         metrics["bias_corrected"] = block
+    if config.estimator == "osem":
+        full_data_label = f"full-data OSEM ({config.num_iterations} it x {config.num_subsets})"
+    else:
+        full_data_label = f"full-data MAP ({config.full_data_iterations} it)"
     fig_images = {
-        f"full-data MAP ({config.full_data_iterations} it)": images["full_data_map"],
+        full_data_label: images["full_data_map"],
         "posterior mean": summary.mean,
         "posterior std": summary.std,
     }

@@ -19,11 +19,14 @@ def bootstrap_figure(
     level: float = 0.9,
     title: str | None = None,
     units: str = ACTIVITY_UNITS,
+    roi_calibrated: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Central slices of ``images`` (name -> ``(z, y, x)``; names with "std" or "width" get their own
     scale, the others share one) and, when ``roi`` is given, each ROI's posterior mean uptake with its
     central ``level`` interval (and the truth when known, marked inside the axes). Colour bars and the
-    ROI axis are labelled in ``units``; put the run's settings (B, weights, iterations, beta) in ``title``."""
+    ROI axis are labelled in ``units``; put the run's settings (B, weights, iterations, beta) in ``title``.
+    ``roi_calibrated`` (ROI name -> ``{"interval": [lo, hi]}``, from ``petuq bootstrap --roi-calibration``)
+    adds the ROI-conformal interval below the bootstrap one for those ROIs."""
     names = list(images)
     ncols = len(names) + (1 if roi else 0)
     fig, axes = subplots(1, ncols, figsize=(3.3 * ncols, 3.4), squeeze=False)
@@ -47,6 +50,17 @@ def bootstrap_figure(
         ax.errorbar(means, y, xerr=[means - lo, hi - means], fmt="o", capsize=3, label=f"bootstrap {level:.0%}")
         truths = [roi[k].get("truth") for k in labels]
         shown = [lo, hi, means]
+        calibrated = [k for k in labels if roi_calibrated and k in roi_calibrated]
+        if calibrated:
+            yc = np.array([labels.index(k) for k in calibrated]) - 0.25
+            mc = np.array([roi[k]["mean"] for k in calibrated])
+            lc = np.array([roi_calibrated[k]["interval"][0] for k in calibrated])
+            hc = np.array([roi_calibrated[k]["interval"][1] for k in calibrated])
+            ax.errorbar(
+                mc, yc, xerr=[mc - lc, hc - mc], fmt="s", ms=3, capsize=3, color="tab:orange",
+                label=f"ROI-conformal {level:.0%}",
+            )  # fmt: skip
+            shown += [lc, hc]
         if all(t is not None for t in truths):
             ax.plot(truths, y, "kx", ms=7, mew=1.5, label="truth", zorder=3)
             shown.append(np.asarray(truths, dtype=float))

@@ -84,3 +84,17 @@ def test_cli_bootstrap_with_the_osem_estimator(tmp_path) -> None:
     assert metrics["config"]["estimator"] == "osem" and metrics["config"]["num_iterations"] == 5
     assert metrics["replicates"] == 3
     assert (out / "mean.nii.gz").is_file() and (out / "bootstrap.png").stat().st_size > 1000
+
+
+def test_pipeline_names_the_osem_estimate_in_the_figure_and_title(tmp_path) -> None:
+    from petuq_sirf.io.acquisition_folder import load_acquisition
+    from petuq_sirf.pipelines.bootstrap import bootstrap_acquisition
+
+    acq = tmp_path / "acq"
+    from petuq_sirf.cli.main import main
+
+    assert main(["simulate", "--phantom", "nema", "--counts", "3e4", "--listmode", "--out", str(acq)]) == 0
+    config = BootstrapConfig(num_replicates=2, estimator="osem", num_iterations=2, num_subsets=4)
+    run = bootstrap_acquisition(load_acquisition(acq), config, tmp_path / "boot")
+    assert "full-data OSEM (2 it x 4)" in run.figure_images
+    assert "OSEM 2 it x 4 subsets per replicate, no filter" in run.title and "MAP" not in run.title

@@ -61,6 +61,11 @@ def test_bootstrap_roi_truth_markers_lie_inside_the_axes(tmp_path, captured):
     assert lo < 0.0 and hi > 4.0  # both truth markers strictly inside
     assert "arbitrary activity units" in ax.get_xlabel()
     assert _colourbar_labels(fig) == ["arbitrary activity units", "std (arbitrary activity units)"]
+    # calibrated intervals (petuq bootstrap --roi-calibration) are drawn too, and stay inside the axes
+    bootstrap_figure({"mean": img}, roi, tmp_path / "c.png", roi_calibrated={"hot": {"interval": [1.0, 5.0]}})
+    ax = next(a for a in captured[-1].axes if a.get_title() == "ROI posteriors")
+    assert "ROI-conformal 90%" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert ax.get_xlim()[1] > 5.0
 
 
 def test_method_panels_label_the_input_and_units(tmp_path, captured):
