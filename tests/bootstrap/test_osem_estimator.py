@@ -87,12 +87,11 @@ def test_cli_bootstrap_with_the_osem_estimator(tmp_path) -> None:
 
 
 def test_pipeline_names_the_osem_estimate_in_the_figure_and_title(tmp_path) -> None:
+    from petuq_sirf.cli.main import main
     from petuq_sirf.io.acquisition_folder import load_acquisition
     from petuq_sirf.pipelines.bootstrap import bootstrap_acquisition
 
     acq = tmp_path / "acq"
-    from petuq_sirf.cli.main import main
-
     assert main(["simulate", "--phantom", "nema", "--counts", "3e4", "--listmode", "--out", str(acq)]) == 0
     config = BootstrapConfig(num_replicates=2, estimator="osem", num_iterations=2, num_subsets=4)
     run = bootstrap_acquisition(load_acquisition(acq), config, tmp_path / "boot")
