@@ -149,7 +149,9 @@ def test_sirf_torch_bridge_gives_our_values_and_gradients(sirf_impl, layout_3d, 
         return
     pytest.importorskip("sirf.torch")
     # sirf.torch reads arrays through sirf.pysirf; a SIRF build whose pysirf does not load falls back to ours
-    pytest.importorskip("sirf.pysirf", reason="this SIRF's sirf.pysirf does not load (see docs/sirf_stir.md)")
+    pytest.importorskip(
+        "sirf.pysirf", reason="this SIRF's sirf.pysirf does not load (see docs/sirf_stir.md)", exc_type=ImportError
+    )
     assert auto.autograd == "sirf.torch"
     x = smooth_image(image, seed=10, batch=2)
     w = torch.rand(2, *layout_3d.shape, generator=g)
