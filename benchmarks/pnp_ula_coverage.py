@@ -583,11 +583,14 @@ def main() -> None:
         )
         acc = Accumulator()
         diag = []
+
+        def family_report(rows: dict, fwhm=fwhm, rdp=rdp, diag=diag) -> dict:
+            return {"postfilter_fwhm_mm": fwhm, "map_rdp": rdp, "methods": rows, "ula_diagnostics": _diag(diag)}
+
         for pi, ph in enumerate(test):
             for r in range(args.realisations):
-                sim = simulate(
-                    ph, layout, SimulationConfig(seed=1000 * (pi + args.start) + r, listmode=True, **sim_cfg)
-                )
+                data_seed = 1000 * (pi + args.start) + r  # the noise realisation (and its OSEM-bootstrap weights)
+                sim = simulate(ph, layout, SimulationConfig(seed=data_seed, listmode=True, **sim_cfg))
                 model = sim.acquisition_model()
                 y, truth = sim.prompts, sim.truth
                 obj, les = object_and_lesions(ph, truth)
@@ -650,18 +653,13 @@ def main() -> None:
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
                 if "osem-bootstrap" in methods:
                     t0 = time.process_time()
-                    _, reps_np = bootstrap(sim, replace(osem_cfg, seed=1000 * (pi + args.start) + r))
+                    _, reps_np = bootstrap(sim, replace(osem_cfg, seed=data_seed))
                     reps_t = torch.from_numpy(reps_np).float()
                     name = f"OSEM bootstrap ({args.osem_bootstrap_iterations} it, no filter)"
                     acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0)
                     acc.add_rois(name, reps_t, truth, ph, image.voxel_size_mm)
                 _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
-                report[family] = {
-                    "postfilter_fwhm_mm": fwhm,
-                    "map_rdp": rdp,
-                    "methods": partial,
-                    "ula_diagnostics": _diag(diag),
-                }
+                report[family] = family_report(partial)
                 out_dir = Path(args.out)
                 out_dir.mkdir(parents=True, exist_ok=True)
                 (out_dir / "pnp_ula_coverage.json").write_text(json.dumps(report, indent=2))
@@ -675,12 +673,7 @@ def main() -> None:
         table, rows = acc.table()
         print(f"\n### {family}: {len(test)} test phantoms x {args.realisations} realisations, {args.counts:g} counts\n")
         print(table)
-        report[family] = {
-            "postfilter_fwhm_mm": fwhm,
-            "map_rdp": rdp,
-            "methods": rows,
-            "ula_diagnostics": _diag(diag),
-        }
+        report[family] = family_report(rows)
         print(f"PnP-ULA diagnostics (medians over data sets): {report[family]['ula_diagnostics']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -40,10 +40,15 @@ def petuq(*argv: str) -> None:
         raise SystemExit(f"roi_calibration_cli: 'petuq {' '.join(argv)}' failed (status {status})")
 
 
+def run_dirs(work: Path, family: str, split: str, index: int) -> tuple[Path, Path]:
+    """The acquisition and bootstrap folders of phantom ``index`` of ``family``/``split``."""
+    name = f"{family}_{split}_{index}"
+    return work / "acq" / name, work / "boot" / name
+
+
 def acquire_and_bootstrap(work: Path, family: str, split: str, index: int, args, extra: list[str]) -> Path:
     """Simulate phantom ``index`` of ``family``/``split`` and bootstrap it; returns the bootstrap folder."""
-    name = f"{family}_{split}_{index}"
-    acq, boot = work / "acq" / name, work / "boot" / name
+    acq, boot = run_dirs(work, family, split, index)
     if not (acq / "acquisition.json").is_file():
         seed = (0 if split == "calibration" else 500_000) + index
         petuq(
@@ -78,9 +83,6 @@ def acquire_and_bootstrap(work: Path, family: str, split: str, index: int, args,
 
 
 def summarise(test_runs: list[Path], level: float) -> dict:
-    from petuq_sirf.pipelines.roi_calibration import DEFAULT_SIZE_EDGES_MM
-    from petuq_sirf.uq.roi import size_group
-
     rows = []
     for folder in test_runs:
         m = json.loads((folder / "metrics.json").read_text())
@@ -90,7 +92,7 @@ def summarise(test_runs: list[Path], level: float) -> dict:
             t = post["truth"]
             rows.append(
                 {
-                    "group": size_group(post["equivalent_diameter_mm"], DEFAULT_SIZE_EDGES_MM),
+                    "group": entry["group"],
                     "raw": bool(lo <= t <= hi),
                     "calibrated": bool(entry["inside"]),
                     "width": (entry["interval"][1] - entry["interval"][0]) / t,
@@ -129,6 +131,8 @@ def main() -> None:
     p.add_argument("--first", type=int, default=0, help="with --part: first phantom of this process (to split)")
     p.add_argument("--count", type=int, default=None, help="with --part: phantoms of this process")
     args = p.parse_args()
+    from petuq_sirf.pipelines.roi_calibration import load_roi_calibration
+
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.process_time()
@@ -137,17 +141,16 @@ def main() -> None:
         sel = range(args.first, total if args.count is None else min(total, args.first + args.count))
         return [start + i for i in sel] if args.part != "all" else [start + i for i in range(total)]
 
-    cal_runs = []
     if args.part in ("all", "calibration"):
         for k in indices(args.calibration_start, args.calibration):
-            cal_runs.append(acquire_and_bootstrap(work, args.calibration_family, "calibration", k, args, []))
+            acquire_and_bootstrap(work, args.calibration_family, "calibration", k, args, [])
             print(f"calibration {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
         if args.part == "calibration":
             return
     rc = work / "roi_calibration"
     if not (rc / "roi_calibration.json").is_file():
         cal_runs = [
-            work / "boot" / f"{args.calibration_family}_calibration_{args.calibration_start + i}"
+            run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1]
             for i in range(args.calibration)
         ]
         petuq("calibrate-roi", *map(str, cal_runs), "--out", str(rc))
@@ -158,7 +161,7 @@ def main() -> None:
         print(f"test {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
     if args.part == "test" and args.count is not None:
         return
-    calibration = json.loads((rc / "roi_calibration.json").read_text())
+    calibration = load_roi_calibration(rc)
     result = {
         "settings": vars(args),
         "calibration_rois": calibration["calibration_rois"],

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 
 from petuq_sirf.bootstrap.aggregate import BootstrapSummary
-from petuq_sirf.bootstrap.replicate import BootstrapConfig, BootstrapProblem
+from petuq_sirf.bootstrap.replicate import BootstrapConfig, BootstrapProblem, full_data_estimate
 from petuq_sirf.bootstrap.store import atomic_save_npy
-from petuq_sirf.recon import map_rdp, osem
 
 _BIAS_STREAM = 0xB1A5
 
@@ -63,11 +62,7 @@ def parametric_draw(problem: BootstrapProblem, config: BootstrapConfig, index: i
     with torch.no_grad():
         ybar = model.forward(problem.x0.to(model.device)).cpu().double().numpy()
         y_star = torch.from_numpy(rng.poisson(ybar).astype(np.float32)).to(model.device)
-        if config.estimator == "osem":
-            image = osem(model, y_star, config.num_iterations, config.num_subsets).image
-        else:
-            init = osem(model, y_star, 2, 8).image  # as BootstrapProblem.prepare
-            image = map_rdp(model, y_star, problem.prior, config.full_data_iterations, x0=init).image
+        image = full_data_estimate(model, y_star, problem.prior, config)  # as BootstrapProblem.prepare
     out = image.detach().cpu().numpy().astype(np.float32)
     if not np.isfinite(out).all():
         raise FloatingPointError(f"parametric bias draw {index} produced a non-finite image")

@@ -97,6 +97,38 @@ class BootstrapConfig:
                 d.pop(key)
         return d
 
+    def describe(self) -> str:
+        """What each replicate computes, for figure titles."""
+        if self.estimator == "osem":
+            return f"OSEM {self.num_iterations} it x {self.num_subsets} subsets per replicate, no filter"
+        return (
+            f"MAP-RDP {self.num_iterations} it per replicate ({self.full_data_iterations} full data), "
+            f"\u03b2 strength {self.prior_strength:g}, penalty CV {self.prior_cv:g}"
+        )
+
+    def full_data_label(self) -> str:
+        """The name of the full-data estimate, for figure panels."""
+        if self.estimator == "osem":
+            return f"full-data OSEM ({self.num_iterations} it x {self.num_subsets})"
+        return f"full-data MAP ({self.full_data_iterations} it)"
+
+
+def full_data_estimate(
+    model: AcquisitionModel,
+    y: torch.Tensor,
+    prior: RelativeDifferencePrior,
+    config: BootstrapConfig,
+    init: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """The estimator of ``config`` on prompts ``y``: OSEM from a uniform image (``estimator="osem"``), or
+    ``full_data_iterations`` MAP-RDP iterations from ``init`` (default: 2 OSEM passes x 8 subsets)."""
+    if config.estimator == "osem":
+        return osem(model, y, config.num_iterations, config.num_subsets, progress=progress).image
+    if init is None:
+        init = osem(model, y, 2, 8).image
+    return map_rdp(model, y, prior, config.full_data_iterations, x0=init, progress=progress).image
+
 
 @dataclass
 class ReplicateResult:
@@ -214,10 +246,7 @@ class BootstrapProblem:
                 raise ValueError(f"full-data image has shape {tuple(x0.shape)}, expected {self.image.shape}")
             self.x0 = x0
             return
-        if config.estimator == "osem":
-            self.x0 = osem(model, y, config.num_iterations, config.num_subsets, progress=progress).image
-            return
-        self.x0 = map_rdp(model, y, self.prior, config.full_data_iterations, x0=init, progress=progress).image
+        self.x0 = full_data_estimate(model, y, self.prior, config, init=init, progress=progress)
 
 
 def replicate_draws(problem: BootstrapProblem, config: BootstrapConfig, index: int) -> tuple[np.ndarray, float]:

@@ -101,7 +101,7 @@ def bootstrap_acquisition(
     if roi_calibration is not None:
         from petuq_sirf.pipelines.roi_calibration import check_settings
 
-        check_settings(roi_calibration, {**config.replicate_settings(), "num_replicates": config.num_replicates})
+        check_settings(roi_calibration, config.replicate_settings())
         if round(float(roi_calibration["level"]), 4) != round(level, 4):
             raise ValueError(f"the ROI calibration is for level {roi_calibration['level']:g}: use --level to match")
     if not 0 < level < 1:
@@ -179,17 +179,7 @@ def bootstrap_acquisition(
     if roi_calibration is not None:
         from petuq_sirf.pipelines.roi_calibration import apply_roi_calibration
 
-        rois = apply_roi_calibration(metrics, roi_calibration)
-        block = {
-            "level": roi_calibration["level"],
-            "calibration_rois": roi_calibration["calibration_rois"],
-            "size_edges_mm": roi_calibration["size_edges_mm"],
-            "roi": rois,
-        }
-        inside = [r["inside"] for r in rois.values() if "inside" in r]
-        if inside:
-            block["coverage"] = float(np.mean(inside))
-        metrics["roi_conformal"] = block
+        metrics["roi_conformal"] = apply_roi_calibration(metrics, roi_calibration)
     mask = body_mask(acq)
     if truth is not None:
         t = torch.from_numpy(truth)
@@ -233,12 +223,8 @@ def bootstrap_acquisition(
                 levels=DEFAULT_LEVELS,
             )
         metrics["bias_corrected"] = block
-    if config.estimator == "osem":
-        full_data_label = f"full-data OSEM ({config.num_iterations} it x {config.num_subsets})"
-    else:
-        full_data_label = f"full-data MAP ({config.full_data_iterations} it)"
     fig_images = {
-        full_data_label: images["full_data_map"],
+        config.full_data_label(): images["full_data_map"],
         "posterior mean": summary.mean,
         "posterior std": summary.std,
     }
@@ -248,14 +234,7 @@ def bootstrap_acquisition(
     if truth is not None:
         fig_images = {"truth": truth, **fig_images}
     weights = "Exp(1)" if config.weights == "exp" else "Poisson(1)"
-    if config.estimator == "osem":
-        how = f"OSEM {config.num_iterations} it x {config.num_subsets} subsets per replicate, no filter"
-    else:
-        how = (
-            f"MAP-RDP {config.num_iterations} it per replicate ({config.full_data_iterations} full data), "
-            f"\u03b2 strength {config.prior_strength:g}, penalty CV {config.prior_cv:g}"
-        )
-    title = f"posterior bootstrap, B = {summary.count}, {weights} weights; {how}"
+    title = f"posterior bootstrap, B = {summary.count}, {weights} weights; {config.describe()}"
     return BootstrapRun(images, metrics, fig_images, summary.roi, level, title, acq)
 
 

@@ -41,6 +41,11 @@ def _settings(config: Mapping) -> dict:
     return {k: v for k, v in config.items() if k not in _FREE_SETTINGS}
 
 
+def _differing(a: Mapping, b: Mapping) -> str:
+    """The keys whose values differ between two settings dicts, as a comma list."""
+    return ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
+
+
 def _interval_key(level: float) -> str:
     return f"interval_{level:.2f}"
 
@@ -96,8 +101,9 @@ def fit_roi_calibration(
         raise ValueError("the first run has no bootstrap settings ('config'): is it a 'petuq bootstrap' output?")
     for i, c in enumerate(configs[1:], 1):
         if c != configs[0]:
-            diff = sorted(k for k in set(c) | set(configs[0]) if c.get(k) != configs[0].get(k))
-            raise ValueError(f"calibration run {i} has other bootstrap settings than run 0 ({', '.join(diff)})")
+            raise ValueError(
+                f"calibration run {i} has other bootstrap settings than run 0 ({_differing(c, configs[0])})"
+            )
     rows = [row for r in runs for row in roi_rows(r, level, prefix)]
     if not rows:
         raise ValueError(f"the calibration runs have no ROIs named {prefix}* with a known truth")
@@ -128,8 +134,10 @@ def fit_roi_calibration(
 
 
 def apply_roi_calibration(metrics: Mapping, calibration: Mapping) -> dict:
-    """ROI-conformal intervals for the ROIs of one bootstrap run: ``{name: {"interval", "factor", "group",
-    "inside" (with a known truth)}}``; refuses a run whose bootstrap settings differ from the calibration's."""
+    """ROI-conformal intervals for the ROIs of one bootstrap run, as its ``metrics["roi_conformal"]`` block:
+    ``level``, ``calibration_rois``, ``size_edges_mm``, ``roi: {name: {"interval", "factor", "group", "inside"
+    (with a known truth)}}`` and, with a known truth, ``coverage``. Refuses a run whose bootstrap settings
+    differ from the calibration's."""
     check_settings(calibration, metrics.get("config") or {})
     level = float(calibration["level"])
     rc = RoiConformal.from_dict(calibration["conformal"])
@@ -142,7 +150,16 @@ def apply_roi_calibration(metrics: Mapping, calibration: Mapping) -> dict:
         if row["truth"] is not None:
             entry["inside"] = bool(lo <= row["truth"] <= hi)
         out[row["name"]] = entry
-    return out
+    block = {
+        "level": level,
+        "calibration_rois": calibration["calibration_rois"],
+        "size_edges_mm": calibration["size_edges_mm"],
+        "roi": out,
+    }
+    inside = [r["inside"] for r in out.values() if "inside" in r]
+    if inside:
+        block["coverage"] = sum(inside) / len(inside)
+    return block
 
 
 def check_settings(calibration: Mapping, config: Mapping) -> None:
@@ -151,9 +168,8 @@ def check_settings(calibration: Mapping, config: Mapping) -> None:
     check_calibration(calibration)
     mine, theirs = _settings(config), calibration["bootstrap_settings"]
     if mine != theirs:
-        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         raise ValueError(
-            f"the ROI calibration was fitted with other bootstrap settings ({', '.join(diff)}): "
+            f"the ROI calibration was fitted with other bootstrap settings ({_differing(mine, theirs)}): "
             "run 'petuq bootstrap' with the calibration's settings or fit a calibration for these"
         )
 

@@ -46,8 +46,10 @@ def test_fit_and_apply_cover_exchangeable_biased_lesions(tmp_path) -> None:
     assert set(q) == {"<15mm", ">=15mm"} and q[">=15mm"] > q["<15mm"] > 1  # narrower raw intervals need more
     hits = raw = n = 0
     for metrics in _runs(100, rng, seed0=1000):
-        out = apply_roi_calibration(metrics, cal)
+        block = apply_roi_calibration(metrics, cal)
+        out = block["roi"]
         assert set(out) == {f"lesion_{i}" for i in range(4)}
+        assert block["coverage"] == sum(e["inside"] for e in out.values()) / 4
         for name, entry in out.items():
             post = metrics["roi"][name]
             lo, hi = entry["interval"]
