@@ -152,9 +152,6 @@ class Accumulator:
                     "upper": float(hi),
                     "centre": centre,
                     "std": float(roi_samples.std()),
-                    "covered": bool(float(lo) <= t_roi <= float(hi)),
-                    "rel_bias": centre / t_roi - 1.0,
-                    "rel_width": float(hi - lo) / t_roi,
                 }
             )
 
@@ -232,12 +229,20 @@ def roi_size_group(roi: dict) -> str:
     return size_group(roi["equivalent_diameter_mm"], ROI_SIZE_EDGES_MM)
 
 
+def roi_centre(roi: dict) -> float:
+    """The samples' mean of an ROI row; rows written before it was stored (the JSON of 2026-12-07) give it
+    as ``truth (1 + rel_bias)``."""
+    return roi["centre"] if "centre" in roi else roi["truth"] * (1.0 + roi["rel_bias"])
+
+
 def roi_summary(rois: list[dict]) -> dict:
-    """Pooled lesion ROI coverage, per size group (equivalent diameter) and hot / cold."""
+    """Pooled lesion ROI coverage, per size group (equivalent diameter) and hot / cold, with the median bias
+    and width relative to the true mean (all derived from the rows' ``truth``, ``lower``, ``upper``, centre)."""
 
     def cov(rows: list[dict]) -> dict:
         n = len(rows)
-        return {"count": n, "coverage": float(np.mean([x["covered"] for x in rows])) if n else float("nan")}
+        hits = [x["lower"] <= x["truth"] <= x["upper"] for x in rows]
+        return {"count": n, "coverage": float(np.mean(hits)) if n else float("nan")}
 
     groups = {g: [x for x in rois if roi_size_group(x) == g] for g in roi_size_groups()}
     groups["hot"] = [x for x in rois if x["contrast"] > 1]
@@ -246,8 +251,8 @@ def roi_summary(rois: list[dict]) -> dict:
         "level": ROI_LEVEL,
         **cov(rois),
         "groups": {k: cov(v) for k, v in groups.items()},
-        "median_rel_bias": float(np.median([x["rel_bias"] for x in rois])),
-        "median_rel_width": float(np.median([x["rel_width"] for x in rois])),
+        "median_rel_bias": float(np.median([roi_centre(x) / x["truth"] - 1.0 for x in rois])),
+        "median_rel_width": float(np.median([(x["upper"] - x["lower"]) / x["truth"] for x in rois])),
     }
 
 
@@ -292,13 +297,10 @@ def _raw_from_summary(d: dict, rep: dict, family: str) -> dict:
 
 
 def _roi_arrays(rois: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Truth, centre (samples' mean), spread (half the sample interval) and size group of ROI rows.
-
-    Rows written before the centre was stored (the JSON of 2026-12-07) give it as ``truth (1 + rel_bias)``.
-    """
+    """Truth, centre (samples' mean, :func:`roi_centre`), spread (half the sample interval) and size group of
+    ROI rows."""
     t = torch.tensor([x["truth"] for x in rois], dtype=torch.float64)
-    c = [x["centre"] if "centre" in x else x["truth"] * (1.0 + x["rel_bias"]) for x in rois]
-    c = torch.tensor(c, dtype=torch.float64)
+    c = torch.tensor([roi_centre(x) for x in rois], dtype=torch.float64)
     s = torch.tensor([(x["upper"] - x["lower"]) / 2 for x in rois], dtype=torch.float64)
     return t, c, s, [roi_size_group(x) for x in rois]
 

@@ -118,7 +118,9 @@ def test_merge_with_roi_calibration_reads_reports_and_refuses_test_runs(tmp_path
 
 
 def test_roi_rows_store_the_centre_and_old_rows_rebuild_it() -> None:
-    from benchmarks.pnp_ula_coverage import _roi_arrays
+    import pytest
+
+    from benchmarks.pnp_ula_coverage import _roi_arrays, roi_summary
     from petuq_sirf.uq.roi import roi_mean_samples
 
     ph, image = _phantom()
@@ -135,10 +137,16 @@ def test_roi_rows_store_the_centre_and_old_rows_rebuild_it() -> None:
         assert abs(row["std"] - float(roi_samples.std())) <= 1e-6 * row["std"]
     t, c, s, _ = _roi_arrays(rows)
     assert torch.allclose(c, torch.tensor([r["centre"] for r in rows], dtype=torch.float64))
-    # a row without the centre (the JSON written before it was stored) rebuilds it from rel_bias
-    old = {k: v for k, v in rows[0].items() if k != "centre"}
-    _, c_old, _, _ = _roi_arrays([old])
-    assert abs(float(c_old[0]) - rows[0]["centre"]) <= 1e-6 * rows[0]["centre"]
+    assert not {"covered", "rel_bias", "rel_width"} & set(rows[0])  # derived, not stored
+    # rows of the JSON written before the centre was stored carry rel_bias instead: same centre, same summary
+    old_rows = [
+        {**{k: v for k, v in r.items() if k != "centre"}, "rel_bias": r["centre"] / r["truth"] - 1.0} for r in rows
+    ]
+    _, c_old, _, _ = _roi_arrays(old_rows)
+    assert torch.allclose(c_old, c, rtol=1e-9)
+    old_sum, new_sum = roi_summary(old_rows), roi_summary(rows)
+    assert old_sum["groups"] == new_sum["groups"] and old_sum["coverage"] == new_sum["coverage"]
+    assert old_sum["median_rel_bias"] == pytest.approx(new_sum["median_rel_bias"], rel=1e-9)
     # and the stored centre wins over a rel_bias that disagrees with it
     _, c_new, _, _ = _roi_arrays([{**rows[0], "rel_bias": 5.0}])
     assert float(c_new[0]) == rows[0]["centre"]
