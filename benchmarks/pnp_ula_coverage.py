@@ -61,6 +61,10 @@ RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_u
 RDP_ITERATIONS = 20
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
+Z_EDGES = np.logspace(-3.0, 3.0, 601)  # bins of the voxel |error| / std histograms (2.3 % wide)
+MIN_STD = 1e-6  # as MondrianStdScaling
+MIN_CLASS_VOXELS = 200  # voxel-realisations below which a class uses the pooled calibration
+STD_RMSE_BAND = (0.8, 1.25)
 
 
 def load_families(path: str | None = None):
@@ -113,7 +117,9 @@ class Accumulator:
             },
         )
 
-    def add(self, name, mean, std, truth, obj, les, seconds) -> None:
+    def add(self, name, mean, std, truth, obj, les, seconds, voxel_mm=None) -> None:
+        """One data set's estimate ``mean`` (and ``std``, or None); with ``voxel_mm`` also the per-voxel-class
+        statistics (:func:`class_stats`) that ``--voxel-calibration`` needs."""
         r = self._row(name)
         err = (mean - truth)[obj]
         r["nrmse"].append(float(err.norm() / truth[obj].norm()))
@@ -127,6 +133,8 @@ class Accumulator:
             r["les"][i] += float(inside[les].sum())
         r["n_obj"] += int(obj.sum())
         r["n_les"] += int(les.sum())
+        if voxel_mm is not None:
+            add_class_stats(r.setdefault("classes", {}), class_stats(mean, std, truth, obj, voxel_mm))
 
     def add_rois(self, name: str, samples: torch.Tensor, truth: torch.Tensor, phantom, voxel_mm) -> None:
         """Lesion ROI-mean intervals (central ``ROI_LEVEL``, sample quantiles) of ``samples (S, z, y, x)``."""
@@ -175,6 +183,9 @@ class Accumulator:
                     "n_obj": r["n_obj"],
                     "n_les": r["n_les"],
                     "rois": r.get("rois", []),
+                    "classes": {
+                        c: {**v, "hist": np.asarray(v["hist"]).tolist()} for c, v in r.get("classes", {}).items()
+                    },
                 },
             }
             if r.get("rois"):
@@ -215,6 +226,119 @@ class Accumulator:
                 cells += [f"{rs['median_rel_bias']:+.2f}", f"{rs['median_rel_width']:.2f}"]
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join(lines), out
+
+
+def class_stats(mean, std, truth, obj, voxel_mm) -> dict[str, dict]:
+    """Per voxel class (``uq.mondrian.voxel_classes`` of the estimate ``mean``, never of the truth) over the
+    object voxels: count ``n``, ``err2`` = sum (mean - truth)^2, ``var`` = sum std^2 and the histogram ``hist``
+    of |mean - truth| / std over ``Z_EDGES`` - enough to fit and evaluate per-class std scaling and
+    Mondrian conformal intervals on pooled data sets without keeping the images."""
+    from petuq_sirf.uq.mondrian import voxel_classes
+
+    cls = voxel_classes(mean, voxel_mm)[obj]
+    err = (mean - truth)[obj].double()
+    s = std[obj].double().clamp_min(MIN_STD)
+    z = (err.abs() / s).clamp(float(Z_EDGES[0]), float(Z_EDGES[-1])).numpy()
+    out = {}
+    for c in torch.unique(cls).tolist():
+        m = cls == c
+        out[str(c)] = {
+            "n": int(m.sum()),
+            "err2": float(err[m].pow(2).sum()),
+            "var": float(s[m].pow(2).sum()),
+            "hist": np.histogram(z[m.numpy()], Z_EDGES)[0],
+        }
+    return out
+
+
+def add_class_stats(into: dict[str, dict], stats: dict[str, dict]) -> None:
+    """Pool :func:`class_stats` ``stats`` into ``into`` (in place)."""
+    for c, v in stats.items():
+        if c not in into:
+            into[c] = {"n": 0, "err2": 0.0, "var": 0.0, "hist": np.zeros(len(Z_EDGES) - 1, dtype=np.int64)}
+        into[c]["n"] += v["n"]
+        into[c]["err2"] += v["err2"]
+        into[c]["var"] += v["var"]
+        into[c]["hist"] = into[c]["hist"] + np.asarray(v["hist"], dtype=np.int64)
+
+
+def hist_cdf(hist, x: float) -> float:
+    """Fraction of the histogrammed |z| that are <= ``x`` (log-linear inside a bin)."""
+    cum = np.concatenate([[0], np.cumsum(hist)])
+    lx = math.log(min(max(x, Z_EDGES[0]), Z_EDGES[-1]))
+    return float(np.interp(lx, np.log(Z_EDGES), cum) / cum[-1])
+
+
+def hist_conformal_quantile(hist, level: float) -> float:
+    """The split-conformal quantile of the histogrammed scores: the ``ceil((n + 1) level)``-th smallest
+    (inf when there are too few scores), read log-linearly inside its bin."""
+    cum = np.concatenate([[0], np.cumsum(hist)])
+    n = int(cum[-1])
+    k = math.ceil((n + 1) * level)
+    if k > n:
+        return math.inf
+    i = int(np.searchsorted(cum, k))  # first edge index with cum >= k
+    lo, hi = cum[i - 1], cum[i]
+    frac = (k - lo) / max(hi - lo, 1)
+    return float(math.exp(math.log(Z_EDGES[i - 1]) + frac * (math.log(Z_EDGES[i]) - math.log(Z_EDGES[i - 1]))))
+
+
+def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> dict:
+    """Per-class voxel calibration fitted on pooled calibration class statistics, evaluated on test ones.
+
+    Variants: ``raw`` (``mean +/- z std``); ``global std scaling`` (one factor, sqrt(sum err^2 / sum std^2));
+    ``Mondrian std scaling`` (that factor per voxel class, ``uq.std_scaling.MondrianStdScaling``);
+    ``Mondrian conformal`` (per class and level the split-conformal quantile of |err| / std). Classes with
+    fewer than ``MIN_CLASS_VOXELS`` calibration voxel-realisations use the pooled factor / quantile. Per
+    variant: object coverage at ``LEVELS`` and its calibration error, the lowest per-class coverage at 0.90,
+    and std/RMSE per class on the test voxels (RMS of the scaled std over RMS error, bias included; for the
+    conformal variant the std implied by the 90 % quantile) - range and the fraction of object voxels whose
+    class lies in ``STD_RMSE_BAND``."""
+    from petuq_sirf.uq.std_scaling import MondrianStdScaling
+
+    if not calibration or not test:
+        raise ValueError("voxel calibration needs calibration and test class statistics")
+    scaler = MondrianStdScaling(min_class_size=MIN_CLASS_VOXELS, min_std=MIN_STD).fit_sums(
+        {c: v["err2"] for c, v in calibration.items()},
+        {c: v["var"] for c, v in calibration.items()},
+        {c: v["n"] for c, v in calibration.items()},
+    )
+    pooled = np.sum([np.asarray(v["hist"]) for v in calibration.values()], axis=0)
+
+    def conformal_q(c: str, level: float) -> float:
+        v = calibration.get(c)
+        hist = v["hist"] if v is not None and v["n"] >= MIN_CLASS_VOXELS else pooled
+        return hist_conformal_quantile(hist, level)
+
+    z90 = z_value(0.9)
+    half_width = {  # variant -> (class, level) -> interval half-width in units of the class's std
+        "raw": lambda c, lv: z_value(lv),
+        "global std scaling": lambda c, lv: z_value(lv) * scaler.global_factor,
+        "Mondrian std scaling": lambda c, lv: z_value(lv) * scaler.factors.get(int(c), scaler.global_factor),
+        "Mondrian conformal": conformal_q,
+    }
+    n_total = sum(v["n"] for v in test.values())
+    out: dict = {
+        "calibration_voxels": sum(v["n"] for v in calibration.values()),
+        "test_voxels": n_total,
+        "std_scaling": scaler.to_dict(),
+        "variants": {},
+    }
+    for variant, hw in half_width.items():
+        cov = [sum(v["n"] * hist_cdf(v["hist"], hw(c, lv)) for c, v in test.items()) / n_total for lv in LEVELS]
+        big = {c: v for c, v in test.items() if v["n"] >= MIN_CLASS_VOXELS}
+        ratios = {c: hw(c, 0.9) / z90 * math.sqrt(v["var"] / max(v["err2"], 1e-300)) for c, v in big.items()}
+        in_band = sum(big[c]["n"] for c, r in ratios.items() if STD_RMSE_BAND[0] <= r <= STD_RMSE_BAND[1])
+        scaled_var = sum((hw(c, 0.9) / z90) ** 2 * v["var"] for c, v in test.items())
+        out["variants"][variant] = {
+            "coverage": {f"{lv:.2f}": c for lv, c in zip(LEVELS, cov)},
+            "calibration_error": float(np.mean(np.abs(np.array(cov) - np.array(LEVELS)))),
+            "min_class_coverage_0.90": min(hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()),
+            "std_over_rmse_object": math.sqrt(scaled_var / sum(v["err2"] for v in test.values())),
+            "std_over_rmse_per_class": ratios,
+            "fraction_in_band": in_band / n_total,
+        }
+    return out
 
 
 def roi_size_groups() -> list[str]:
@@ -352,9 +476,50 @@ def _report_rois(folders: list[str], method: str) -> list[dict]:
     return rows
 
 
-def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = None) -> None:
+def _report_classes(folders: list[str], method: str) -> dict[str, dict]:
+    """The pooled voxel-class statistics of ``method`` over runs with ``--split calibration``."""
+    pooled: dict[str, dict] = {}
+    for f in folders:
+        rep = json.loads((Path(f) / "pnp_ula_coverage.json").read_text())
+        if rep.get("settings", {}).get("split") != "calibration":
+            raise SystemExit(f"pnp_ula_coverage: error: --voxel-calibration {f}: not a run with --split calibration")
+        for family in _families(rep):
+            if method in rep[family]["methods"]:
+                add_class_stats(pooled, rep[family]["methods"][method].get("raw", {}).get("classes", {}))
+    return pooled
+
+
+def print_voxel_calibration(rows: dict, folders: list[str]) -> None:
+    """Fit per-class voxel calibrations on the runs in ``folders`` and print them on the merged ``rows``."""
+    print(f"\nVoxel calibration by class (classes from the estimate), calibrated on {', '.join(folders)}:\n")
+    band = f"{STD_RMSE_BAND[0]}-{STD_RMSE_BAND[1]}"
+    print(
+        "| method | variant | object 0.50 / 0.90 / 0.95 | cal. err | lowest class 0.90 | std/RMSE object | "
+        f"std/RMSE per class min-max | voxels in {band} |"
+    )
+    print("|" + "---|" * 8)
+    for name, d in rows.items():
+        cal, test = _report_classes(folders, name), d["raw"].get("classes", {})
+        if not cal or not test:
+            continue
+        vc = voxel_calibration(cal, test)
+        d["voxel_calibration"] = vc
+        for variant, v in vc["variants"].items():
+            c = v["coverage"]
+            ratios = list(v["std_over_rmse_per_class"].values())
+            print(
+                f"| {name} | {variant} | {c['0.50']:.3f} / {c['0.90']:.3f} / {c['0.95']:.3f} | "
+                f"{v['calibration_error']:.3f} | {v['min_class_coverage_0.90']:.3f} | {v['std_over_rmse_object']:.2f} | "
+                f"{min(ratios):.2f}-{max(ratios):.2f} | {v['fraction_in_band']:.2f} |"
+            )
+
+
+def merge(
+    folders: list[str], out: Path, roi_calibration: list[str] | None = None, voxel_calibration: list[str] | None = None
+) -> None:
     """Pool the raw counts of split runs (same settings) and print the tables; with ``roi_calibration``
-    (folders of runs on calibration phantoms) also the ROI-conformal lesion intervals."""
+    (folders of runs on calibration phantoms) also the ROI-conformal lesion intervals, with
+    ``voxel_calibration`` the per-class voxel calibrations (:func:`voxel_calibration`)."""
     reports = [json.loads((Path(f) / "pnp_ula_coverage.json").read_text()) for f in folders]
     merged: dict = {"source": reports[0]["source"], "merged_from": folders}
     families = _families(reports[0])
@@ -379,6 +544,8 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
                 r["n_les"] += raw["n_les"]
                 if raw.get("rois"):
                     r.setdefault("rois", []).extend(raw["rois"])
+                if raw.get("classes"):
+                    add_class_stats(r.setdefault("classes", {}), raw["classes"])
         table, rows = acc.table()
         n = max(len(r["nrmse"]) for r in acc.rows.values())
         print(f"\n### {family}: {n} data sets (merged from {len(folders)} runs); post-filter FWHM {sorted(fwhm)} mm\n")
@@ -421,6 +588,8 @@ def merge(folders: list[str], out: Path, roi_calibration: list[str] | None = Non
                     + " | ".join(g_cells)
                     + f" | {rc['median_rel_width']:.2f} |"
                 )
+        if voxel_calibration:
+            print_voxel_calibration(rows, voxel_calibration)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pnp_ula_coverage.json").write_text(json.dumps(merged, indent=2))
     print(f"\nmerged JSON written to {out / 'pnp_ula_coverage.json'}")
@@ -472,6 +641,13 @@ def main() -> None:
         "lesions and reports their coverage on the merged runs",
     )
     p.add_argument(
+        "--voxel-calibration",
+        nargs="+",
+        default=None,
+        help="with --merge: folders of runs with --split calibration; fits per-voxel-class std scaling and Mondrian "
+        "conformal intervals on their voxels and reports them on the merged runs",
+    )
+    p.add_argument(
         "--split",
         choices=("test", "calibration"),
         default="test",
@@ -504,7 +680,7 @@ def main() -> None:
     elif not methods or methods - set(METHODS):
         raise SystemExit(f"pnp_ula_coverage: error: --methods: choose from {', '.join(METHODS)}, got {args.methods!r}")
     if args.merge:
-        merge(args.merge, Path(args.out), args.roi_calibration)
+        merge(args.merge, Path(args.out), args.roi_calibration, args.voxel_calibration)
         return
 
     from petuq_sirf.bootstrap import BootstrapConfig, BootstrapProblem, run_replicate
@@ -520,6 +696,7 @@ def main() -> None:
 
     layout = SinogramLayout(get_scanner("test-2d"))
     image = ImageGeometry.for_layout(layout)
+    vox = image.voxel_size_mm
     try:
         net, posterior, net_info = load_weights("pnp-admm", args.weights)
     except (FileNotFoundError, ValueError) as exc:
@@ -622,12 +799,15 @@ def main() -> None:
                         obj,
                         les,
                         time.process_time() - t0,
+                        image.voxel_size_mm,
                     )
                 if "ula" in methods:
                     t0 = time.process_time()
                     support = body_support(sim.mu_per_cm) if args.ula_support else None
                     ula = pnp_ula(model, y, net, PnPULAConfig(**{**vars(ula_cfg), "seed": r}), support=support)
-                    acc.add("PnP-ULA", ula.summary.mean, ula.summary.std, truth, obj, les, time.process_time() - t0)
+                    acc.add(
+                        "PnP-ULA", ula.summary.mean, ula.summary.std, truth, obj, les, time.process_time() - t0, vox
+                    )
                     acc.add_rois("PnP-ULA", ula.summary.samples, truth, ph, image.voxel_size_mm)
                     diag.append(ula.settings["diagnostics"])
                 if "bootstrap" in methods:
@@ -636,7 +816,7 @@ def main() -> None:
                     b_mean = torch.from_numpy(reps.mean(0))
                     b_std = torch.from_numpy(reps.std(0, ddof=1))
                     t_boot = time.process_time() - t0
-                    acc.add("posterior bootstrap", b_mean, b_std, truth, obj, les, t_boot)
+                    acc.add("posterior bootstrap", b_mean, b_std, truth, obj, les, t_boot, vox)
                     acc.add_rois("posterior bootstrap", torch.from_numpy(reps).float(), truth, ph, image.voxel_size_mm)
                     t0 = time.process_time()
                     est = estimate_bias(problem, boot_cfg, args.bias_draws)
@@ -650,6 +830,7 @@ def main() -> None:
                         obj,
                         les,
                         t_boot + time.process_time() - t0,
+                        vox,
                     )
                     shifted = torch.from_numpy(np.maximum(reps - est.bias, 0)).float()
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
@@ -658,7 +839,7 @@ def main() -> None:
                     _, reps_np = bootstrap(sim, replace(osem_cfg, seed=data_seed))
                     reps_t = torch.from_numpy(reps_np).float()
                     name = f"OSEM bootstrap ({args.osem_bootstrap_iterations} it, no filter)"
-                    acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0)
+                    acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
                     acc.add_rois(name, reps_t, truth, ph, image.voxel_size_mm)
                 _, partial = acc.table()  # written after every data set: an interrupted run keeps its results
                 report[family] = family_report(partial)

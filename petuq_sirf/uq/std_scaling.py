@@ -81,12 +81,32 @@ class MondrianStdScaling:
         err2 = ((t - mean.double()) ** 2)[keep.to(mean.device)].cpu()
         var = (std.double().clamp_min(self.min_std) ** 2)[keep.to(std.device)].cpu()
         cls = classes.cpu()[keep]
-        self.global_factor = math.sqrt(float(err2.sum()) / float(var.sum()))
-        self.class_counts = {int(c): int((cls == c).sum()) for c in torch.unique(cls)}
+        labels = [int(c) for c in torch.unique(cls)]
+        return self.fit_sums(
+            {c: float(err2[cls == c].sum()) for c in labels},
+            {c: float(var[cls == c].sum()) for c in labels},
+            {c: int((cls == c).sum()) for c in labels},
+        )
+
+    def fit_sums(
+        self, error_sq_sum: Mapping[int, float], var_sum: Mapping[int, float], counts: Mapping[int, int]
+    ) -> MondrianStdScaling:
+        """Fit from per-class sums over calibration voxels: ``sum (truth - mean)^2``, ``sum std^2`` (std already
+        clamped to ``min_std``) and the voxel count, each keyed by class (what a benchmark can pool over many
+        data sets without keeping the images)."""
+        if set(error_sq_sum) != set(var_sum) or set(var_sum) != set(counts):
+            raise ValueError("error_sq_sum, var_sum and counts must have the same classes")
+        if not counts or sum(counts.values()) == 0:
+            raise ValueError("no calibration voxels")
+        total_var = sum(var_sum.values())
+        if not total_var > 0:
+            raise ValueError("the summed calibration variance must be > 0")
+        self.global_factor = math.sqrt(sum(error_sq_sum.values()) / total_var)
+        self.class_counts = {int(c): int(n) for c, n in counts.items()}
         self.factors = {
-            c: math.sqrt(float(err2[cls == c].sum()) / float(var[cls == c].sum()))
-            for c, n in self.class_counts.items()
-            if n >= self.min_class_size
+            int(c): math.sqrt(error_sq_sum[c] / var_sum[c])
+            for c, n in counts.items()
+            if n >= self.min_class_size and var_sum[c] > 0
         }
         return self
 

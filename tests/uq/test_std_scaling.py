@@ -97,3 +97,25 @@ def test_bad_input_is_refused_in_one_line(data):
         MondrianStdScaling().fit(tc, cc, mean=mc, std=sc, mask=torch.zeros_like(cc, dtype=torch.bool))
     with pytest.raises(ValueError, match="level"):
         MondrianStdScaling().fit(tc, cc, mean=mc, std=sc).interval(cc, 1.5, mean=mc, std=sc)
+
+
+def test_fit_from_class_sums_equals_the_fit_on_voxels(data):
+    (tc, mc, sc), _ = data
+    cc = voxel_classes(mc, IMAGE.voxel_size_mm)
+    direct = MondrianStdScaling(min_class_size=100).fit(tc, cc, mean=mc, std=sc)
+    err2 = (tc - mc).double() ** 2
+    var = sc.double() ** 2
+    labels = torch.unique(cc).tolist()
+    sums = MondrianStdScaling(min_class_size=100).fit_sums(
+        {c: float(err2[cc == c].sum()) for c in labels},
+        {c: float(var[cc == c].sum()) for c in labels},
+        {c: int((cc == c).sum()) for c in labels},
+    )
+    assert sums.factors.keys() == direct.factors.keys() and len(sums.factors) >= 4
+    for c, f in direct.factors.items():
+        assert sums.factors[c] == pytest.approx(f, rel=1e-6)
+    assert sums.global_factor == pytest.approx(direct.global_factor, rel=1e-6)
+    with pytest.raises(ValueError, match="same classes"):
+        MondrianStdScaling().fit_sums({0: 1.0}, {1: 1.0}, {0: 5})
+    with pytest.raises(ValueError, match="no calibration voxels"):
+        MondrianStdScaling().fit_sums({}, {}, {})
