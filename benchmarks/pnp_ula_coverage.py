@@ -231,7 +231,7 @@ class Accumulator:
 def class_stats(mean, std, truth, obj, voxel_mm) -> dict[str, dict]:
     """Per voxel class (``uq.mondrian.voxel_classes`` of the estimate ``mean``, never of the truth) over the
     object voxels: count ``n``, ``err2`` = sum (mean - truth)^2, ``var`` = sum std^2 and the histogram ``hist``
-    of |mean - truth| / std over ``Z_EDGES`` - enough to fit and evaluate per-class std scaling and
+    of |mean - truth| / std over ``Z_EDGES``, and the sums of std and of the truth (for widths) - enough to fit and evaluate per-class std scaling and
     Mondrian conformal intervals on pooled data sets without keeping the images."""
     from petuq_sirf.uq.mondrian import voxel_classes
 
@@ -246,6 +246,8 @@ def class_stats(mean, std, truth, obj, voxel_mm) -> dict[str, dict]:
             "n": int(m.sum()),
             "err2": float(err[m].pow(2).sum()),
             "var": float(s[m].pow(2).sum()),
+            "std_sum": float(s[m].sum()),
+            "truth_sum": float(truth[obj][m].double().sum()),
             "hist": np.histogram(z[m.numpy()], Z_EDGES)[0],
         }
     return out
@@ -255,10 +257,10 @@ def add_class_stats(into: dict[str, dict], stats: dict[str, dict]) -> None:
     """Pool :func:`class_stats` ``stats`` into ``into`` (in place)."""
     for c, v in stats.items():
         if c not in into:
-            into[c] = {"n": 0, "err2": 0.0, "var": 0.0, "hist": np.zeros(len(Z_EDGES) - 1, dtype=np.int64)}
-        into[c]["n"] += v["n"]
-        into[c]["err2"] += v["err2"]
-        into[c]["var"] += v["var"]
+            into[c] = {"hist": np.zeros(len(Z_EDGES) - 1, dtype=np.int64)}
+        for k in ("n", "err2", "var", "std_sum", "truth_sum"):
+            if k in v:
+                into[c][k] = into[c].get(k, 0) + v[k]
         into[c]["hist"] = into[c]["hist"] + np.asarray(v["hist"], dtype=np.int64)
 
 
@@ -293,7 +295,7 @@ def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> di
     variant: object coverage at ``LEVELS`` and its calibration error, the lowest per-class coverage at 0.90,
     and std/RMSE per class on the test voxels (RMS of the scaled std over RMS error, bias included; for the
     conformal variant the std implied by the 90 % quantile) - range and the fraction of object voxels whose
-    class lies in ``STD_RMSE_BAND``."""
+    class lies in ``STD_RMSE_BAND``; the mean width of the 90 % intervals over the mean true activity."""
     from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
     if not calibration or not test:
@@ -330,13 +332,16 @@ def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> di
         ratios = {c: hw(c, 0.9) / z90 * math.sqrt(v["var"] / max(v["err2"], 1e-300)) for c, v in big.items()}
         in_band = sum(big[c]["n"] for c, r in ratios.items() if STD_RMSE_BAND[0] <= r <= STD_RMSE_BAND[1])
         scaled_var = sum((hw(c, 0.9) / z90) ** 2 * v["var"] for c, v in test.items())
+        widths = all("std_sum" in v for v in test.values())
+        width = sum(2 * hw(c, 0.9) * v["std_sum"] for c, v in test.items()) if widths else math.nan
         out["variants"][variant] = {
             "coverage": {f"{lv:.2f}": c for lv, c in zip(LEVELS, cov)},
             "calibration_error": float(np.mean(np.abs(np.array(cov) - np.array(LEVELS)))),
-            "min_class_coverage_0.90": min(hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()),
+            "min_class_coverage_0.90": min((hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()), default=math.nan),
             "std_over_rmse_object": math.sqrt(scaled_var / sum(v["err2"] for v in test.values())),
             "std_over_rmse_per_class": ratios,
             "fraction_in_band": in_band / n_total,
+            "width_0.90_over_uptake": width / sum(v["truth_sum"] for v in test.values()) if widths else None,
         }
     return out
 
@@ -495,9 +500,9 @@ def print_voxel_calibration(rows: dict, folders: list[str]) -> None:
     band = f"{STD_RMSE_BAND[0]}-{STD_RMSE_BAND[1]}"
     print(
         "| method | variant | object 0.50 / 0.90 / 0.95 | cal. err | lowest class 0.90 | std/RMSE object | "
-        f"std/RMSE per class min-max | voxels in {band} |"
+        f"std/RMSE per class min-max | voxels in {band} | width 0.90 / uptake |"
     )
-    print("|" + "---|" * 8)
+    print("|" + "---|" * 9)
     for name, d in rows.items():
         cal, test = _report_classes(folders, name), d["raw"].get("classes", {})
         if not cal or not test:
@@ -510,7 +515,10 @@ def print_voxel_calibration(rows: dict, folders: list[str]) -> None:
             print(
                 f"| {name} | {variant} | {c['0.50']:.3f} / {c['0.90']:.3f} / {c['0.95']:.3f} | "
                 f"{v['calibration_error']:.3f} | {v['min_class_coverage_0.90']:.3f} | {v['std_over_rmse_object']:.2f} | "
-                f"{min(ratios):.2f}-{max(ratios):.2f} | {v['fraction_in_band']:.2f} |"
+                + (f"{min(ratios):.2f}-{max(ratios):.2f}" if ratios else "–")
+                + f" | {v['fraction_in_band']:.2f} | "
+                + ("–" if v["width_0.90_over_uptake"] is None else f"{v['width_0.90_over_uptake']:.2f}")
+                + " |"
             )
 
 

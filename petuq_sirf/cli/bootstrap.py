@@ -100,6 +100,13 @@ def register(sub) -> None:
         "ROI-conformal intervals of the lesion ROIs to metrics.json (roi_conformal); the run's bootstrap settings "
         "must be the calibration's.",
     )
+    p.add_argument(
+        "--voxel-calibration",
+        default=None,
+        help="Voxel calibration (the output folder of 'petuq calibrate-voxels', or its voxel_calibration.json): "
+        "adds class-conformal interval images (lower/upper_<level>_calibrated), std_calibrated and voxel_class; the "
+        "run's bootstrap settings must be the calibration's.",
+    )
     p.add_argument("--bias-draws", type=int_in(1, 10_000), default=10, help="Parametric draws K of the bias estimate.")
     p.add_argument(
         "--out", required=True, help="Output folder (re-run to resume; one run at a time: a lock file guards it)."
@@ -132,6 +139,11 @@ def _run(args: argparse.Namespace) -> int:
         from petuq_sirf.pipelines.roi_calibration import load_roi_calibration
 
         roi_calibration = load_roi_calibration(args.roi_calibration)
+    voxel_calibration = None
+    if args.voxel_calibration:
+        from petuq_sirf.pipelines.voxel_calibration import load_voxel_calibration
+
+        voxel_calibration = load_voxel_calibration(args.voxel_calibration)
     acq = load_acquisition(args.input)
     result = bootstrap_acquisition(
         acq,
@@ -148,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         input_name=str(args.input),
         manifest_extra={"input": str(Path(args.input).resolve())},
         roi_calibration=roi_calibration,
+        voxel_calibration=voxel_calibration,
     )
     result.write(args.out)
     print(f"{result.metrics['replicates']} replicates ({result.metrics['new_replicates']} new) in {args.out}")

@@ -38,6 +38,7 @@ COMMAND_MODULES = [
     "demo",
     "bootstrap",
     "calibrate_roi",
+    "calibrate_voxels",
     "train_denoiser",
     "denoise",
     "evaluate_uq",

@@ -87,6 +87,7 @@ def bootstrap_acquisition(
     input_name: str | None = None,
     manifest_extra: dict | None = None,
     roi_calibration: dict | None = None,
+    voxel_calibration: dict | None = None,
 ) -> BootstrapRun:
     """Run the missing replicates of ``acq`` into ``store_dir`` (resumable) and summarise all of them.
 
@@ -97,6 +98,9 @@ def bootstrap_acquisition(
     in the metrics, ``manifest_extra`` in the store's manifest. ``roi_calibration`` (from
     :func:`petuq_sirf.pipelines.roi_calibration.load_roi_calibration`) adds ROI-conformal intervals of the
     lesion ROIs (``metrics["roi_conformal"]``); its bootstrap settings must be this run's.
+    ``voxel_calibration`` (from :func:`petuq_sirf.pipelines.voxel_calibration.load_voxel_calibration`) adds the
+    class-conformal interval images ``lower_<level>_calibrated`` / ``upper_<level>_calibrated``, the per-class
+    ``std_calibrated``, the ``voxel_class`` map and ``metrics["voxel_conformal"]``; same settings required.
     """
     if roi_calibration is not None:
         from petuq_sirf.pipelines.roi_calibration import check_settings
@@ -106,6 +110,10 @@ def bootstrap_acquisition(
             raise ValueError(f"the ROI calibration is for level {roi_calibration['level']:g}: use --level to match")
     if not 0 < level < 1:
         raise ValueError(f"--level must be in (0, 1), got {level}")
+    if voxel_calibration is not None:
+        from petuq_sirf.pipelines.voxel_calibration import check_settings as check_voxel_settings
+
+        check_voxel_settings(voxel_calibration, config.replicate_settings(), level)
     if workers < 1 or threads_per_worker < 1:
         raise ValueError("--workers and --threads-per-worker must be >= 1")
     if bias_correction not in BIAS_CORRECTIONS:
@@ -181,6 +189,10 @@ def bootstrap_acquisition(
 
         metrics["roi_conformal"] = apply_roi_calibration(metrics, roi_calibration)
     mask = body_mask(acq)
+    if voxel_calibration is not None:
+        metrics["voxel_conformal"] = _apply_voxel_calibration(
+            voxel_calibration, metrics["config"], summary.mean, summary.std, acq, level, images, mask
+        )
     if truth is not None:
         t = torch.from_numpy(truth)
         mean_t, std_t = torch.from_numpy(summary.mean), torch.from_numpy(summary.std)
@@ -229,6 +241,8 @@ def bootstrap_acquisition(
         "posterior std": summary.std,
     }
     fig_images[f"{tag} interval width"] = hi - lo
+    if voxel_calibration is not None:
+        fig_images[f"{tag} calibrated width"] = images[f"upper_{tag}_calibrated"] - images[f"lower_{tag}_calibrated"]
     if corrected is not None:
         fig_images[f"bias-corrected mean (K = {estimate.draws})"] = corrected.mean
     if truth is not None:
@@ -236,6 +250,46 @@ def bootstrap_acquisition(
     weights = "Exp(1)" if config.weights == "exp" else "Poisson(1)"
     title = f"posterior bootstrap, B = {summary.count}, {weights} weights; {config.describe()}"
     return BootstrapRun(images, metrics, fig_images, summary.roi, level, title, acq)
+
+
+def _apply_voxel_calibration(
+    calibration: dict,
+    config: dict,
+    mean: np.ndarray,
+    std: np.ndarray,
+    acq: Acquisition,
+    level: float,
+    images: dict[str, np.ndarray],
+    mask: torch.Tensor | None,
+) -> dict:
+    """Add the calibrated voxel images to ``images``; the ``metrics["voxel_conformal"]`` block (coverage, width
+    and std/RMSE of the calibrated outputs in the body when the truth is known)."""
+    from petuq_sirf.pipelines.voxel_calibration import apply_voxel_calibration
+
+    cal = apply_voxel_calibration(calibration, config, mean, std, acq.image.voxel_size_mm, level)
+    tag = f"{level:.2f}"
+    images[f"lower_{tag}_calibrated"] = cal["lower"]
+    images[f"upper_{tag}_calibrated"] = cal["upper"]
+    images["std_calibrated"] = cal["std_calibrated"]
+    images["voxel_class"] = cal["voxel_class"]
+    block: dict = {
+        "level": level,
+        "calibration_runs": len(calibration["calibration_runs"]),
+        "calibration_voxels": calibration["calibration_voxels"],
+        "method": "Mondrian split conformal of |truth - mean| / std per voxel class (uq.mondrian); "
+        "std_calibrated: per-class std factors (uq.std_scaling)",
+    }
+    if acq.truth is not None and mask is not None:
+        body = mask.numpy().astype(bool)
+        t = acq.truth.numpy()
+        inside = (t >= cal["lower"]) & (t <= cal["upper"])
+        err = mean - t
+        block["coverage"] = float(inside[body].mean())
+        block["mean_width_in_body"] = float((cal["upper"] - cal["lower"])[body].mean())
+        block["std_calibrated_over_rmse"] = float(
+            np.sqrt(np.mean(cal["std_calibrated"][body] ** 2) / max(np.mean(err[body] ** 2), 1e-300))
+        )
+    return block
 
 
 __all__ = ["BootstrapRun", "body_mask", "bootstrap_acquisition"]

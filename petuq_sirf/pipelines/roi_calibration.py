@@ -17,7 +17,6 @@ applying it to a run with other settings is refused.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.io.atomic import atomic_write_json
+from petuq_sirf.pipelines.calibration_files import check_same_settings, common_settings, read_calibration
 from petuq_sirf.uq.roi import RoiConformal, size_group
 
 FORMAT = "petuq-roi-calibration"
@@ -33,17 +33,6 @@ CALIBRATION_FILE = "roi_calibration.json"
 VERSION = 1
 DEFAULT_SIZE_EDGES_MM: tuple[float, ...] = (15.0,)
 DEFAULT_PREFIX = "lesion_"
-#: settings of a bootstrap run that do not change what its intervals mean
-_FREE_SETTINGS = ("seed", "num_replicates")
-
-
-def _settings(config: Mapping) -> dict:
-    return {k: v for k, v in config.items() if k not in _FREE_SETTINGS}
-
-
-def _differing(a: Mapping, b: Mapping) -> str:
-    """The keys whose values differ between two settings dicts, as a comma list."""
-    return ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
 
 
 def _interval_key(level: float) -> str:
@@ -96,14 +85,7 @@ def fit_roi_calibration(
         raise ValueError(f"level must be in (0, 1), got {level}")
     if not runs:
         raise ValueError("no calibration runs given")
-    configs = [_settings(r.get("config") or {}) for r in runs]
-    if not configs[0]:
-        raise ValueError("the first run has no bootstrap settings ('config'): is it a 'petuq bootstrap' output?")
-    for i, c in enumerate(configs[1:], 1):
-        if c != configs[0]:
-            raise ValueError(
-                f"calibration run {i} has other bootstrap settings than run 0 ({_differing(c, configs[0])})"
-            )
+    settings = common_settings([r.get("config") or {} for r in runs])
     rows = [row for r in runs for row in roi_rows(r, level, prefix)]
     if not rows:
         raise ValueError(f"the calibration runs have no ROIs named {prefix}* with a known truth")
@@ -126,7 +108,7 @@ def fit_roi_calibration(
         "level": level,
         "roi_prefix": prefix,
         "size_edges_mm": list(edges),
-        "bootstrap_settings": configs[0],
+        "bootstrap_settings": settings,
         "calibration_runs": list(names) if names is not None else len(runs),
         "calibration_rois": len(rows),
         "conformal": rc.to_dict(),
@@ -166,12 +148,7 @@ def check_settings(calibration: Mapping, config: Mapping) -> None:
     """One-line error unless the bootstrap settings ``config`` (a run's ``metrics["config"]``) are the
     calibration's (seed and number of replicates aside)."""
     check_calibration(calibration)
-    mine, theirs = _settings(config), calibration["bootstrap_settings"]
-    if mine != theirs:
-        raise ValueError(
-            f"the ROI calibration was fitted with other bootstrap settings ({_differing(mine, theirs)}): "
-            "run 'petuq bootstrap' with the calibration's settings or fit a calibration for these"
-        )
+    check_same_settings("ROI", calibration["bootstrap_settings"], config)
 
 
 def check_calibration(calibration: Mapping) -> None:
@@ -189,17 +166,7 @@ def save_roi_calibration(path: str | os.PathLike, calibration: Mapping) -> Path:
 
 def load_roi_calibration(path: str | os.PathLike) -> dict:
     """Read a calibration: the file, or the ``petuq calibrate-roi`` output folder holding it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CALIBRATION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"ROI calibration file not found: {path}")
-    try:
-        calibration = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from None
-    check_calibration(calibration)
-    return calibration
+    return read_calibration(path, CALIBRATION_FILE, "ROI", check_calibration)
 
 
 __all__ = [

@@ -82,5 +82,9 @@ def test_accumulator_records_class_statistics_from_the_estimate() -> None:
         assert v["err2"] == pytest.approx(v["var"], rel=1e-4)
         assert sum(v["hist"]) == v["n"]
         assert hist_cdf(v["hist"], z_value(0.5)) == 0.0 and hist_cdf(v["hist"], 1.1) == 1.0
+    raw = voxel_calibration(classes, classes)["variants"]["raw"]
+    expected = 2 * z_value(0.9) * 0.1 / float(truth[obj].mean())
+    assert raw["width_0.90_over_uptake"] == pytest.approx(expected, rel=1e-4)
+    assert raw["coverage"]["0.90"] == 1.0 and raw["coverage"]["0.50"] == 0.0
     acc.add("none", truth, None, truth, obj, obj, 0.0, image.voxel_size_mm)  # no std: no class statistics
     assert acc.table()[1]["none"]["raw"]["classes"] == {}
