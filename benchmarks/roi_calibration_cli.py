@@ -1,4 +1,5 @@
-"""Calibrated lesion ROI intervals through the user's path: ``petuq simulate`` / ``bootstrap`` / ``calibrate-roi``.
+"""Calibrated lesion ROI intervals and voxel maps through the user's path: ``petuq simulate`` / ``bootstrap`` /
+``calibrate-roi`` / ``calibrate-voxels``.
 
 The protocol of ``benchmarks/pnp_ula_coverage.py --methods osem-bootstrap`` (split-conformal lesion ROI
 intervals of the OSEM bootstrap, factors from one family, tested on another), run as a user would: every
@@ -8,11 +9,12 @@ and bootstrap run a folder under ``--work``.
 1. ``--calibration`` phantoms ``family:<--calibration-family>:calibration:<k>`` (k from
    ``--calibration-start``), one noise realisation each: ``petuq simulate`` then ``petuq bootstrap
    --estimator osem``;
-2. ``petuq calibrate-roi`` over those runs;
+2. ``petuq calibrate-roi`` and ``petuq calibrate-voxels`` over those runs;
 3. ``--test`` phantoms ``family:<--test-family>:test:<k>``: ``petuq simulate`` then ``petuq bootstrap
-   --estimator osem --roi-calibration``;
+   --estimator osem --roi-calibration --voxel-calibration``;
 4. the coverage of the calibrated (and raw) 90 % lesion intervals pooled over the test lesions, per size
-   group, with median widths; printed and written to ``--work/roi_calibration_cli.json``.
+   group, with median widths, and of the class-calibrated 90 % voxel intervals pooled over the test
+   phantoms' body voxels; printed and written to ``--work/roi_calibration_cli.json``.
 
 Resumable: a step whose output exists is skipped (the bootstrap itself resumes inside its store). The
 default phantom indices (100 on) are disjoint from those of ``pnp_ula_coverage.py`` (2-31 calibration,
@@ -46,6 +48,14 @@ def run_dirs(work: Path, family: str, split: str, index: int) -> tuple[Path, Pat
     return work / "acq" / name, work / "boot" / name
 
 
+def _needs_bootstrap(boot: Path, extra: list[str]) -> bool:
+    """No metrics yet, or metrics written before a voxel calibration was asked for (the rerun only summarises)."""
+    metrics = boot / "metrics.json"
+    if not metrics.is_file():
+        return True
+    return "--voxel-calibration" in extra and "voxel_conformal" not in json.loads(metrics.read_text())
+
+
 def acquire_and_bootstrap(work: Path, family: str, split: str, index: int, args, extra: list[str]) -> Path:
     """Simulate phantom ``index`` of ``family``/``split`` and bootstrap it; returns the bootstrap folder."""
     acq, boot = run_dirs(work, family, split, index)
@@ -63,7 +73,7 @@ def acquire_and_bootstrap(work: Path, family: str, split: str, index: int, args,
             "--out",
             str(acq),
         )
-    if not (boot / "metrics.json").is_file():
+    if _needs_bootstrap(boot, extra):
         petuq(
             "bootstrap",
             str(acq),
@@ -115,6 +125,30 @@ def summarise(test_runs: list[Path], level: float) -> dict:
     return {"all": block(rows), **{g: block([r for r in rows if r["group"] == g]) for g in groups}}
 
 
+def summarise_voxels(test_runs: list[Path], level: float) -> dict:
+    """Coverage of the raw (``mean -/+ z std``) and class-calibrated voxel intervals, pooled over the test runs'
+    body voxels; per run the calibrated std over the RMS error and the mean width over the mean uptake."""
+    n, raw, cal, ratio, width = [], [], [], [], []
+    for folder in test_runs:
+        m = json.loads((folder / "metrics.json").read_text())
+        v = m["voxel_conformal"]
+        n.append(v["body_voxels"])
+        raw.append(m["gaussian"]["coverage"][f"{level:.2f}"])
+        cal.append(v["coverage"])
+        ratio.append(v["std_calibrated_over_rmse"])
+        width.append(v["mean_width_over_mean_truth"])
+    w = np.asarray(n, dtype=float)
+    return {
+        "runs": len(n),
+        "body_voxels": int(w.sum()),
+        "raw_coverage": float(np.average(raw, weights=w)),
+        "coverage": float(np.average(cal, weights=w)),
+        "coverage_per_run_min_max": [float(min(cal)), float(max(cal))],
+        "std_calibrated_over_rmse_median_min_max": [float(np.median(ratio)), float(min(ratio)), float(max(ratio))],
+        "median_width_over_uptake": float(np.median(width)),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="working folder (acquisitions, bootstrap runs, calibration)")
@@ -154,9 +188,16 @@ def main() -> None:
             for i in range(args.calibration)
         ]
         petuq("calibrate-roi", *map(str, cal_runs), "--out", str(rc))
+    vc = work / "voxel_calibration"
+    if not (vc / "voxel_calibration.json").is_file():
+        cal_runs = [
+            run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1]
+            for i in range(args.calibration)
+        ]
+        petuq("calibrate-voxels", *map(str, cal_runs), "--out", str(vc))
     test_runs = []
     for k in indices(args.test_start, args.test):
-        extra = ["--roi-calibration", str(rc)]
+        extra = ["--roi-calibration", str(rc), "--voxel-calibration", str(vc)]
         test_runs.append(acquire_and_bootstrap(work, args.test_family, "test", k, args, extra))
         print(f"test {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
     if args.part == "test" and args.count is not None:
@@ -168,6 +209,7 @@ def main() -> None:
         "factors": calibration["conformal"]["quantiles"],
         "pooled_factor": calibration["conformal"]["global_quantiles"],
         "test": summarise(test_runs, float(calibration["level"])),
+        "voxels": summarise_voxels(test_runs, float(calibration["level"])),
         "cpu_s": time.process_time() - t0,
     }
     (work / "roi_calibration_cli.json").write_text(json.dumps(result, indent=2))
@@ -183,6 +225,15 @@ def main() -> None:
                 f"| {name} | {b['count']} | {b['raw_coverage']:.2f} | {b['coverage']:.2f} | "
                 f"{b['median_rel_width']:.2f} | {b['median_rel_bias']:+.2f} |"
             )
+    v = result["voxels"]
+    print(
+        f"\nVoxels ({v['runs']} test phantoms, {v['body_voxels']} body voxels), 90 % intervals: raw coverage "
+        f"{v['raw_coverage']:.3f}, class-calibrated {v['coverage']:.3f} (per phantom "
+        f"{v['coverage_per_run_min_max'][0]:.2f}-{v['coverage_per_run_min_max'][1]:.2f}); median width / uptake "
+        f"{v['median_width_over_uptake']:.2f}; std_calibrated / RMSE per phantom: median "
+        f"{v['std_calibrated_over_rmse_median_min_max'][0]:.2f} (min {v['std_calibrated_over_rmse_median_min_max'][1]:.2f}, "
+        f"max {v['std_calibrated_over_rmse_median_min_max'][2]:.2f})"
+    )
     print(f"\nJSON written to {work / 'roi_calibration_cli.json'}")
 
 

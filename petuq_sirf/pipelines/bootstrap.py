@@ -284,8 +284,10 @@ def _apply_voxel_calibration(
         t = acq.truth.numpy()
         inside = (t >= cal["lower"]) & (t <= cal["upper"])
         err = mean - t
+        block["body_voxels"] = int(body.sum())
         block["coverage"] = float(inside[body].mean())
         block["mean_width_in_body"] = float((cal["upper"] - cal["lower"])[body].mean())
+        block["mean_width_over_mean_truth"] = block["mean_width_in_body"] / max(float(t[body].mean()), 1e-300)
         block["std_calibrated_over_rmse"] = float(
             np.sqrt(np.mean(cal["std_calibrated"][body] ** 2) / max(np.mean(err[body] ** 2), 1e-300))
         )
