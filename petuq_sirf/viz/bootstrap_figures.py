@@ -22,7 +22,8 @@ def bootstrap_figure(
     roi_calibrated: Mapping[str, Mapping] | None = None,
 ) -> Path:
     """Central slices of ``images`` (name -> ``(z, y, x)``; names with "std" or "width" get their own
-    scale, the others share one) and, when ``roi`` is given, each ROI's posterior mean uptake with its
+    scale, up to the slice's 99.5th percentile so that a few outlying voxels do not hide the rest; the
+    others share one) and, when ``roi`` is given, each ROI's posterior mean uptake with its
     central ``level`` interval (and the truth when known, marked inside the axes). Colour bars and the
     ROI axis are labelled in ``units``; put the run's settings (B, weights, iterations, beta) in ``title``.
     ``roi_calibrated`` (ROI name -> ``{"interval": [lo, hi]}``, from ``petuq bootstrap --roi-calibration``)
@@ -35,7 +36,10 @@ def bootstrap_figure(
     for ax, name in zip(axes[0], names, strict=False):
         sl = central_slice(images[name])
         own = name not in shared
-        im = ax.imshow(sl, cmap="magma" if own else "gray_r", vmin=0, vmax=None if own else vmax)
+        top = float(np.percentile(sl, 99.5)) if own else vmax
+        if own and not top > 0:
+            top = None
+        im = ax.imshow(sl, cmap="magma" if own else "gray_r", vmin=0, vmax=top)
         ax.set_title(name, fontsize=9)
         ax.axis("off")
         add_colourbar(fig, im, ax, colourbar_label(name, units))
