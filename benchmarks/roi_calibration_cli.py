@@ -181,20 +181,14 @@ def main() -> None:
             print(f"calibration {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
         if args.part == "calibration":
             return
-    rc = work / "roi_calibration"
-    if not (rc / "roi_calibration.json").is_file():
-        cal_runs = [
-            run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1]
-            for i in range(args.calibration)
-        ]
-        petuq("calibrate-roi", *map(str, cal_runs), "--out", str(rc))
-    vc = work / "voxel_calibration"
-    if not (vc / "voxel_calibration.json").is_file():
-        cal_runs = [
-            run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1]
-            for i in range(args.calibration)
-        ]
-        petuq("calibrate-voxels", *map(str, cal_runs), "--out", str(vc))
+    cal_runs = [
+        str(run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1])
+        for i in range(args.calibration)
+    ]
+    rc, vc = work / "roi_calibration", work / "voxel_calibration"
+    for command, folder in (("calibrate-roi", rc), ("calibrate-voxels", vc)):
+        if not (folder / f"{folder.name}.json").is_file():
+            petuq(command, *cal_runs, "--out", str(folder))
     test_runs = []
     for k in indices(args.test_start, args.test):
         extra = ["--roi-calibration", str(rc), "--voxel-calibration", str(vc)]

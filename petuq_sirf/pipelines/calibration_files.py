@@ -50,6 +50,16 @@ def check_same_settings(what: str, fitted: Mapping, config: Mapping) -> None:
         )
 
 
+def check_format(calibration: object, file_format: str, version: int, what: str, command: str) -> None:
+    """One-line error unless ``calibration`` is a dict of ``file_format`` at ``version`` (written by ``command``)."""
+    if not isinstance(calibration, Mapping) or calibration.get("format") != file_format:
+        raise ValueError(f"not {what} calibration file (written by 'petuq {command}')")
+    if calibration.get("version") != version:
+        raise ValueError(
+            f"{what.split()[-1]} calibration version {calibration.get('version')} is not supported (expected {version})"
+        )
+
+
 def read_calibration(path: str | os.PathLike, file_name: str, what: str, check: Callable[[Mapping], None]) -> dict:
     """Read a ``what`` calibration: the file, or the folder holding ``file_name``; ``check`` validates it."""
     path = Path(path)
@@ -68,6 +78,7 @@ def read_calibration(path: str | os.PathLike, file_name: str, what: str, check: 
 __all__ = [
     "FREE_SETTINGS",
     "bootstrap_settings",
+    "check_format",
     "check_same_settings",
     "common_settings",
     "differing",

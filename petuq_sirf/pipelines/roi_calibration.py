@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from petuq_sirf.io.atomic import atomic_write_json
-from petuq_sirf.pipelines.calibration_files import check_same_settings, common_settings, read_calibration
+from petuq_sirf.pipelines.calibration_files import check_format, check_same_settings, common_settings, read_calibration
 from petuq_sirf.uq.roi import RoiConformal, size_group
 
 FORMAT = "petuq-roi-calibration"
@@ -153,10 +153,7 @@ def check_settings(calibration: Mapping, config: Mapping) -> None:
 
 def check_calibration(calibration: Mapping) -> None:
     """One-line error for a dict that is not an ROI calibration of this version."""
-    if not isinstance(calibration, Mapping) or calibration.get("format") != FORMAT:
-        raise ValueError("not an ROI calibration file (written by 'petuq calibrate-roi')")
-    if calibration.get("version") != VERSION:
-        raise ValueError(f"ROI calibration version {calibration.get('version')} is not supported (expected {VERSION})")
+    check_format(calibration, FORMAT, VERSION, "an ROI", "calibrate-roi")
 
 
 def save_roi_calibration(path: str | os.PathLike, calibration: Mapping) -> Path:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from petuq_sirf.io.atomic import atomic_write_json
-from petuq_sirf.pipelines.calibration_files import check_same_settings, common_settings, read_calibration
+from petuq_sirf.pipelines.calibration_files import check_format, check_same_settings, common_settings, read_calibration
 from petuq_sirf.uq.calibration import DEFAULT_LEVELS
 from petuq_sirf.uq.mondrian import MondrianConformal, VoxelClassSpec, voxel_classes
 from petuq_sirf.uq.std_scaling import MondrianStdScaling
@@ -151,12 +151,7 @@ def check_settings(calibration: Mapping, config: Mapping, level: float) -> None:
 
 def check_calibration(calibration: Mapping) -> None:
     """One-line error for a dict that is not a voxel calibration of this version."""
-    if not isinstance(calibration, Mapping) or calibration.get("format") != FORMAT:
-        raise ValueError("not a voxel calibration file (written by 'petuq calibrate-voxels')")
-    if calibration.get("version") != VERSION:
-        raise ValueError(
-            f"voxel calibration version {calibration.get('version')} is not supported (expected {VERSION})"
-        )
+    check_format(calibration, FORMAT, VERSION, "a voxel", "calibrate-voxels")
 
 
 def save_voxel_calibration(path: str | os.PathLike, calibration: Mapping) -> Path:

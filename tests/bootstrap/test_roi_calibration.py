@@ -89,28 +89,18 @@ def test_roi_calibration_refuses_what_it_cannot_stand_for(tmp_path) -> None:
         load_roi_calibration(tmp_path / "missing.json")
 
 
-def test_cli_family_phantoms_calibrate_roi_and_bootstrap_with_it(tmp_path, capsys) -> None:
+def test_cli_family_phantoms_calibrate_roi_and_bootstrap_with_it(tmp_path, capsys, simulate_and_bootstrap) -> None:
     from petuq_sirf.cli.main import main
 
     boot = ["--estimator", "osem", "--iterations", "3", "--replicates", "4", "--level", "0.5", "--quiet"]
-    runs = []
-    for k in range(2):
-        acq = tmp_path / f"cal{k}"
-        sim = ["simulate", "--phantom", f"family:thorax:calibration:{k}", "--counts", "3e4", "--listmode"]
-        assert main([*sim, "--seed", str(k), "--out", str(acq)]) == 0
-        assert main(["bootstrap", str(acq), *boot, "--out", str(tmp_path / f"boot{k}")]) == 0
-        runs.append(str(tmp_path / f"boot{k}"))
-    rois = json.loads((tmp_path / "boot0" / "metrics.json").read_text())["roi"]
+    runs = [str(simulate_and_bootstrap(f"family:thorax:calibration:{k}", boot, f"cal{k}", seed=k)[1]) for k in range(2)]
+    rois = json.loads((tmp_path / "boot_cal0" / "metrics.json").read_text())["roi"]
     assert any(k.startswith("lesion_") and rois[k]["equivalent_diameter_mm"] > 0 for k in rois)
     assert main(["calibrate-roi", *runs, "--level", "0.5", "--out", str(tmp_path / "rc")]) == 0
     cal = load_roi_calibration(tmp_path / "rc")
     assert cal["bootstrap_settings"]["estimator"] == "osem" and cal["calibration_runs"] == runs
-    test = tmp_path / "test"
-    assert (
-        main(["simulate", "--phantom", "family:brain:test:0", "--counts", "3e4", "--listmode", "--out", str(test)]) == 0
-    )
-    out = tmp_path / "tboot"
-    assert main(["bootstrap", str(test), *boot, "--roi-calibration", str(tmp_path / "rc"), "--out", str(out)]) == 0
+    rc = ("--roi-calibration", str(tmp_path / "rc"))
+    test, out = simulate_and_bootstrap("family:brain:test:0", boot, "test", rc)
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["roi_conformal"]
     assert block["level"] == 0.5 and block["roi"] and 0.0 <= block["coverage"] <= 1.0

@@ -103,27 +103,17 @@ def test_voxel_calibration_refuses_what_it_cannot_stand_for(tmp_path) -> None:
         load_voxel_calibration(tmp_path / "missing")
 
 
-def test_cli_calibrate_voxels_and_bootstrap_with_it(tmp_path, capsys) -> None:
+def test_cli_calibrate_voxels_and_bootstrap_with_it(tmp_path, capsys, simulate_and_bootstrap) -> None:
     from petuq_sirf.cli.main import main
 
     boot = ["--estimator", "osem", "--iterations", "3", "--replicates", "4", "--quiet"]
-    runs = []
-    for k in range(2):
-        acq = tmp_path / f"cal{k}"
-        sim = ["simulate", "--phantom", f"family:thorax:calibration:{k}", "--counts", "3e4", "--listmode"]
-        assert main([*sim, "--seed", str(k), "--out", str(acq)]) == 0
-        assert main(["bootstrap", str(acq), *boot, "--out", str(tmp_path / f"boot{k}")]) == 0
-        runs.append(str(tmp_path / f"boot{k}"))
+    runs = [str(simulate_and_bootstrap(f"family:thorax:calibration:{k}", boot, f"cal{k}", seed=k)[1]) for k in range(2)]
     assert main(["calibrate-voxels", *runs, "--out", str(tmp_path / "vc")]) == 0
     assert "calibration voxels from 2 runs" in capsys.readouterr().out
     cal = load_voxel_calibration(tmp_path / "vc")
     assert cal["bootstrap_settings"]["estimator"] == "osem" and cal["calibration_runs"] == runs
-    test = tmp_path / "test"
-    assert (
-        main(["simulate", "--phantom", "family:brain:test:0", "--counts", "3e4", "--listmode", "--out", str(test)]) == 0
-    )
-    out = tmp_path / "tboot"
-    assert main(["bootstrap", str(test), *boot, "--voxel-calibration", str(tmp_path / "vc"), "--out", str(out)]) == 0
+    vc = ("--voxel-calibration", str(tmp_path / "vc"))
+    test, out = simulate_and_bootstrap("family:brain:test:0", boot, "test", vc)
     metrics = json.loads((out / "metrics.json").read_text())
     block = metrics["voxel_conformal"]
     assert block["level"] == 0.9 and block["calibration_runs"] == 2 and 0.0 <= block["coverage"] <= 1.0
