@@ -24,6 +24,10 @@ Methods per data set:
   (``BootstrapConfig(estimator="osem")``), ``--osem-bootstrap-iterations`` x 8 subsets, every replicate
   reconstructed from a uniform image like the estimator itself: a less biased estimator of lesion ROI
   means, at the price of noisy voxels.
+* ``unrolled-bootstrap``: the same list-mode weights (``--replicates``), each weighted sinogram reconstructed
+  by the shipped unrolled network (``fbsem32``, point weights, its mean output, started from 10 MLEM
+  iterations of the weighted data as in ``benchmarks/heldout_uq.py``): the spread of the network's output
+  under resampling of the data, for the voxel-class calibration (``--voxel-calibration``).
 
 Per method: NRMSE of the mean over the object, coverage of the Gaussian intervals ``mean +/- z std``
 at 0.5-0.95 over the object voxels and the lesion voxels (pooled over all data sets), calibration
@@ -55,7 +59,7 @@ import numpy as np
 import torch
 
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap")
+METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap", "unrolled-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_uq.py grid, extended down for full dose
 RDP_ITERATIONS = 20
@@ -740,6 +744,23 @@ def main() -> None:
         problem.prepare(cfg)
         return problem, np.stack([run_replicate(problem, cfg, b).image for b in range(cfg.num_replicates)])
 
+    def unrolled_bootstrap(sim, cfg: BootstrapConfig) -> torch.Tensor:
+        """Replicates ``(B, z, y, x)``: the unrolled network's mean output on each Exp-weighted sinogram."""
+        from petuq_sirf.bootstrap.replicate import replicate_draws, weighted_data
+        from petuq_sirf.recon.reference_tuning import osem_realisations
+
+        problem = BootstrapProblem.from_acquisition(sim)
+        model = sim.acquisition_model()
+        ys = torch.stack(
+            [weighted_data(problem, replicate_draws(problem, cfg, b)[0])[0] for b in range(cfg.num_replicates)]
+        )
+        x0 = osem_realisations(model, ys, 10, 1)
+        with torch.no_grad():
+            return torch.stack([unrolled_net(model, ys[b], x0[b])[0] for b in range(cfg.num_replicates)]).float()
+
+    if "unrolled-bootstrap" in methods:
+        unrolled_net = load_weights("unrolled", "fbsem32")[0]
+
     report: dict = {
         "source": source,
         "settings": vars(args),
@@ -842,6 +863,12 @@ def main() -> None:
                     )
                     shifted = torch.from_numpy(np.maximum(reps - est.bias, 0)).float()
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
+                if "unrolled-bootstrap" in methods:
+                    t0 = time.process_time()
+                    reps_t = unrolled_bootstrap(sim, replace(osem_cfg, seed=data_seed))
+                    name = "unrolled (fbsem32) bootstrap"
+                    acc.add(name, reps_t.mean(0), reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
+                    acc.add_rois(name, reps_t, truth, ph, image.voxel_size_mm)
                 if "osem-bootstrap" in methods:
                     t0 = time.process_time()
                     _, reps_np = bootstrap(sim, replace(osem_cfg, seed=data_seed))

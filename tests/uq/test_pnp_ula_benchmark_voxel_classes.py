@@ -88,3 +88,21 @@ def test_accumulator_records_class_statistics_from_the_estimate() -> None:
     assert raw["coverage"]["0.90"] == 1.0 and raw["coverage"]["0.50"] == 0.0
     acc.add("none", truth, None, truth, obj, obj, 0.0, image.voxel_size_mm)  # no std: no class statistics
     assert acc.table()[1]["none"]["raw"]["classes"] == {}
+
+
+def test_benchmark_unrolled_bootstrap_resamples_the_data_and_records_classes(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from benchmarks import pnp_ula_coverage
+
+    out = tmp_path / "unb"
+    argv = ["pnp_ula_coverage.py", "--quick", "--methods", "unrolled-bootstrap", "--replicates", "4", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    pnp_ula_coverage.main()
+    row = json.loads((out / "pnp_ula_coverage.json").read_text())["brain"]["methods"]["unrolled (fbsem32) bootstrap"]
+    assert row["datasets"] == 3 and 0 < row["nrmse"] < 1
+    # the replicates differ (the network sees differently weighted data): a positive std, pooled per class
+    assert 0 < row["std_over_rmse"] < 5
+    classes = row["raw"]["classes"]
+    assert sum(v["n"] for v in classes.values()) == row["object_voxels"]
+    assert all(v["var"] > 0 for v in classes.values())
