@@ -680,6 +680,8 @@ def main() -> None:
         help=f"comma list of the methods to run (of {', '.join(METHODS)}), or 'none' for the references only "
         "(OSEM + filter and tuned MAP-RDP always run)",
     )
+    p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case, with --rings)")
+    p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/figures/pnp_ula")
     args = p.parse_args()
@@ -708,7 +710,10 @@ def main() -> None:
     from petuq_sirf.simulation import SimulationConfig, simulate
     from petuq_sirf.simulation.phantoms import brain_phantom, nema_iec_phantom
 
-    layout = SinogramLayout(get_scanner("test-2d"))
+    scanner = get_scanner(args.scanner)
+    if args.rings:
+        scanner = scanner.with_(name=f"{args.scanner}-{args.rings}rings", num_rings=args.rings)
+    layout = SinogramLayout(scanner)
     image = ImageGeometry.for_layout(layout)
     vox = image.voxel_size_mm
     try:
