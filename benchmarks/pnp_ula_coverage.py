@@ -344,6 +344,8 @@ def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> di
             "coverage": {f"{lv:.2f}": c for lv, c in zip(LEVELS, cov)},
             "calibration_error": float(np.mean(np.abs(np.array(cov) - np.array(LEVELS)))),
             "min_class_coverage_0.90": min((hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()), default=math.nan),
+            "class_coverage_0.90": {c: hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()},
+            "class_fraction": {c: v["n"] / n_total for c, v in big.items()},
             "std_over_rmse_object": math.sqrt(scaled_var / sum(v["err2"] for v in test.values())),
             "std_over_rmse_per_class": ratios,
             "fraction_in_band": in_band / n_total,
@@ -500,6 +502,61 @@ def _report_classes(folders: list[str], method: str) -> dict[str, dict]:
     return pooled
 
 
+def calibration_summary(folders: list[str]) -> str:
+    """``"<families> calibration phantoms, <n> data sets"`` of the calibration runs in ``folders``."""
+    families, datasets = set(), 0
+    for f in folders:
+        rep = json.loads((Path(f) / "pnp_ula_coverage.json").read_text())
+        for family in _families(rep):
+            families.add(family)
+            datasets += max((m.get("datasets", 0) for m in rep[family]["methods"].values()), default=0)
+    return f"{' + '.join(sorted(families))} calibration phantoms, {datasets} data sets"
+
+
+def voxel_class_figure(rows: dict, title: str, path: Path) -> Path | None:
+    """Bars: coverage at 90 % per voxel class (classes with >= ``MIN_CLASS_VOXELS`` test voxel-realisations,
+    labelled activity / edge / distance bin and their share of the object) for each variant, one panel per
+    method with a voxel calibration; the nominal level as a line."""
+    from petuq_sirf.uq.mondrian import VoxelClassSpec
+    from petuq_sirf.viz.common import save_figure, subplots
+
+    methods = [(name, d["voxel_calibration"]) for name, d in rows.items() if "voxel_calibration" in d]
+    if not methods:
+        return None
+    spec = VoxelClassSpec()
+    fig, axes = subplots(len(methods), 1, figsize=(11, 3.2 * len(methods)), squeeze=False)
+    for ax, (name, vc) in zip(axes[:, 0], methods, strict=True):
+        variants = vc["variants"]
+        frac = variants["raw"]["class_fraction"]
+        classes = sorted(frac, key=lambda c: -frac[c])
+        width = 0.8 / len(variants)
+        for i, (variant, v) in enumerate(variants.items()):
+            cov = [v["class_coverage_0.90"][c] for c in classes]
+            ax.bar(np.arange(len(classes)) + (i - (len(variants) - 1) / 2) * width, cov, width, label=variant)
+        ax.axhline(0.9, color="k", lw=1, ls="--", label="nominal 0.90")
+        labels = []
+        for c in classes:
+            if int(c) == spec.num_classes:
+                labels.append(f"outside\n{frac[c]:.0%}")
+            else:
+                a, rest = divmod(int(c), (len(spec.gradient_edges) + 1) * (len(spec.distance_edges_mm) + 1))
+                g, dd = divmod(rest, len(spec.distance_edges_mm) + 1)
+                labels.append(f"a{a} e{g} d{dd}\n{frac[c]:.0%}")
+        ax.set_xticks(np.arange(len(classes)), labels, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("coverage at 90 %")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7, ncol=5, loc="lower left")
+    axes[-1, 0].set_xlabel(
+        "voxel class of the estimate: activity bin a (< 0.6, 0.6-1.6, > 1.6 x median), edge bin e (< 0.15, "
+        "0.15-0.4, > 0.4 x median),\ndistance bin d (< / >= 8 mm to the outline); below: the class's share of "
+        "the object's voxels",
+        fontsize=8,
+    )
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
 def print_voxel_calibration(rows: dict, folders: list[str]) -> None:
     """Fit per-class voxel calibrations on the runs in ``folders`` and print them on the merged ``rows``."""
     print(f"\nVoxel calibration by class (classes from the estimate), calibrated on {', '.join(folders)}:\n")
@@ -604,6 +661,17 @@ def merge(
                 )
         if voxel_calibration:
             print_voxel_calibration(rows, voxel_calibration)
+            counts = reports[0].get("settings", {}).get("counts")
+            out.mkdir(parents=True, exist_ok=True)
+            figure = voxel_class_figure(
+                rows,
+                f"{family}: 90 % intervals per voxel class, {n} data sets"
+                + (f", {counts:g} expected trues" if counts else "")
+                + f"; calibrated on {calibration_summary(voxel_calibration)}",
+                out / f"voxel_classes_{family}.png",
+            )
+            if figure:
+                print(f"figure written to {figure}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "pnp_ula_coverage.json").write_text(json.dumps(merged, indent=2))
     print(f"\nmerged JSON written to {out / 'pnp_ula_coverage.json'}")

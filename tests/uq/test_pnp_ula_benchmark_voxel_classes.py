@@ -106,3 +106,37 @@ def test_benchmark_unrolled_bootstrap_resamples_the_data_and_records_classes(tmp
     classes = row["raw"]["classes"]
     assert sum(v["n"] for v in classes.values()) == row["object_voxels"]
     assert all(v["var"] > 0 for v in classes.values())
+
+
+def test_merge_with_voxel_calibration_reports_classes_and_draws_them(tmp_path, capsys) -> None:
+    from benchmarks.pnp_ula_coverage import merge
+    from petuq_sirf.scanner import ImageGeometry
+    from petuq_sirf.simulation.phantom_families import family_phantoms
+
+    image = ImageGeometry((1, 40, 40), (6.0, 6.0, 6.0))
+    (ph,) = family_phantoms("thorax", image, "test", 1)
+    truth = ph.activity.float()
+    obj = ph.regions["object"].bool()
+
+    def report(folder, split: str, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        acc = Accumulator()
+        for _ in range(12):  # errors 3x the std everywhere: raw 90 % intervals cover ~0.4
+            mean = truth + 0.3 * torch.randn(truth.shape, generator=gen)
+            acc.add("m", mean, torch.full_like(truth, 0.1), truth, obj, obj, 0.0, image.voxel_size_mm)
+        rep = {"source": "test", "settings": {"split": split, "counts": 5e4}}
+        rep["thorax"] = {"postfilter_fwhm_mm": 0.0, "methods": acc.table()[1], "ula_diagnostics": {}}
+        folder.mkdir()
+        (folder / "pnp_ula_coverage.json").write_text(json.dumps(rep))
+
+    report(tmp_path / "cal", "calibration", 0)
+    report(tmp_path / "test", "test", 1)
+    merge([str(tmp_path / "test")], tmp_path / "out", voxel_calibration=[str(tmp_path / "cal")])
+    out = json.loads((tmp_path / "out" / "pnp_ula_coverage.json").read_text())
+    variants = out["thorax"]["methods"]["m"]["voxel_calibration"]["variants"]
+    assert variants["raw"]["coverage"]["0.90"] < 0.5
+    per_class = variants["Mondrian conformal"]["class_coverage_0.90"]
+    assert per_class and all(0.8 < c < 0.97 for c in per_class.values())
+    assert abs(sum(variants["raw"]["class_fraction"].values()) - 1.0) < 0.2  # small classes are left out
+    assert (tmp_path / "out" / "voxel_classes_thorax.png").is_file()
+    assert "voxel_classes_thorax.png" in capsys.readouterr().out
