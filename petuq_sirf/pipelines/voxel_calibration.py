@@ -86,16 +86,21 @@ def fit_voxel_calibration(
         raise ValueError(f"the calibration runs have different voxel sizes {sorted(sizes)}")
     spec = spec or VoxelClassSpec()
     vox = runs[0].voxel_size_mm
-    # the runs' voxels side by side (flattened): the classes come from each run's own mean
-    mean = torch.cat([torch.as_tensor(r.mean, dtype=torch.float64).reshape(-1) for r in runs])
-    std = torch.cat([torch.as_tensor(r.std, dtype=torch.float64).reshape(-1) for r in runs])
-    truth = torch.cat([torch.as_tensor(r.truth, dtype=torch.float64).reshape(-1) for r in runs])
-    mask = torch.cat([torch.as_tensor(np.asarray(r.mask, dtype=bool)).reshape(-1) for r in runs])
-    classes = torch.cat([voxel_classes(torch.as_tensor(r.mean), vox, spec).reshape(-1) for r in runs])
-    conformal = MondrianConformal(levels=levels, min_class_size=min_class_size, spec=spec).fit(
-        truth, classes, mean=mean, std=std, mask=mask
+    # the body voxels of all runs side by side (only those: a 3D calibration set is large); the classes come
+    # from each run's own mean
+    masks = [torch.as_tensor(np.asarray(r.mask, dtype=bool)) for r in runs]
+
+    def body(arrays) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(a, dtype=torch.float64)[m] for a, m in zip(arrays, masks, strict=True)])
+
+    mean, std, truth = body(r.mean for r in runs), body(r.std for r in runs), body(r.truth for r in runs)
+    classes = torch.cat(
+        [voxel_classes(torch.as_tensor(r.mean), vox, spec)[m] for r, m in zip(runs, masks, strict=True)]
     )
-    scaling = MondrianStdScaling(min_class_size=min_class_size).fit(truth, classes, mean=mean, std=std, mask=mask)
+    conformal = MondrianConformal(levels=levels, min_class_size=min_class_size, spec=spec).fit(
+        truth, classes, mean=mean, std=std
+    )
+    scaling = MondrianStdScaling(min_class_size=min_class_size).fit(truth, classes, mean=mean, std=std)
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -103,7 +108,7 @@ def fit_voxel_calibration(
         "bootstrap_settings": settings,
         "voxel_size_mm": [float(v) for v in vox],
         "calibration_runs": [r.name for r in runs],
-        "calibration_voxels": int(mask.sum()),
+        "calibration_voxels": int(mean.numel()),
         "conformal": conformal.to_dict(),
         "std_scaling": scaling.to_dict(),
     }
