@@ -236,13 +236,15 @@ class Accumulator:
 
 def class_stats(mean, std, truth, obj, voxel_mm) -> dict[str, dict]:
     """Per voxel class (``uq.mondrian.voxel_classes`` of the estimate ``mean``, never of the truth) over the
-    object voxels: count ``n``, ``err2`` = sum (mean - truth)^2, ``var`` = sum std^2 and the histogram ``hist``
-    of |mean - truth| / std over ``Z_EDGES``, and the sums of std and of the truth (for widths) - enough to fit and evaluate per-class std scaling and
-    Mondrian conformal intervals on pooled data sets without keeping the images."""
+    object voxels: count ``n``, ``err2`` = sum (mean - truth)^2, ``var`` = sum std^2, the sums ``std_sum`` and
+    ``truth_sum`` (for widths) and the histogram ``hist`` of |mean - truth| / std over ``Z_EDGES`` - enough to
+    fit and evaluate per-class std scaling and Mondrian conformal intervals on pooled data sets without
+    keeping the images."""
     from petuq_sirf.uq.mondrian import voxel_classes
 
     cls = voxel_classes(mean, voxel_mm)[obj]
     err = (mean - truth)[obj].double()
+    t = torch.as_tensor(truth).expand(mean.shape)[obj].double()
     s = std[obj].double().clamp_min(MIN_STD)
     z = (err.abs() / s).clamp(float(Z_EDGES[0]), float(Z_EDGES[-1])).numpy()
     out = {}
@@ -253,7 +255,7 @@ def class_stats(mean, std, truth, obj, voxel_mm) -> dict[str, dict]:
             "err2": float(err[m].pow(2).sum()),
             "var": float(s[m].pow(2).sum()),
             "std_sum": float(s[m].sum()),
-            "truth_sum": float(truth[obj][m].double().sum()),
+            "truth_sum": float(t[m].sum()),
             "hist": np.histogram(z[m.numpy()], Z_EDGES)[0],
         }
     return out
@@ -326,6 +328,8 @@ def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> di
         "Mondrian conformal": conformal_q,
     }
     n_total = sum(v["n"] for v in test.values())
+    big = {c: v for c, v in test.items() if v["n"] >= MIN_CLASS_VOXELS}  # classes reported one by one
+    widths = all("std_sum" in v for v in test.values())  # runs written before the sums were stored: no widths
     out: dict = {
         "calibration_voxels": sum(v["n"] for v in calibration.values()),
         "test_voxels": n_total,
@@ -334,17 +338,16 @@ def voxel_calibration(calibration: dict[str, dict], test: dict[str, dict]) -> di
     }
     for variant, hw in half_width.items():
         cov = [sum(v["n"] * hist_cdf(v["hist"], hw(c, lv)) for c, v in test.items()) / n_total for lv in LEVELS]
-        big = {c: v for c, v in test.items() if v["n"] >= MIN_CLASS_VOXELS}
+        class_cov = {c: hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()}
         ratios = {c: hw(c, 0.9) / z90 * math.sqrt(v["var"] / max(v["err2"], 1e-300)) for c, v in big.items()}
         in_band = sum(big[c]["n"] for c, r in ratios.items() if STD_RMSE_BAND[0] <= r <= STD_RMSE_BAND[1])
         scaled_var = sum((hw(c, 0.9) / z90) ** 2 * v["var"] for c, v in test.items())
-        widths = all("std_sum" in v for v in test.values())
         width = sum(2 * hw(c, 0.9) * v["std_sum"] for c, v in test.items()) if widths else math.nan
         out["variants"][variant] = {
             "coverage": {f"{lv:.2f}": c for lv, c in zip(LEVELS, cov)},
             "calibration_error": float(np.mean(np.abs(np.array(cov) - np.array(LEVELS)))),
-            "min_class_coverage_0.90": min((hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()), default=math.nan),
-            "class_coverage_0.90": {c: hist_cdf(v["hist"], hw(c, 0.9)) for c, v in big.items()},
+            "min_class_coverage_0.90": min(class_cov.values(), default=math.nan),
+            "class_coverage_0.90": class_cov,
             "class_fraction": {c: v["n"] / n_total for c, v in big.items()},
             "std_over_rmse_object": math.sqrt(scaled_var / sum(v["err2"] for v in test.values())),
             "std_over_rmse_per_class": ratios,
@@ -534,14 +537,10 @@ def voxel_class_figure(rows: dict, title: str, path: Path) -> Path | None:
             cov = [v["class_coverage_0.90"][c] for c in classes]
             ax.bar(np.arange(len(classes)) + (i - (len(variants) - 1) / 2) * width, cov, width, label=variant)
         ax.axhline(0.9, color="k", lw=1, ls="--", label="nominal 0.90")
-        labels = []
-        for c in classes:
-            if int(c) == spec.num_classes:
-                labels.append(f"outside\n{frac[c]:.0%}")
-            else:
-                a, rest = divmod(int(c), (len(spec.gradient_edges) + 1) * (len(spec.distance_edges_mm) + 1))
-                g, dd = divmod(rest, len(spec.distance_edges_mm) + 1)
-                labels.append(f"a{a} e{g} d{dd}\n{frac[c]:.0%}")
+        labels = [
+            ("outside" if int(c) == spec.num_classes else "a{} e{} d{}".format(*spec.bins(int(c)))) + f"\n{frac[c]:.0%}"
+            for c in classes
+        ]
         ax.set_xticks(np.arange(len(classes)), labels, fontsize=7)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("coverage at 90 %")
@@ -819,14 +818,13 @@ def main() -> None:
         problem.prepare(cfg)
         return problem, np.stack([run_replicate(problem, cfg, b).image for b in range(cfg.num_replicates)])
 
-    def unrolled_bootstrap(sim, cfg: BootstrapConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    def unrolled_bootstrap(sim, model, cfg: BootstrapConfig) -> tuple[torch.Tensor, torch.Tensor]:
         """The unrolled network's mean output on the data ``(z, y, x)`` and on each Exp-weighted sinogram
-        ``(B, z, y, x)``."""
+        ``(B, z, y, x)``; ``model`` is the data set's acquisition model."""
         from petuq_sirf.bootstrap.replicate import replicate_draws, weighted_data
         from petuq_sirf.recon.reference_tuning import osem_realisations
 
-        problem = BootstrapProblem.from_acquisition(sim)
-        model = sim.acquisition_model()
+        problem = BootstrapProblem.from_acquisition(sim)  # for its list-mode events
         draws = [weighted_data(problem, replicate_draws(problem, cfg, b)[0])[0] for b in range(cfg.num_replicates)]
         ys = torch.stack([torch.as_tensor(sim.prompts).to(draws[0]), *draws])
         x0 = osem_realisations(model, ys, 10, 1)
@@ -941,7 +939,7 @@ def main() -> None:
                     acc.add_rois("posterior bootstrap, bias-corrected", shifted, truth, ph, image.voxel_size_mm)
                 if "unrolled-bootstrap" in methods:
                     t0 = time.process_time()
-                    full, reps_t = unrolled_bootstrap(sim, replace(osem_cfg, seed=data_seed))
+                    full, reps_t = unrolled_bootstrap(sim, model, replace(osem_cfg, seed=data_seed))
                     name = "unrolled (fbsem32) bootstrap"
                     acc.add(name, full, reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
                     acc.add_rois(name, reps_t - reps_t.mean(0) + full, truth, ph, image.voxel_size_mm)

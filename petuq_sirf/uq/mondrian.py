@@ -70,13 +70,20 @@ class VoxelClassSpec:
     def from_dict(cls, d: Mapping) -> VoxelClassSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
+    def bins(self, c: int) -> tuple[int, int, int]:
+        """The (activity, edge, distance) bins of body class ``c`` (``0 <= c < num_classes``)."""
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"class {c} is not a body class (0 .. {self.num_classes - 1})")
+        nd, ng = len(self.distance_edges_mm) + 1, len(self.gradient_edges) + 1
+        a, rest = divmod(c, ng * nd)
+        g, d = divmod(rest, nd)
+        return a, g, d
+
     def describe(self, c: int) -> str:
         """Human-readable name of class ``c``."""
         if c == self.num_classes:
             return "outside body"
-        nd, ng = len(self.distance_edges_mm) + 1, len(self.gradient_edges) + 1
-        a, rest = divmod(c, ng * nd)
-        g, d = divmod(rest, nd)
+        a, g, d = self.bins(c)
         return f"activity bin {a}, edge bin {g}, distance bin {d}"
 
 

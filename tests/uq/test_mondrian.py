@@ -1,0 +1,20 @@
+"""Voxel-class encoding of ``uq.mondrian``: class index <-> (activity, edge, distance) bins."""
+
+import pytest
+
+from petuq_sirf.uq.mondrian import VoxelClassSpec
+
+
+def test_class_bins_invert_the_class_index() -> None:
+    spec = VoxelClassSpec()
+    ng, nd = len(spec.gradient_edges) + 1, len(spec.distance_edges_mm) + 1
+    seen = set()
+    for c in range(spec.num_classes):
+        a, g, d = spec.bins(c)
+        assert (a * ng + g) * nd + d == c  # the encoding of voxel_classes
+        assert spec.describe(c) == f"activity bin {a}, edge bin {g}, distance bin {d}"
+        seen.add((a, g, d))
+    assert len(seen) == spec.num_classes
+    assert spec.describe(spec.num_classes) == "outside body"
+    with pytest.raises(ValueError, match="not a body class"):
+        spec.bins(spec.num_classes)
