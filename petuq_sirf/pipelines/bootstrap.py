@@ -105,9 +105,7 @@ def bootstrap_acquisition(
     if roi_calibration is not None:
         from petuq_sirf.pipelines.roi_calibration import check_settings
 
-        check_settings(roi_calibration, config.replicate_settings())
-        if round(float(roi_calibration["level"]), 4) != round(level, 4):
-            raise ValueError(f"the ROI calibration is for level {roi_calibration['level']:g}: use --level to match")
+        check_settings(roi_calibration, config.replicate_settings(), level)
     if not 0 < level < 1:
         raise ValueError(f"--level must be in (0, 1), got {level}")
     if voxel_calibration is not None:

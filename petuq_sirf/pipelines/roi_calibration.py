@@ -144,11 +144,14 @@ def apply_roi_calibration(metrics: Mapping, calibration: Mapping) -> dict:
     return block
 
 
-def check_settings(calibration: Mapping, config: Mapping) -> None:
+def check_settings(calibration: Mapping, config: Mapping, level: float | None = None) -> None:
     """One-line error unless the bootstrap settings ``config`` (a run's ``metrics["config"]``) are the
-    calibration's (seed and number of replicates aside)."""
+    calibration's (seed and number of replicates aside) and, when given, the run's interval ``level`` is the
+    calibration's."""
     check_calibration(calibration)
     check_same_settings("ROI", calibration["bootstrap_settings"], config)
+    if level is not None and round(float(calibration["level"]), 4) != round(level, 4):
+        raise ValueError(f"the ROI calibration is for level {calibration['level']:g}: use --level to match")
 
 
 def check_calibration(calibration: Mapping) -> None:
