@@ -54,6 +54,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--doses", default="0.05,0.1,1.0", help="fractions of the standard dose (1e6 true counts)")
     p.add_argument("--realisations", type=int, default=20)
     p.add_argument("--test-phantoms", type=int, default=None, help="test phantoms per family")
+    p.add_argument(
+        "--test-start",
+        type=int,
+        default=0,
+        help="index of the first test seed of each family (a sample independent of an earlier run's)",
+    )
     p.add_argument("--calibration-phantoms", type=int, default=None, help="calibration phantoms per family")
     p.add_argument(
         "--calibration-families",
@@ -342,6 +348,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
             "doses": doses,
             "realisations": args.realisations,
             "test_phantoms_per_family": n_test,
+            "test_start": args.test_start,
             "calibration_phantoms_per_family": n_cal,
             "posterior_samples": n_samples,
             "denoiser": f"mc_dropout trained on {len(train)} images ({n_train} train seeds x {in_family} x doses)",
@@ -367,7 +374,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     example_maps = {}
     first = next(iter(unrolled))  # the network whose brain 5 % maps are drawn
     for family in test_families:
-        for ti, seed in enumerate(seeds("test", n_test)):
+        for ti, seed in enumerate(seeds("test", n_test, start=args.test_start)):
             for dose in doses:
                 ph, sim, model = case(family, seed, dose)
                 truth = sim.truth

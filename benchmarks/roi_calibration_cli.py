@@ -6,8 +6,8 @@ intervals of the OSEM bootstrap, factors from one family, tested on another), ru
 step is a ``petuq`` command (called in-process through ``petuq_sirf.cli.main.main``), every acquisition
 and bootstrap run a folder under ``--work``.
 
-1. ``--calibration`` phantoms ``family:<--calibration-family>:calibration:<k>`` (k from
-   ``--calibration-start``), one noise realisation each: ``petuq simulate`` then ``petuq bootstrap
+1. ``--calibration`` phantoms ``family:<F>:calibration:<k>`` of each family F of ``--calibration-family``
+   (a comma-separated list, never the test family; k from ``--calibration-start``), one noise realisation each: ``petuq simulate`` then ``petuq bootstrap
    --estimator osem``;
 2. ``petuq calibrate-roi`` and ``petuq calibrate-voxels`` over those runs;
 3. ``--test`` phantoms ``family:<--test-family>:test:<k>``: ``petuq simulate`` then ``petuq bootstrap
@@ -22,6 +22,7 @@ default phantom indices (100 on) are disjoint from those of ``pnp_ula_coverage.p
 
     PYTHONPATH=$PWD python benchmarks/roi_calibration_cli.py --work /tmp/roi_cli                # ~8 CPU-min
     PYTHONPATH=$PWD python benchmarks/roi_calibration_cli.py --work /tmp/roi_cli --counts 1e6 --iterations 20
+    PYTHONPATH=$PWD python benchmarks/roi_calibration_cli.py --work /tmp/roi_cli_tex --calibration-family thorax,texture
 """
 
 from __future__ import annotations
@@ -49,11 +50,19 @@ def run_dirs(work: Path, family: str, split: str, index: int) -> tuple[Path, Pat
 
 
 def _needs_bootstrap(boot: Path, extra: list[str]) -> bool:
-    """No metrics yet, or metrics written before a voxel calibration was asked for (the rerun only summarises)."""
+    """No metrics yet, metrics written before a voxel calibration was asked for, or with other calibration
+    folders than ``extra`` names (a run copied from another work folder); a rerun only summarises."""
     metrics = boot / "metrics.json"
     if not metrics.is_file():
         return True
-    return "--voxel-calibration" in extra and "voxel_conformal" not in json.loads(metrics.read_text())
+    if "--voxel-calibration" in extra and "voxel_conformal" not in json.loads(metrics.read_text()):
+        return True
+    config = boot / "run_config.json"
+    options = json.loads(config.read_text()).get("options", {}) if config.is_file() else {}
+    for flag, key in (("--roi-calibration", "roi_calibration"), ("--voxel-calibration", "voxel_calibration")):
+        if flag in extra and options.get(key) != extra[extra.index(flag) + 1]:
+            return True
+    return False
 
 
 def acquire_and_bootstrap(work: Path, family: str, split: str, index: int, args, extra: list[str]) -> Path:
@@ -155,7 +164,11 @@ def main() -> None:
     p.add_argument("--counts", type=float, default=5e4, help="expected true counts per acquisition (test-2d)")
     p.add_argument("--iterations", type=int, default=5, help="OSEM passes of the bootstrap (8 subsets)")
     p.add_argument("--replicates", type=int, default=10)
-    p.add_argument("--calibration-family", default="thorax")
+    p.add_argument(
+        "--calibration-family",
+        default="thorax",
+        help="family of the calibration phantoms, or a comma-separated list (--calibration phantoms of each)",
+    )
     p.add_argument("--test-family", default="brain")
     p.add_argument("--calibration", type=int, default=40, help="calibration phantoms")
     p.add_argument("--test", type=int, default=60, help="test phantoms")
@@ -175,14 +188,19 @@ def main() -> None:
         sel = range(args.first, total if args.count is None else min(total, args.first + args.count))
         return [start + i for i in sel] if args.part != "all" else [start + i for i in range(total)]
 
+    cal_families = [f for f in args.calibration_family.split(",") if f]
+    if args.test_family in cal_families:
+        raise SystemExit(f"roi_calibration_cli: error: the test family {args.test_family} is also a calibration family")
     if args.part in ("all", "calibration"):
-        for k in indices(args.calibration_start, args.calibration):
-            acquire_and_bootstrap(work, args.calibration_family, "calibration", k, args, [])
-            print(f"calibration {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
+        for family in cal_families:
+            for k in indices(args.calibration_start, args.calibration):
+                acquire_and_bootstrap(work, family, "calibration", k, args, [])
+                print(f"calibration {family} {k}: CPU {time.process_time() - t0:.0f} s", flush=True)
         if args.part == "calibration":
             return
     cal_runs = [
-        str(run_dirs(work, args.calibration_family, "calibration", args.calibration_start + i)[1])
+        str(run_dirs(work, family, "calibration", args.calibration_start + i)[1])
+        for family in cal_families
         for i in range(args.calibration)
     ]
     rc, vc = work / "roi_calibration", work / "voxel_calibration"
