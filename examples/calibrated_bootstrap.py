@@ -2,11 +2,13 @@
 
 The bootstrap's spread is the sampling spread of its estimator; it misses the estimator's bias. This
 example calibrates both the lesion ROI-mean intervals and the voxel intervals on simulated *calibration*
-phantoms with a known truth (thorax family), then applies them to a *test* phantom of another family (brain)
+phantoms with a known truth (thorax and the generic texture family, taken in turn), then applies them to a
+*test* phantom of another family (brain)
 and reports the coverage there - the recipe of ``petuq calibrate-roi`` / ``petuq calibrate-voxels``
 (``docs/posterior_bootstrap.md``), written as Python.
 
 Run:  python examples/calibrated_bootstrap.py --out calibrated_example [--calibration 12] [--counts 5e4]
+            [--families thorax,texture]
       python examples/calibrated_bootstrap.py --out /tmp/cb --quick      # a minute: 3 phantoms, level 0.5
 """
 
@@ -38,11 +40,19 @@ def acquisition(family: str, split: str, index: int, counts: float, folder: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (acquisitions, bootstrap runs, summary)")
-    parser.add_argument("--calibration", type=int, default=12, help="thorax calibration phantoms")
+    parser.add_argument("--calibration", type=int, default=12, help="calibration phantoms (all families)")
+    parser.add_argument(
+        "--families",
+        default="thorax,texture",
+        help="calibration families, taken in turn (never brain: it is the test family here)",
+    )
     parser.add_argument("--counts", type=float, default=5e4, help="expected true counts (5 % of a standard dose)")
     parser.add_argument("--replicates", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="3 calibration phantoms, 4 replicates, level 0.5")
     args = parser.parse_args()
+    families = [f for f in args.families.split(",") if f]
+    if not families or "brain" in families:
+        parser.error("--families: one or more families other than brain (the test family)")
     level = 0.9
     if args.quick:
         args.calibration, args.replicates, level = 3, 4, 0.5
@@ -52,8 +62,10 @@ def main() -> None:
 
     runs, metrics = [], []
     for k in range(args.calibration):
-        acq = acquisition("thorax", "calibration", k, args.counts, out / "acq" / f"thorax_cal_{k}")
-        run = bootstrap_acquisition(acq, config, out / "boot" / f"thorax_cal_{k}", level=level)
+        family, index = families[k % len(families)], k // len(families)
+        name = f"{family}_cal_{index}"
+        acq = acquisition(family, "calibration", index, args.counts, out / "acq" / name)
+        run = bootstrap_acquisition(acq, config, out / "boot" / name, level=level)
         runs.append(
             CalibrationRun(
                 run.metrics["config"],
@@ -62,11 +74,11 @@ def main() -> None:
                 acq.truth.numpy(),
                 body_mask(acq).numpy(),
                 acq.image.voxel_size_mm,
-                name=f"thorax_cal_{k}",
+                name=name,
             )
         )
         metrics.append(run.metrics)
-        print(f"calibration phantom {k}: {run.metrics['replicates']} replicates")
+        print(f"calibration phantom {name}: {run.metrics['replicates']} replicates")
     roi_cal = fit_roi_calibration(metrics, level=level)
     voxel_cal = fit_voxel_calibration(runs, levels=(level,))
 
@@ -84,6 +96,7 @@ def main() -> None:
     summary = {
         "level": level,
         "calibration_phantoms": args.calibration,
+        "calibration_families": families,
         "calibration_lesions": roi_cal["calibration_rois"],
         "voxels_raw_coverage": m["gaussian"]["coverage"][f"{level:.2f}"],
         "voxels_calibrated_coverage": m["voxel_conformal"]["coverage"],

@@ -30,7 +30,13 @@ def register(sub) -> None:
         help="train the unrolled FBSEM network with Bayesian CNN blocks on simulated low-dose data",
     )
     p.add_argument("--scanner", default="test-2d", help="Scanner of the simulated training data.")
-    p.add_argument("--phantoms", type=int_in(1, 100_000), default=32, help="Training phantoms (random ellipses).")
+    p.add_argument(
+        "--phantoms",
+        type=int_in(1, 100_000),
+        default=32,
+        help="Training phantoms: per family with --families (one noise realisation and dose each), else random "
+        "ellipses.",
+    )
     p.add_argument(
         "--validation-phantoms",
         type=int_in(1, 100_000),
