@@ -25,7 +25,7 @@ Methods per data set:
   reconstructed from a uniform image like the estimator itself: a less biased estimator of lesion ROI
   means, at the price of noisy voxels.
 * ``unrolled-bootstrap``: the same list-mode weights (``--replicates``), each weighted sinogram reconstructed
-  by the shipped unrolled network (``fbsem32``, point weights, its mean output, started from 10 MLEM
+  by the shipped unrolled network (``fbsem32``, or ``--unrolled-weights``; point weights, its mean output, started from 10 MLEM
   iterations as in ``benchmarks/heldout_uq.py``): the spread of the network's output under resampling of
   the data, centred on the network's output for the data itself (the estimator; the replicates' mean is a
   noisier image, since each replicate sees doubly noisy data), for the voxel-class calibration
@@ -747,6 +747,12 @@ def main() -> None:
         help=f"comma list of the methods to run (of {', '.join(METHODS)}), or 'none' for the references only "
         "(OSEM + filter and tuned MAP-RDP always run)",
     )
+    p.add_argument(
+        "--unrolled-weights",
+        default="fbsem32",
+        help="with --methods unrolled-bootstrap: a shipped unrolled network's name or a weights folder (rows are "
+        "named after its last path component)",
+    )
     p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case, with --rings)")
     p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")
     p.add_argument("--threads", type=int, default=1)
@@ -833,7 +839,7 @@ def main() -> None:
         return out[0], out[1:]
 
     if "unrolled-bootstrap" in methods:
-        unrolled_net = load_weights("unrolled", "fbsem32")[0]
+        unrolled_net = load_weights("unrolled", args.unrolled_weights)[0]
 
     report: dict = {
         "source": source,
@@ -940,7 +946,7 @@ def main() -> None:
                 if "unrolled-bootstrap" in methods:
                     t0 = time.process_time()
                     full, reps_t = unrolled_bootstrap(sim, model, replace(osem_cfg, seed=data_seed))
-                    name = "unrolled (fbsem32) bootstrap"
+                    name = f"unrolled ({Path(args.unrolled_weights).name}) bootstrap"
                     acc.add(name, full, reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
                     acc.add_rois(name, reps_t - reps_t.mean(0) + full, truth, ph, image.voxel_size_mm)
                 if "osem-bootstrap" in methods:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,9 +98,14 @@ def test_benchmark_unrolled_bootstrap_resamples_the_data_and_records_classes(tmp
 
     out = tmp_path / "unb"
     argv = ["pnp_ula_coverage.py", "--quick", "--methods", "unrolled-bootstrap", "--replicates", "4", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
+    # a weights folder (here the shipped fbsem32's own) names the rows after it
+    weights = (
+        Path(pnp_ula_coverage.__file__).resolve().parents[1] / "petuq_sirf" / "weights" / "unrolled_fbsem32_test2d"
+    )
+    monkeypatch.setattr(sys, "argv", [*argv, "--unrolled-weights", str(weights)])
     pnp_ula_coverage.main()
-    row = json.loads((out / "pnp_ula_coverage.json").read_text())["brain"]["methods"]["unrolled (fbsem32) bootstrap"]
+    methods = json.loads((out / "pnp_ula_coverage.json").read_text())["brain"]["methods"]
+    row = methods["unrolled (unrolled_fbsem32_test2d) bootstrap"]
     assert row["datasets"] == 3 and 0 < row["nrmse"] < 1
     # the replicates differ (the network sees differently weighted data): a positive std, pooled per class
     assert 0 < row["std_over_rmse"] < 5
