@@ -197,6 +197,28 @@ def test_shipped_fbsem32_network_is_the_texture_trained_one_with_its_trained_mea
     assert err < 0.9 * err0, (err, err0)
 
 
+def test_shipped_fbsem32w_continues_fbsem32_on_more_phantoms(layout_2d, image_2d):
+    """``--weights fbsem32w``: ``fbsem32``'s architecture continued on 512 training phantoms per family (never
+    brain), fixed-location posterior, and it improves on its MLEM-10 input as ``fbsem32`` does."""
+    net, posterior, info = recon_weights.load_network("unrolled", "fbsem32w")
+    base, _, base_info = recon_weights.load_network("unrolled", "fbsem32")
+    assert recon_weights.weights_folder("unrolled", "fbsem32w").name == "unrolled_fbsem32w_test2d"
+    assert net.config == base.config and info["phantoms"] == 512 and base_info["phantoms"] == 128
+    assert info["families"] == ["thorax", "ellipses", "texture"] and info["init_weights"].endswith(
+        "unrolled_fbsem32_test2d"
+    )
+    assert info["training"]["num_steps"] > 0 and info["training"]["svi_learn_loc"] is False
+    point = net.state_dict()
+    assert all(torch.equal(loc, point[k]) for k, loc in posterior.loc.items())
+    assert any(not torch.equal(point[k], v) for k, v in base.state_dict().items())  # new weights, not a copy
+    ph, sim, model, x0 = _test_case(layout_2d, image_2d, "thorax", 4, 5e4)
+    pred = predict_unrolled(net, model, sim.prompts, x0, posterior, 3, seed=0)
+    body = ph.regions["object"]
+    err = float((pred.mean - sim.truth)[body].norm() / sim.truth[body].norm())
+    err0 = float((x0 - sim.truth)[body].norm() / sim.truth[body].norm())
+    assert err < 0.9 * err0, (err, err0)
+
+
 def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path, capsys):
     """``--init-weights A --steps 0``: the point network is A's (architecture and regulariser weights), the head
     is retrained; ``--svi-fixed-loc``: the posterior's locations are A's weights and only the scales moved."""
