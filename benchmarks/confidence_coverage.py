@@ -562,7 +562,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--unrolled-weights",
         default="",
-        help="unrolled network: a weights folder or a shipped name (fbsem32, fbsem32w, fbsem16, dbfb); default: the shipped "
+        help="unrolled network: a weights folder or a shipped name (fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); default: the shipped "
         "default fbsem32",
     )
     ap.add_argument(

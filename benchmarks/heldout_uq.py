@@ -75,7 +75,7 @@ def parse() -> argparse.Namespace:
         default=None,
         metavar="NAME=WEIGHTS",
         help="an unrolled network to evaluate (WEIGHTS a weights folder, 'shipped' = the default fbsem32, or a shipped "
-        "name: fbsem32, fbsem32w, fbsem16, dbfb); repeatable",
+        "name: fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); repeatable",
     )
     p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case)")
     p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")

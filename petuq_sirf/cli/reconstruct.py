@@ -61,7 +61,7 @@ def register(sub) -> None:
         help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones, for unrolled "
         "'fbsem32', the 32-channel FBSEM network learned on thorax + ellipses + texture phantoms); 'fbsem16' "
         "selects the previous default (16-channel FBSEM, thorax + ellipses), 'dbfb' the shipped unrolled network "
-        "with the DBFB regulariser, 'fbsem32w' fbsem32 continued on 4x the training phantoms.",
+        "with the DBFB regulariser, 'fbsem32w' fbsem32 continued on 4x the training phantoms, 'fbsem32x' that with the dose range up to 3e6 trues.",
     )
     p.add_argument(
         "--force",

@@ -37,6 +37,8 @@ SHIPPED_NAMED: dict[str, Path] = {
     "fbsem16": WEIGHTS_DIR / "unrolled_test2d",  # the previous default: 16 channels, thorax + ellipses
     # fbsem32 continued on 4x the training phantoms (512 per family of thorax, ellipses, texture)
     "fbsem32w": WEIGHTS_DIR / "unrolled_fbsem32w_test2d",
+    # fbsem32w continued with the dose range 1e4-3e6 trues (100 % dose inside it, not at its edge)
+    "fbsem32x": WEIGHTS_DIR / "unrolled_fbsem32x_test2d",
     # the PnP denoiser prior learned on thorax + ellipses + texture phantoms (the default: random ellipses)
     "pnp-families": WEIGHTS_DIR / "pnp_denoiser_families_test2d",
 }

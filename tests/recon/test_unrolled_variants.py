@@ -217,6 +217,21 @@ def test_shipped_fbsem32w_continues_fbsem32_on_more_phantoms(layout_2d, image_2d
     assert err < 0.9 * err0, (err, err0)
 
 
+def test_shipped_fbsem32x_extends_the_dose_range_of_fbsem32w(layout_2d, image_2d):
+    """``--weights fbsem32x``: ``fbsem32w`` continued with training counts up to 3e6 trues, so that the standard
+    dose (1e6) lies inside the range; new weights, fixed-location posterior, better than its MLEM-10 input."""
+    net, posterior, info = recon_weights.load_network("unrolled", "fbsem32x")
+    base, _, base_info = recon_weights.load_network("unrolled", "fbsem32w")
+    assert net.config == base.config and info["init_weights"].endswith("unrolled_fbsem32w_test2d")
+    assert info["counts_range"] == [1e4, 3e6] and base_info["counts_range"] == [1e4, 1e6] and info["phantoms"] == 512
+    assert "brain" not in info["families"] and info["training"]["svi_learn_loc"] is False
+    point = net.state_dict()
+    assert all(torch.equal(loc, point[k]) for k, loc in posterior.loc.items())
+    assert any(not torch.equal(point[k], v) for k, v in base.state_dict().items())
+    err, err0 = _errors_against_input(net, posterior, layout_2d, image_2d)
+    assert err < 0.9 * err0, (err, err0)
+
+
 def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path, capsys):
     """``--init-weights A --steps 0``: the point network is A's (architecture and regulariser weights), the head
     is retrained; ``--svi-fixed-loc``: the posterior's locations are A's weights and only the scales moved."""
