@@ -840,6 +840,7 @@ def main() -> None:
 
     if "unrolled-bootstrap" in methods:
         unrolled_net = load_weights("unrolled", args.unrolled_weights)[0]
+        unrolled_name = f"unrolled ({Path(args.unrolled_weights).name}) bootstrap"
 
     report: dict = {
         "source": source,
@@ -946,9 +947,8 @@ def main() -> None:
                 if "unrolled-bootstrap" in methods:
                     t0 = time.process_time()
                     full, reps_t = unrolled_bootstrap(sim, model, replace(osem_cfg, seed=data_seed))
-                    name = f"unrolled ({Path(args.unrolled_weights).name}) bootstrap"
-                    acc.add(name, full, reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
-                    acc.add_rois(name, reps_t - reps_t.mean(0) + full, truth, ph, image.voxel_size_mm)
+                    acc.add(unrolled_name, full, reps_t.std(0), truth, obj, les, time.process_time() - t0, vox)
+                    acc.add_rois(unrolled_name, reps_t - reps_t.mean(0) + full, truth, ph, image.voxel_size_mm)
                 if "osem-bootstrap" in methods:
                     t0 = time.process_time()
                     _, reps_np = bootstrap(sim, replace(osem_cfg, seed=data_seed))

@@ -27,9 +27,11 @@ def test_select_unrolled_scores_each_family_and_dose(tmp_path, monkeypatch, caps
     assert "| a |" in capsys.readouterr().out
 
 
-def test_select_unrolled_refuses_the_held_out_family(monkeypatch) -> None:
+def test_select_unrolled_refuses_the_held_out_family(monkeypatch, capsys) -> None:
     from benchmarks import select_unrolled
 
     monkeypatch.setattr(sys, "argv", ["select_unrolled.py", "--candidate", "a=fbsem32", "--families", "thorax,brain"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         select_unrolled.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "brain is held out" in err[-1], err
