@@ -89,7 +89,8 @@ def register(sub) -> None:
         default=None,
         metavar="DIR",
         help="Start from this weights folder's point network (its architecture replaces --channels, "
-        "--unrolled-iterations, --dose-input, --regulariser; its posterior is dropped). With --steps 0: "
+        "--dose-input, --regulariser; its posterior is dropped). A larger --unrolled-iterations unrolls it "
+        "further, the added iterations starting with its last one's strength. With --steps 0: "
         "retrain only the variance head and the posterior.",
     )
     p.add_argument(

@@ -200,12 +200,20 @@ def train_unrolled_network(
         defaults = UnrolledTrainingSettings()
         for option, asked, default, has in (
             ("--channels", s.channels, defaults.channels, net_cfg.channels),
-            ("--unrolled-iterations", s.unrolled_iterations, defaults.unrolled_iterations, net_cfg.num_iterations),
             ("--regulariser", s.regulariser, defaults.regulariser, net_cfg.regulariser),
             ("--dose-input", s.dose_input, defaults.dose_input, net_cfg.dose_input),
         ):  # an architecture option set away from its default must agree with the starting network
             if asked != default and asked != has:
                 raise ValueError(f"{option} {asked} disagrees with --init-weights {s.init_weights} ({option} {has})")
+        asked = s.unrolled_iterations
+        if asked != defaults.unrolled_iterations and asked != net_cfg.num_iterations:
+            if asked < net_cfg.num_iterations:
+                raise ValueError(
+                    f"--unrolled-iterations {asked} is fewer than --init-weights {s.init_weights} has "
+                    f"({net_cfg.num_iterations}); a network can only be unrolled further"
+                )
+            init_net = init_net.with_iterations(asked)  # more iterations: warm start from the shared weights
+            net_cfg = init_net.config
     else:
         net_cfg = UnrolledConfig(
             num_iterations=s.unrolled_iterations,

@@ -22,7 +22,7 @@ prediction take seeds and leave torch's global RNG and Pyro's param store as the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyro
 import pyro.distributions as dist
@@ -136,6 +136,25 @@ class UnrolledFBSEM(nn.Module):
         if c.dose_input:
             self.beta_slope = nn.Parameter(torch.full((c.num_iterations,), -0.5))
         self.head = conv_stack(2 + extra, c.channels, 1, 3, nn.SiLU, last_weight_scale=0.1)
+
+    def with_iterations(self, num_iterations: int) -> UnrolledFBSEM:
+        """A copy unrolled for ``num_iterations >= config.num_iterations`` steps (a warm start for training).
+
+        The regulariser and the head are shared by all iterations and are copied; each added iteration starts
+        with the last iteration's fusion strength (``log_beta``, ``beta_slope``), so the added steps continue
+        the last one's balance of data and prior.
+        """
+        have = self.config.num_iterations
+        if num_iterations < have:
+            raise ValueError(f"cannot unroll fewer iterations ({num_iterations}) than the network has ({have})")
+        out = UnrolledFBSEM(replace(self.config, num_iterations=num_iterations)).to(self.log_beta.device)
+        state = self.state_dict()
+        for name in ("log_beta", "beta_slope"):
+            if name in state:
+                v = state[name]
+                state[name] = torch.cat([v, v[-1:].expand(num_iterations - have)])
+        out.load_state_dict(state)
+        return out
 
     def _slices(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1, *x.shape[-2:])

@@ -261,3 +261,48 @@ def test_init_weights_continues_a_network_and_fixed_loc_keeps_its_mean(tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--channels 8 disagrees with --init-weights" in err, err
     assert not (tmp_path / "d" / "model.safetensors").exists()
+
+
+def test_init_weights_unrolls_a_network_further_and_refuses_fewer_iterations(tmp_path, capsys):
+    """``--init-weights A --unrolled-iterations K`` (K above A's): the shared regulariser is A's, A's strengths
+    are kept and the added iterations start with A's last one; fewer iterations than A's are refused."""
+    from petuq_sirf.cli.main import main
+
+    base = "train-unrolled --phantoms 2 --validation-phantoms 1 --steps 2 --batch-size 2 --calibration-phantoms 0"
+    base += " --head-steps 0 --svi-steps 0 --channels 4"
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*base.split(), "--unrolled-iterations", "2", "--out", str(a)]) == 0
+    args = [*base.split(), "--steps", "0", "--init-weights", str(a)]
+    assert main([*args, "--unrolled-iterations", "4", "--out", str(b)]) == 0
+    net_a, _, _ = recon_weights.load_network("unrolled", a)
+    net_b, _, _ = recon_weights.load_network("unrolled", b)
+    assert net_a.config.num_iterations == 2 and net_b.config.num_iterations == 4
+    la, lb = net_a.log_beta.detach(), net_b.log_beta.detach()
+    assert not torch.equal(la[0], la[1])  # trained: the two strengths differ, so the copy below is checkable
+    assert torch.equal(lb[:2], la) and torch.equal(lb[2:], la[-1].expand(2))
+    sa, sb = net_a.state_dict(), net_b.state_dict()
+    for name in sa:
+        if name != "log_beta":
+            assert torch.equal(sa[name], sb[name]), name
+    capsys.readouterr()
+    assert main([*args, "--unrolled-iterations", "1", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--unrolled-iterations 1 is fewer than" in err, err
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+
+
+def test_unrolling_further_runs_the_added_iterations():
+    """The unrolled-further copy is the same network for the same count, and each added iteration changes
+    the output (it is run, not dropped)."""
+    net = UnrolledFBSEM(UnrolledConfig(num_iterations=2, channels=4, depth=2))
+    same, more = net.with_iterations(2), net.with_iterations(3)
+    with pytest.raises(ValueError, match="fewer iterations"):
+        net.with_iterations(1)
+    model, y, truth = _tiny_problem()
+    x0 = torch.full_like(truth, float(truth.mean()))
+    with torch.no_grad():
+        m, _ = net(model, y, x0)
+        m_same, _ = same(model, y, x0)
+        m_more, _ = more(model, y, x0)
+    assert torch.equal(m, m_same)
+    assert not torch.allclose(m, m_more)
