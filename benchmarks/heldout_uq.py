@@ -33,6 +33,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case)")
     p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")
     p.add_argument("--standard-counts", type=float, default=None, help="expected trues at 100 %% dose (default 1e6)")
+    p.add_argument(
+        "--contrast-edges",
+        default="",
+        metavar="LO,HI",
+        help="add a local-contrast axis to the voxel classes (e.g. 0.85,1.2: cold spot / flat / hot spot; "
+        "VoxelClassSpec.contrast_edges); default none: the 18 plain classes",
+    )
+    p.add_argument(
+        "--contrast-fwhm-mm", type=float, default=30.0, help="neighbourhood width of the local contrast (mm)"
+    )
     p.add_argument(
         "--no-denoiser-dose-input", dest="denoiser_dose_input", action="store_false", help="denoiser without dose input"
     )
@@ -129,7 +140,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     from petuq_sirf.simulation.phantom_families import OUT_OF_FAMILY, family_phantom, seeds
     from petuq_sirf.simulation.simulate import SimulationConfig, simulate
     from petuq_sirf.uq.calibration import calibration_error, gaussian_quantile
-    from petuq_sirf.uq.mondrian import MondrianConformal, global_conformal, voxel_classes
+    from petuq_sirf.uq.mondrian import MondrianConformal, VoxelClassSpec, global_conformal, voxel_classes
     from petuq_sirf.uq.roi import (
         RoiConformal,
         equivalent_diameter_mm,
@@ -140,6 +151,12 @@ def main() -> None:  # noqa: C901 - one linear protocol
         size_group,
     )
     from petuq_sirf.uq.std_scaling import MondrianStdScaling
+
+    try:  # voxel classes of every Mondrian calibration (optionally with the local-contrast axis)
+        edges = tuple(float(v) for v in args.contrast_edges.split(",") if v.strip())
+        class_spec = VoxelClassSpec(contrast_edges=edges, contrast_fwhm_mm=args.contrast_fwhm_mm)
+    except ValueError as e:
+        raise SystemExit(f"heldout_uq: --contrast-edges / --contrast-fwhm-mm: {e}") from None
 
     scanner = get_scanner(args.scanner)
     if args.rings:
@@ -275,12 +292,13 @@ def main() -> None:  # noqa: C901 - one linear protocol
         outs["denoiser"] = run_denoiser(x_den, 1, dose)
         entry = {}
         for name, (s_, m_, sd_) in outs.items():
-            cls = voxel_classes(m_, vox)
-            body = cls < MondrianConformal().spec.num_classes
+            cls = voxel_classes(m_, vox, class_spec)
+            body = cls < class_spec.num_classes
+            mondrian = partial(MondrianConformal, levels=LEVELS, spec=class_spec)
             entry[name] = {
                 "global": global_conformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
-                "mondrian": MondrianConformal("normalised", LEVELS).fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
-                "mondrian_cqr": MondrianConformal("cqr", LEVELS).fit(cal.truth, cls, samples=s_, mask=body),
+                "mondrian": mondrian("normalised").fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
+                "mondrian_cqr": mondrian("cqr").fit(cal.truth, cls, samples=s_, mask=body),
                 # per-class std factor: RMS std = RMS error (bias included) on the calibration voxels
                 "std_scaling": MondrianStdScaling().fit(cal.truth, cls, mean=m_, std=sd_, mask=body),
             }
@@ -350,6 +368,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
             "test_phantoms_per_family": n_test,
             "test_start": args.test_start,
             "calibration_phantoms_per_family": n_cal,
+            "voxel_class_spec": class_spec.to_dict(),
             "posterior_samples": n_samples,
             "denoiser": f"mc_dropout trained on {len(train)} images ({n_train} train seeds x {in_family} x doses)",
             "unrolled": {
@@ -402,7 +421,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
                     row["nrmse"][f"{name} (mean)"] = nrmse_of(o[1])
                 methods = {}
                 for name, (s_, m_, sd_) in outs.items():
-                    cls = voxel_classes(m_, vox)
+                    cls = voxel_classes(m_, vox, class_spec)
                     cals = calibrators[dose][name]
                     variants = {}
                     if name in unrolled:
@@ -510,7 +529,8 @@ def summarise(results: dict) -> dict:
     """Mean over test phantoms per (family, dose, method variant)."""
     from petuq_sirf.uq.mondrian import VoxelClassSpec
 
-    body_classes = VoxelClassSpec().num_classes  # the last class is outside the body outline
+    spec = results["settings"].get("voxel_class_spec")  # absent in runs before the contrast axis: the plain classes
+    body_classes = (VoxelClassSpec.from_dict(spec) if spec else VoxelClassSpec()).num_classes  # last: outside body
     agg: dict = {}
     pooled: dict = {}  # (family, dose) -> method variant -> class -> [voxels, sum std^2, sum error^2]
     for row in results["cases"].values():

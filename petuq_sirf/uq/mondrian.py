@@ -7,7 +7,10 @@ the *reconstruction itself* (never from the truth), so they are available on a n
 
 - activity level: the (smoothed) reconstructed value relative to the median inside the body,
 - local gradient / edge strength: the largest change to a neighbour, relative to that median,
-- distance to the body outline (mm), the outline thresholded from the smoothed reconstruction.
+- distance to the body outline (mm), the outline thresholded from the smoothed reconstruction,
+- optionally (``contrast_edges``) local contrast: the smoothed value relative to its wider neighbourhood
+  inside the body (``contrast_fwhm_mm``), which separates hot and cold spots such as lesions, where a
+  learned reconstruction's bias is largest, from the flat tissue of the same activity level.
 
 Scores (``score=``):
 
@@ -50,6 +53,11 @@ class VoxelClassSpec:
         distance_edges_mm: bin edges of the distance to the body outline in mm.
         outline_fraction: body = smoothed image > ``outline_fraction`` x its 99th percentile.
         smooth_fwhm_mm: Gaussian smoothing (mm) of the reconstruction before computing the features.
+        contrast_edges: bin edges of the local contrast, the smoothed value over its body-normalised
+            ``contrast_fwhm_mm`` neighbourhood mean (e.g. ``(0.85, 1.2)``: cold spot / flat / hot spot);
+            empty (the default): no contrast axis, the 18 classes of the earlier versions.
+        contrast_fwhm_mm: width (mm) of the neighbourhood of the local contrast; wider than the spots to
+            be separated (at the centre of a 30 mm 4:1 hot lesion the default gives a contrast of about 1.6).
     """
 
     activity_edges: tuple[float, ...] = (0.6, 1.6)
@@ -57,11 +65,22 @@ class VoxelClassSpec:
     distance_edges_mm: tuple[float, ...] = (8.0,)
     outline_fraction: float = 0.1
     smooth_fwhm_mm: float = 4.0
+    contrast_edges: tuple[float, ...] = ()
+    contrast_fwhm_mm: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("activity_edges", "gradient_edges", "distance_edges_mm", "contrast_edges"):
+            edges = getattr(self, name)
+            if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+                raise ValueError(f"voxel classes: {name} must increase, got {list(edges)}")
+        if self.contrast_edges and not self.contrast_fwhm_mm > 0:
+            raise ValueError(f"voxel classes: contrast_fwhm_mm must be > 0, got {self.contrast_fwhm_mm}")
 
     @property
     def num_classes(self) -> int:
         """Classes inside the body (class ``num_classes`` is outside the body)."""
-        return (len(self.activity_edges) + 1) * (len(self.gradient_edges) + 1) * (len(self.distance_edges_mm) + 1)
+        n = (len(self.activity_edges) + 1) * (len(self.gradient_edges) + 1) * (len(self.distance_edges_mm) + 1)
+        return n * (len(self.contrast_edges) + 1)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -75,16 +94,22 @@ class VoxelClassSpec:
         if not 0 <= c < self.num_classes:
             raise ValueError(f"class {c} is not a body class (0 .. {self.num_classes - 1})")
         nd, ng = len(self.distance_edges_mm) + 1, len(self.gradient_edges) + 1
-        a, rest = divmod(c, ng * nd)
+        a, rest = divmod(c // (len(self.contrast_edges) + 1), ng * nd)
         g, d = divmod(rest, nd)
         return a, g, d
+
+    def contrast_bin(self, c: int) -> int:
+        """The local-contrast bin of body class ``c`` (always 0 without ``contrast_edges``)."""
+        self.bins(c)  # range check
+        return c % (len(self.contrast_edges) + 1)
 
     def describe(self, c: int) -> str:
         """Human-readable name of class ``c``."""
         if c == self.num_classes:
             return "outside body"
         a, g, d = self.bins(c)
-        return f"activity bin {a}, edge bin {g}, distance bin {d}"
+        text = f"activity bin {a}, edge bin {g}, distance bin {d}"
+        return text + (f", contrast bin {self.contrast_bin(c)}" if self.contrast_edges else "")
 
 
 def _smooth(image: torch.Tensor, fwhm_mm: float, voxel_size_mm) -> torch.Tensor:
@@ -152,6 +177,13 @@ def voxel_classes(
         d = torch.bucketize(dist, torch.tensor(spec.distance_edges_mm, dtype=dist.dtype))
         ng, nd = len(spec.gradient_edges) + 1, len(spec.distance_edges_mm) + 1
         cls = (a * ng + g) * nd + d
+        if spec.contrast_edges:  # value over its body-normalised wider neighbourhood (no outline fall-off)
+            bf = body.to(sm.dtype)
+            wide = _smooth(sm * bf, spec.contrast_fwhm_mm, voxel_size_mm)
+            norm = _smooth(bf, spec.contrast_fwhm_mm, voxel_size_mm).clamp_min(1e-6)
+            contrast = sm / (wide / norm).clamp_min(1e-12 * ref)
+            k = torch.bucketize(contrast, torch.tensor(spec.contrast_edges, dtype=contrast.dtype))
+            cls = cls * (len(spec.contrast_edges) + 1) + k
         out[i] = torch.where(body, cls, torch.full_like(cls, spec.num_classes))
     return out.reshape(x.shape)
 

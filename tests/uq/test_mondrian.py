@@ -18,3 +18,19 @@ def test_class_bins_invert_the_class_index() -> None:
     assert spec.describe(spec.num_classes) == "outside body"
     with pytest.raises(ValueError, match="not a body class"):
         spec.bins(spec.num_classes)
+
+
+def test_contrast_axis_multiplies_the_classes_and_its_bins_invert() -> None:
+    spec = VoxelClassSpec(contrast_edges=(0.85, 1.2))
+    plain = VoxelClassSpec()
+    assert spec.num_classes == 3 * plain.num_classes
+    seen = set()
+    for c in range(spec.num_classes):
+        key = (*spec.bins(c), spec.contrast_bin(c))
+        assert spec.bins(c) == plain.bins(c // 3)  # the contrast bin is the fastest-varying index
+        assert spec.describe(c).endswith(f", contrast bin {key[3]}")
+        seen.add(key)
+    assert len(seen) == spec.num_classes
+    with pytest.raises(ValueError, match="contrast_edges must increase"):
+        VoxelClassSpec(contrast_edges=(1.2, 0.85))
+    assert VoxelClassSpec.from_dict(spec.to_dict()) == spec

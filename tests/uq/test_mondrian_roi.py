@@ -51,6 +51,26 @@ def test_voxel_classes_come_from_the_image_and_mark_the_outside():
     assert torch.equal(both[0], cls) and torch.equal(both[1], cls)  # relative units: scale invariant
 
 
+def test_local_contrast_classes_separate_hot_and_cold_spots_from_flat_tissue():
+    """A uniform disc with a hot and a cold spot: the spots' centres get the hot / cold contrast bins, flat
+    tissue the middle one, also next to the body outline; the other axes are those of the plain classes."""
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    disc = ((yy - 19.5) ** 2 + (xx - 19.5) ** 2 < 17.0**2).double()
+    img = disc.clone()
+    img[((yy - 12) ** 2 + (xx - 20) ** 2) < 2.5**2] = 4.0  # hot spot, 4:1
+    img[((yy - 27) ** 2 + (xx - 20) ** 2) < 2.5**2] = 0.2  # cold spot
+    img = img[None]
+    spec = VoxelClassSpec(contrast_edges=(0.85, 1.2))
+    cls, plain = voxel_classes(img, IMAGE.voxel_size_mm, spec), voxel_classes(img, IMAGE.voxel_size_mm)
+    body = plain < VoxelClassSpec().num_classes
+    assert torch.equal(cls < spec.num_classes, body)
+    assert torch.equal(cls[body] // 3, plain[body])  # contrast refines the plain classes
+    k = cls % 3
+    assert int(k[0, 12, 20]) == 2 and int(k[0, 27, 20]) == 0
+    flat = body[0] & (((yy - 12) ** 2 + (xx - 20) ** 2) > 8**2) & (((yy - 27) ** 2 + (xx - 20) ** 2) > 8**2)
+    assert bool((k[0][flat] == 1).all())  # flat tissue, outline included (body-normalised neighbourhood)
+
+
 @pytest.mark.parametrize("score", ["normalised", "cqr"])
 def test_mondrian_per_class_coverage_holds_on_exchangeable_held_out_data(data, score):
     (tc, mc, sc), (tt, mt, st) = data
