@@ -19,7 +19,8 @@ thorax,ellipses --counts-range 1e4,1e6 --dose-input``); their training seeds nev
 calibration or test seeds. The Bayesian denoiser is dose-conditioned (``--denoiser-dose-input``, default on).
 References: OSEM with the NRMSE-optimal iterations and post-filter, and MAP-RDP with the NRMSE-optimal
 strength, both searched per family and dose on that family's *calibration* seeds (never the test truth),
-cached in ``<out>/reference_tuning.json``.
+cached in ``<out>/reference_tuning.json`` with a fingerprint of the calibration data and system model: a cache
+made by another simulator or projector (or copied from another run) is tuned again, not reused.
 
 For each test phantom and dose: ``--realisations`` noise realisations; per method and region (object,
 lesions, edges, background): voxel coverage at 0.5-0.95, calibration error (mean |observed - nominal|),
@@ -123,6 +124,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     from petuq_sirf.recon.lowdose import geometric_model
     from petuq_sirf.recon.reference_tuning import (
         TuningCase,
+        fingerprint_matches,
         load_tuning,
         lookup,
         map_rdp_reference,
@@ -131,6 +133,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
         save_tuning,
         tune_map_rdp,
         tune_osem_postfilter,
+        tuning_fingerprint,
         tuning_key,
     )
     from petuq_sirf.recon.unrolled import predict_unrolled
@@ -201,17 +204,22 @@ def main() -> None:  # noqa: C901 - one linear protocol
     for family in test_families:
         for dose in doses:
             key = tuning_key(family, dose)
-            if key in tuning and tuning[key].get("num_phantoms", 0) >= n_tune:
-                continue
             cases = []
             for s in seeds("calibration", n_tune, start=500):  # other calibration seeds than the conformal ones
                 ph, sim, model = case(family, s, dose)
                 cases.append(TuningCase(model, draws(sim, 3, s), sim.truth, ph.regions["object"]))
+            fingerprint = tuning_fingerprint(cases)
+            cached = tuning.get(key, {})
+            if cached.get("num_phantoms", 0) == n_tune and fingerprint_matches(cached.get("fingerprint"), fingerprint):
+                continue
+            if cached:  # made from other calibration data or another simulator / projector: tune again
+                log(f"cached tuning of {key} does not match this code's calibration data; tuning again")
             entry = {
                 "osem": tune_osem_postfilter(cases, iteration_grid=(2, 3, 4, 6, 8)),
                 "map_rdp": tune_map_rdp(cases, strength_grid=strengths, num_iterations=20, max_realisations=1),
                 "num_phantoms": n_tune,
                 "seeds": [int(c) for c in seeds("calibration", n_tune, start=500)],
+                "fingerprint": fingerprint,
             }
             tuning[key] = entry
             save_tuning(tuning_path, {key: entry})

@@ -5,7 +5,8 @@ Every comparison of a learned method must be against the strongest classical rec
 that minimises the mean NRMSE over the calibration cases, and MAP-RDP with the strength
 (:meth:`~petuq_sirf.recon.rdp.RelativeDifferencePrior.scaled_for`) that does the same. Results are
 small JSON documents keyed by ``"<family>@<dose>"`` that a benchmark reuses (:func:`save_tuning`,
-:func:`load_tuning`, :func:`lookup`).
+:func:`load_tuning`, :func:`lookup`), with a fingerprint of the calibration data and system model
+(:func:`tuning_fingerprint`) so that a cache made with another simulator or projector is not reused.
 """
 
 from __future__ import annotations
@@ -182,6 +183,37 @@ def map_rdp_reference(model: AcquisitionModel, prompts: torch.Tensor, tuned: Map
     x0 = osem_realisations(model, prompts[None], int(tuned["init_iterations"]), int(tuned["subsets"]))[0]
     prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), x0, strength=float(tuned["strength"]))
     return map_rdp(model, prompts, prior, int(tuned["iterations"]), x0=x0).image
+
+
+def tuning_fingerprint(cases: Sequence[TuningCase]) -> list[list[float]]:
+    """Per case ``[sum of the prompts, sum of the truth, sum of G truth, sum of the sensitivity]``.
+
+    Stored with a tuning so that a cached result is reused only for the same calibration data *and*
+    the same system model: a change to the simulator or to the projector changes these sums.
+    """
+    out = []
+    with torch.no_grad():
+        for c in cases:
+            truth = c.truth.to(c.model.device) if hasattr(c.model, "device") else c.truth
+            out.append(
+                [
+                    float(c.prompts.double().sum()),
+                    float(c.truth.double().sum()),
+                    float(c.model.forward(truth).double().sum()),
+                    float(c.model.sensitivity().double().sum()),
+                ]
+            )
+    return out
+
+
+def fingerprint_matches(stored: Sequence | None, current: Sequence, rtol: float = 1e-6) -> bool:
+    """Whether a stored :func:`tuning_fingerprint` equals ``current`` (relative tolerance ``rtol``)."""
+    if not stored or len(stored) != len(current):
+        return False
+    for a, b in zip(stored, current, strict=True):
+        if len(a) != len(b) or any(abs(x - y) > rtol * max(abs(x), abs(y), 1e-12) for x, y in zip(a, b, strict=True)):
+            return False
+    return True
 
 
 def tuning_key(family: str, dose_fraction: float) -> str:

@@ -7,12 +7,14 @@ import torch
 
 from petuq_sirf.recon.reference_tuning import (
     TuningCase,
+    fingerprint_matches,
     load_tuning,
     lookup,
     osem_reference,
     save_tuning,
     tune_map_rdp,
     tune_osem_postfilter,
+    tuning_fingerprint,
     tuning_key,
 )
 from petuq_sirf.simulation.phantoms import brain_phantom
@@ -51,3 +53,17 @@ def test_map_rdp_search_and_json_round_trip(cases, tmp_path):
     assert set(loaded) == {"brain@0.05", "thorax@1"}
     with pytest.raises(ValueError, match="no tuned references"):
         lookup(loaded, "brain", 0.1)
+
+
+def test_tuning_fingerprint_changes_with_the_data_and_the_system_model(cases, layout_2d, image_2d):
+    """A cached tuning is reused only for the same calibration data and projector: the fingerprint is
+    reproducible, survives the JSON round trip, and changes with other prompts or another system model."""
+    fp = tuning_fingerprint(cases)
+    assert fingerprint_matches(fp, tuning_fingerprint(cases))
+    c = cases[0]
+    other_prompts = [TuningCase(c.model, c.prompts + 1, c.truth, c.mask)]
+    assert not fingerprint_matches(fp, tuning_fingerprint(other_prompts))
+    sim = simulate(brain_phantom(image_2d), layout_2d, SimulationConfig(true_counts=3e4, seed=1, psf_fwhm_mm=8.0))
+    other_model = [TuningCase(sim.acquisition_model(), c.prompts, c.truth, c.mask)]  # same data, wider PSF
+    assert not fingerprint_matches(fp, tuning_fingerprint(other_model))
+    assert not fingerprint_matches(None, fp) and not fingerprint_matches(fp[:0], fp)
