@@ -12,14 +12,13 @@ small JSON documents keyed by ``"<family>@<dose>"`` that a benchmark reuses (:fu
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from petuq_sirf.io.atomic import atomic_write_text
 from petuq_sirf.operators.acquisition import AcquisitionModel, subset_views
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.filters import gaussian_postfilter
@@ -226,10 +225,7 @@ def save_tuning(path: str | Path, results: Mapping[str, Mapping]) -> Path:
     merged = dict(load_tuning(path)) if path.is_file() else {}
     merged.update(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(merged, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(merged, indent=1, sort_keys=True))  # the usual permissions, not 0600
     return path
 
 

@@ -1,6 +1,8 @@
 """Tuned classical references (issue 10, item 1): search on calibration cases, JSON round trip."""
 
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -48,6 +50,9 @@ def test_map_rdp_search_and_json_round_trip(cases, tmp_path):
     assert math.isclose(res["nrmse"], min(res["grid"].values()))
     path = save_tuning(tmp_path / "refs.json", {tuning_key("brain", 0.05): {"map_rdp": res}})
     save_tuning(path, {tuning_key("thorax", 1.0): {"map_rdp": res}})  # merges
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
     loaded = load_tuning(path)
     assert lookup(loaded, "brain", 0.05)["map_rdp"]["strength"] == res["strength"]
     assert set(loaded) == {"brain@0.05", "thorax@1"}
