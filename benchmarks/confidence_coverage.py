@@ -1,11 +1,11 @@
 """Coverage and width of the anytime-valid ROI confidence intervals (sequential likelihood mixing).
 
-Held-out phantoms only (no shipped network saw their seeds; the default unrolled network ``fbsem32`` was
+Held-out phantoms only (no shipped network saw their seeds; the default unrolled network ``fbsem32w`` was
 trained on thorax, ellipse and texture training seeds, never on a brain): the procedural anatomical
 families of :mod:`petuq_sirf.simulation.phantom_families` (``--families brain,thorax``: TEST seeds, their
 random lesions and the background as ROIs) and, with ``--phantoms``, the fixed NEMA IEC-like / brain-like
 phantoms. Poisson realisations of the exact model mean are split into equal time frames (frame 1 a
-burn-in). Estimators: OSEM, MAP-RDP, the shipped unrolled network (default ``fbsem32``;
+burn-in). Estimators: OSEM, MAP-RDP, the shipped unrolled network (default ``fbsem32w``, before 2026-12-07 ``fbsem32``;
 ``--unrolled-weights``) and a deliberately bad constant image (3x the background level).
 
 Every realisation goes through the ROI solver (realisations of one phantom are solved together, one
@@ -563,7 +563,7 @@ def parser() -> argparse.ArgumentParser:
         "--unrolled-weights",
         default="",
         help="unrolled network: a weights folder or a shipped name (fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); default: the shipped "
-        "default fbsem32",
+        "default fbsem32w (the documented runs name theirs)",
     )
     ap.add_argument(
         "--seed-base", type=int, default=1000, help="realisation seed of the first phantom (+1 per phantom)"

@@ -2,8 +2,8 @@
 
     PYTHONPATH=$PWD python benchmarks/select_unrolled.py --candidate "current=shipped" --candidate "new=DIR"
 
-(``shipped`` = the default unrolled network, ``fbsem32``; a shipped name such as ``fbsem16``, the previous
-default, or a weights folder also work.)
+(``shipped`` = the default unrolled network, ``fbsem32w``; a shipped name such as ``fbsem32`` or ``fbsem16``,
+previous defaults, or a weights folder also work.)
 
 For each candidate and dose: the mean object NRMSE of the posterior-mean image over ``--phantoms``
 calibration-split phantoms per learning-side family (``OUT_OF_FAMILY["in_family"]``), seeds from the

@@ -50,7 +50,7 @@ def register(sub) -> None:
         "--weights",
         default=None,
         help="unrolled weights folder or a shipped name (fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); default: the shipped test-2d "
-        "network fbsem32 (32-channel FBSEM; fbsem16 = the previous 16-channel default)",
+        "network fbsem32w (32-channel FBSEM, 512 phantoms per family; fbsem32 and fbsem16 = the previous defaults)",
     )
     p.add_argument("--denoiser-checkpoint", default=None, help="Bayesian denoiser folder (petuq train-denoiser)")
     p.add_argument("--ml-iterations", type=int, default=200, help="solver: EM iterations of the ML image")

@@ -59,9 +59,10 @@ def register(sub) -> None:
         "--weights",
         default=None,
         help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones, for unrolled "
-        "'fbsem32', the 32-channel FBSEM network learned on thorax + ellipses + texture phantoms); 'fbsem16' "
-        "selects the previous default (16-channel FBSEM, thorax + ellipses), 'dbfb' the shipped unrolled network "
-        "with the DBFB regulariser, 'fbsem32w' fbsem32 continued on 4x the training phantoms, 'fbsem32x' that with the dose range up to 3e6 trues.",
+        "'fbsem32w', the 32-channel FBSEM network learned from 512 phantoms per family of thorax + ellipses + "
+        "texture); 'fbsem32' and 'fbsem16' select the previous defaults (128 phantoms per family; 16 channels, "
+        "thorax + ellipses), 'fbsem32x' fbsem32w with the dose range up to 3e6 trues, 'dbfb' the shipped unrolled "
+        "network with the DBFB regulariser.",
     )
     p.add_argument(
         "--force",

@@ -4,8 +4,9 @@ Each is a weights folder (``model.safetensors`` + ``config.json``, :mod:`petuq_s
 point weights ``net.*``, the weight posterior ``posterior.*`` (SVI ``loc``/``scale`` or AIS ``draws``)
 and, in the record's metadata, ``info``: what was trained, how, and the split-conformal scales.
 Without a path the folders shipped in ``petuq_sirf/weights/`` (trained for the test-2d demo problem) are used;
-the default unrolled network is the 32-channel FBSEM network ``fbsem32`` (learned on thorax + ellipses + texture
-phantoms, selected on calibration seeds: docs/heldout_uq.md); the previous 16-channel default is ``"fbsem16"``.
+the default unrolled network is the 32-channel FBSEM network ``fbsem32w`` (learned from 512 phantoms per family of
+thorax + ellipses + texture, selected on calibration seeds: docs/heldout_uq.md); the previous defaults are
+``"fbsem32"`` (128 phantoms per family) and ``"fbsem16"`` (16 channels, thorax + ellipses).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from petuq_sirf.recon.unrolled import UnrolledConfig, UnrolledFBSEM
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED: dict[str, Path] = {
     "pnp-admm": WEIGHTS_DIR / "pnp_denoiser_test2d",
-    # the default unrolled network: 32-channel FBSEM, thorax + ellipses + texture (also selectable as "fbsem32")
-    "unrolled": WEIGHTS_DIR / "unrolled_fbsem32_test2d",
+    # the default unrolled network (since 2026-12-07): 32-channel FBSEM learned from 512 phantoms per family of
+    # thorax + ellipses + texture (also selectable as "fbsem32w"; the default before it: "fbsem32")
+    "unrolled": WEIGHTS_DIR / "unrolled_fbsem32w_test2d",
 }
 # shipped networks selected by name in place of a path (``--weights dbfb``)
 SHIPPED_NAMED: dict[str, Path] = {
     "dbfb": WEIGHTS_DIR / "unrolled_dbfb_test2d",
-    "fbsem32": WEIGHTS_DIR / "unrolled_fbsem32_test2d",  # = the default
-    "fbsem16": WEIGHTS_DIR / "unrolled_test2d",  # the previous default: 16 channels, thorax + ellipses
-    # fbsem32 continued on 4x the training phantoms (512 per family of thorax, ellipses, texture)
+    "fbsem32": WEIGHTS_DIR / "unrolled_fbsem32_test2d",  # the default 2026-12-02 .. 2026-12-07, 128 phantoms/family
+    "fbsem16": WEIGHTS_DIR / "unrolled_test2d",  # the default before: 16 channels, thorax + ellipses
+    # fbsem32 continued on 4x the training phantoms (512 per family of thorax, ellipses, texture): = the default
     "fbsem32w": WEIGHTS_DIR / "unrolled_fbsem32w_test2d",
     # fbsem32w continued with the dose range 1e4-3e6 trues (100 % dose inside it, not at its edge)
     "fbsem32x": WEIGHTS_DIR / "unrolled_fbsem32x_test2d",
@@ -60,9 +62,9 @@ def load_network(
 ) -> tuple[nn.Module, WeightPosterior | ParticlePosterior | None, dict]:
     """``(net, posterior, info)`` for ``method`` (``pnp-admm`` or ``unrolled``) from ``path`` (default: shipped).
 
-    ``path`` may also name a shipped network of :data:`SHIPPED_NAMED` when no such file exists: ``"fbsem32"``
-    (the default), ``"fbsem16"`` (the previous default, 16 channels, thorax + ellipses) or ``"dbfb"`` (the unrolled
-    network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]``
+    ``path`` may also name a shipped network of :data:`SHIPPED_NAMED` when no such file exists: ``"fbsem32w"``
+    (the default), ``"fbsem32"`` and ``"fbsem16"`` (the previous defaults), ``"fbsem32x"`` (``fbsem32w`` with the
+    dose range up to 3e6 trues) or ``"dbfb"`` (the unrolled network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]``
     and put in eval mode; a file trained for the other method is refused naming both.
     """
     path = weights_folder(method, path)

@@ -166,14 +166,17 @@ def _errors_against_input(net, posterior, layout, image) -> tuple[float, float]:
     return err, err0
 
 
-def test_default_unrolled_network_is_fbsem32_and_the_previous_default_is_fbsem16():
-    """The default (no ``--weights``) is the 32-channel texture-trained network, also named ``fbsem32``; the
-    previous default, the 16-channel network trained on thorax + ellipses, stays selectable as ``fbsem16``."""
-    assert recon_weights.weights_folder("unrolled") == recon_weights.weights_folder("unrolled", "fbsem32")
-    assert recon_weights.weights_folder("unrolled").name == "unrolled_fbsem32_test2d"
+def test_default_unrolled_network_is_fbsem32w_and_the_previous_defaults_stay_selectable():
+    """The default (no ``--weights``) is the 32-channel network learned from 512 phantoms per family, also named
+    ``fbsem32w``; the previous defaults stay selectable: ``fbsem32`` (128 phantoms per family) and ``fbsem16``
+    (16 channels, thorax + ellipses)."""
+    assert recon_weights.weights_folder("unrolled") == recon_weights.weights_folder("unrolled", "fbsem32w")
+    assert recon_weights.weights_folder("unrolled").name == "unrolled_fbsem32w_test2d"
+    assert recon_weights.weights_folder("unrolled", "fbsem32").name == "unrolled_fbsem32_test2d"
     assert recon_weights.weights_folder("unrolled", "fbsem16").name == "unrolled_test2d"
     net, posterior, info = recon_weights.load_network("unrolled")
     assert net.config.channels == 32 and info["families"] == ["thorax", "ellipses", "texture"]
+    assert info["phantoms"] == 512 and posterior is not None
     old, old_posterior, old_info = recon_weights.load_network("unrolled", "fbsem16")
     assert old.config.channels == 16 and old.config.dose_input and old_posterior is not None
     assert old_info["families"] == ["thorax", "ellipses"] and old.config.regulariser == "cnn"
