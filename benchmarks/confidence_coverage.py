@@ -562,7 +562,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--unrolled-weights",
         default="",
-        help="unrolled network: a weights folder or a shipped name (fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); default: the shipped "
+        help="unrolled network: a weights folder or a shipped name (fbsem32w, fbsem32x, fbsem32y, fbsem32, fbsem16, dbfb); default: the shipped "
         "default fbsem32w (the documented runs name theirs)",
     )
     ap.add_argument(

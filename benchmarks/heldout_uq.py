@@ -13,7 +13,7 @@ of the in-family families (thorax, ellipses); every calibration (conformal, Mond
 *calibration* seeds of those families at the same dose; test phantoms use *test* seeds: thorax
 (in-family) and brain (out-of-family: never seen in training or calibration). Unrolled networks come
 from ``--unrolled NAME=WEIGHTS`` (``shipped`` = the default packaged test-2d network, ``fbsem32w``; a shipped name
-``fbsem32w``, ``fbsem32x``, ``fbsem32`` and ``fbsem16`` (previous defaults) or ``dbfb``, or a weights folder; repeat the option to compare
+``fbsem32w``, ``fbsem32x``, ``fbsem32y``, ``fbsem32`` and ``fbsem16`` (previous defaults) or ``dbfb``, or a weights folder; repeat the option to compare
 networks, e.g. the FBSEM and the DBFB architectures trained with ``petuq train-unrolled --families
 thorax,ellipses --counts-range 1e4,1e6 --dose-input``); their training seeds never overlap the
 calibration or test seeds. The Bayesian denoiser is dose-conditioned (``--denoiser-dose-input``, default on).
@@ -77,7 +77,7 @@ def parse() -> argparse.Namespace:
         default=None,
         metavar="NAME=WEIGHTS",
         help="an unrolled network to evaluate (WEIGHTS a weights folder, 'shipped' = the default fbsem32w, or a shipped "
-        "name: fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); repeatable",
+        "name: fbsem32w, fbsem32x, fbsem32y, fbsem32, fbsem16, dbfb); repeatable",
     )
     p.add_argument("--scanner", default="test-2d", help="test-2d (2D) or test-3d (a small 3D case)")
     p.add_argument("--rings", type=int, default=None, help="rings of the scanner (test-3d: 4 gives 7 image planes)")

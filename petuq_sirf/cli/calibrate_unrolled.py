@@ -26,7 +26,7 @@ def register(sub) -> None:
     c.add_argument(
         "--weights",
         default=None,
-        help="Input weights (default: the shipped unrolled network fbsem32; or fbsem32w, fbsem32x, fbsem16, dbfb).",
+        help="Input weights (default: the shipped unrolled network fbsem32w; or fbsem32x, fbsem32y, fbsem32, fbsem16, dbfb).",
     )
     c.add_argument("--seed", type=SEED, default=0, help="Calibration phantoms use seeds from seed + 2000.")
     c.add_argument("--out", required=True, help="Output weights folder (may equal --weights).")

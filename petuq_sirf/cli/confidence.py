@@ -49,7 +49,7 @@ def register(sub) -> None:
     p.add_argument(
         "--weights",
         default=None,
-        help="unrolled weights folder or a shipped name (fbsem32, fbsem32w, fbsem32x, fbsem16, dbfb); default: the shipped test-2d "
+        help="unrolled weights folder or a shipped name (fbsem32w, fbsem32x, fbsem32y, fbsem32, fbsem16, dbfb); default: the shipped test-2d "
         "network fbsem32w (32-channel FBSEM, 512 phantoms per family; fbsem32 and fbsem16 = the previous defaults)",
     )
     p.add_argument("--denoiser-checkpoint", default=None, help="Bayesian denoiser folder (petuq train-denoiser)")

@@ -61,7 +61,7 @@ def register(sub) -> None:
         help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones, for unrolled "
         "'fbsem32w', the 32-channel FBSEM network learned from 512 phantoms per family of thorax + ellipses + "
         "texture); 'fbsem32' and 'fbsem16' select the previous defaults (128 phantoms per family; 16 channels, "
-        "thorax + ellipses), 'fbsem32x' fbsem32w with the dose range up to 3e6 trues, 'dbfb' the shipped unrolled "
+        "thorax + ellipses), 'fbsem32x' fbsem32w with the dose range up to 3e6 trues, 'fbsem32y' that unrolled to 10 iterations, 'dbfb' the shipped unrolled "
         "network with the DBFB regulariser.",
     )
     p.add_argument(

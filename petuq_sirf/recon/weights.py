@@ -41,6 +41,8 @@ SHIPPED_NAMED: dict[str, Path] = {
     "fbsem32w": WEIGHTS_DIR / "unrolled_fbsem32w_test2d",
     # fbsem32w continued with the dose range 1e4-3e6 trues (100 % dose inside it, not at its edge)
     "fbsem32x": WEIGHTS_DIR / "unrolled_fbsem32x_test2d",
+    # fbsem32x unrolled to 10 iterations (more data fidelity at high counts) and continued
+    "fbsem32y": WEIGHTS_DIR / "unrolled_fbsem32y_test2d",
     # the PnP denoiser prior learned on thorax + ellipses + texture phantoms (the default: random ellipses)
     "pnp-families": WEIGHTS_DIR / "pnp_denoiser_families_test2d",
 }
@@ -64,7 +66,7 @@ def load_network(
 
     ``path`` may also name a shipped network of :data:`SHIPPED_NAMED` when no such file exists: ``"fbsem32w"``
     (the default), ``"fbsem32"`` and ``"fbsem16"`` (the previous defaults), ``"fbsem32x"`` (``fbsem32w`` with the
-    dose range up to 3e6 trues) or ``"dbfb"`` (the unrolled network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]``
+    dose range up to 3e6 trues), ``"fbsem32y"`` (``fbsem32x`` unrolled to 10 iterations) or ``"dbfb"`` (the unrolled network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]``
     and put in eval mode; a file trained for the other method is refused naming both.
     """
     path = weights_folder(method, path)

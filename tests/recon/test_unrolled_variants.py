@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -231,6 +233,22 @@ def test_shipped_fbsem32x_extends_the_dose_range_of_fbsem32w(layout_2d, image_2d
     point = net.state_dict()
     assert all(torch.equal(loc, point[k]) for k, loc in posterior.loc.items())
     assert any(not torch.equal(point[k], v) for k, v in base.state_dict().items())
+    err, err0 = _errors_against_input(net, posterior, layout_2d, image_2d)
+    assert err < 0.9 * err0, (err, err0)
+
+
+def test_shipped_fbsem32y_unrolls_fbsem32x_to_ten_iterations(layout_2d, image_2d):
+    """``--weights fbsem32y``: ``fbsem32x`` unrolled from 6 to 10 iterations and trained on; new weights, the
+    same regulariser architecture, fixed-location posterior, better than its MLEM-10 input."""
+    net, posterior, info = recon_weights.load_network("unrolled", "fbsem32y")
+    base, _, _ = recon_weights.load_network("unrolled", "fbsem32x")
+    assert base.config.num_iterations == 6 and net.config.num_iterations == 10
+    assert replace(net.config, num_iterations=6) == base.config
+    assert info["init_weights"].endswith("unrolled_fbsem32x_test2d") and info["counts_range"] == [1e4, 3e6]
+    assert "brain" not in info["families"] and info["training"]["svi_learn_loc"] is False
+    point = net.state_dict()
+    assert all(torch.equal(loc, point[k]) for k, loc in posterior.loc.items())
+    assert not torch.equal(point["log_beta"][:6], base.state_dict()["log_beta"])  # trained on, not a copy
     err, err0 = _errors_against_input(net, posterior, layout_2d, image_2d)
     assert err < 0.9 * err0, (err, err0)
 
