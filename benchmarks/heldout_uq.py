@@ -137,7 +137,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
         tuning_key,
     )
     from petuq_sirf.recon.unrolled import predict_unrolled
-    from petuq_sirf.recon.weights import conformal_scales_of
+    from petuq_sirf.recon.weights import calibration_for_counts, conformal_scales_of
     from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation.phantom_families import OUT_OF_FAMILY, family_phantom, seeds
@@ -441,7 +441,9 @@ def main() -> None:  # noqa: C901 - one linear protocol
                         )
                         q = {lv: torch.quantile(s_, torch.tensor([0.5 - lv / 2, 0.5 + lv / 2]), dim=0) for lv in LEVELS}
                         variants["raw sample quantiles"] = ({lv: (v[0], v[1]) for lv, v in q.items()}, sd_)
-                        shipped_scales = unrolled[name][3]
+                        # the stored scales of the count level nearest this dose (one level in older files)
+                        stored = calibration_for_counts(unrolled[name][2], dose * standard_counts)[0]
+                        shipped_scales = conformal_scales_of(stored)
                         if shipped_scales:
                             variants["global conformal (stored with the weights)"] = (
                                 {

@@ -218,6 +218,14 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         help="Calibrate on anatomical phantom families (comma list of brain, thorax, ellipses, texture; their calibration "
         "seeds, --calibration-phantoms per family) and store Mondrian (per voxel class) quantiles too.",
     )
+    p.add_argument(
+        "--calibration-counts",
+        type=float_list,
+        default=(),
+        metavar="N1,N2,...",
+        help="Also calibrate at these expected true counts (e.g. 5e4,1e5,1e6) and store each; 'petuq reconstruct' "
+        "uses the level nearest the data's counts (default: the training count level only).",
+    )
 
 
 def calibration_settings_from(args: argparse.Namespace):
@@ -233,6 +241,7 @@ def calibration_settings_from(args: argparse.Namespace):
         samples=args.calibration_samples,
         families=families,
         seed=args.seed,
+        counts_levels=tuple(getattr(args, "calibration_counts", ()) or ()),
     )
 
 

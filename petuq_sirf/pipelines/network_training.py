@@ -14,6 +14,7 @@ Each returns a :class:`TrainedNetwork` whose :meth:`~TrainedNetwork.save` writes
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -39,7 +40,10 @@ class CalibrationSettings:
     ``phantoms``: phantoms (per family with ``families``; 0 = no calibration), simulated like the validation
     set from seeds ``seed + 2000`` with a hot lesion of probability ``lesion_probability``; ``samples``
     posterior draws per phantom. ``families`` (brain, thorax, ellipses, texture): calibrate on these anatomical
-    families' calibration seeds instead, and store Mondrian (per voxel class) quantiles too.
+    families' calibration seeds instead, and store Mondrian (per voxel class) quantiles too. ``counts_levels``:
+    also calibrate at these expected true counts (each stored in ``calibration_by_counts``; reconstruction
+    picks the level nearest the data's counts), because a network's std does not fall with the counts as
+    its error does, so scales calibrated at one dose under- or over-cover at another.
     """
 
     phantoms: int = 16
@@ -47,10 +51,13 @@ class CalibrationSettings:
     samples: int = 8
     families: tuple[str, ...] = ()
     seed: int = 0
+    counts_levels: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.phantoms < 0 or self.samples < 2:
             raise ValueError("--calibration-phantoms must be >= 0 and --calibration-samples >= 2")
+        if any(not (c > 0 and math.isfinite(c)) for c in self.counts_levels):
+            raise ValueError(f"--calibration-counts must be positive true counts, got {list(self.counts_levels)}")
         if not 0 <= self.lesion_probability <= 1:
             raise ValueError("--calibration-lesion-probability must be in [0, 1]")
         from petuq_sirf.simulation.phantom_families import check_families
@@ -82,6 +89,20 @@ def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, 
             "mask": "background (body) of each phantom",
         },
     }
+
+
+def calibrate_unrolled_levels(
+    net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings
+) -> dict:
+    """:func:`calibrate_unrolled` at ``counts`` (the top-level keys, as before) and, with ``cal.counts_levels``,
+    at every level and ``counts`` again under ``calibration_by_counts[f"{level:g}"]``."""
+    calib = calibrate_unrolled(net, posterior, layout, image, geometric, counts, cal)
+    if calib and cal.counts_levels:
+        levels = sorted({float(counts), *map(float, cal.counts_levels)})
+        calib["calibration_by_counts"] = {
+            f"{c:g}": calibrate_unrolled(net, posterior, layout, image, geometric, c, cal) for c in levels
+        }
+    return calib
 
 
 def _calibrate_families(net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings) -> dict:
@@ -269,7 +290,7 @@ def train_unrolled_network(
                 "images": ais_cfg.num_images,
             }
         }
-    calib = calibrate_unrolled(res.net, posterior, layout, image, geometric, s.counts, s.calibration)
+    calib = calibrate_unrolled_levels(res.net, posterior, layout, image, geometric, s.counts, s.calibration)
     info = {
         "kind": "unrolled",
         "net_config": net_cfg.to_dict(),
@@ -317,9 +338,10 @@ def calibrate_unrolled_network(
     geometric = geometric_model(layout, image, info.get("psf_fwhm_mm", PSF_FWHM_MM), device=device)
     net.to(device)
     posterior = posterior.to(device) if posterior is not None else None
-    calib = calibrate_unrolled(net, posterior, layout, image, geometric, info["true_counts"], calibration)
+    calib = calibrate_unrolled_levels(net, posterior, layout, image, geometric, info["true_counts"], calibration)
     info.pop("mondrian", None)  # a new calibration replaces an old per-class one
     info.pop("std_scaling", None)
+    info.pop("calibration_by_counts", None)
     info.update(calib)
     info["calibration"]["command"] = command
     return TrainedNetwork(net, posterior, info)

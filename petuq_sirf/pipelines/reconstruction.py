@@ -235,7 +235,7 @@ def _reconstruct_uq(
     from petuq_sirf.backends.registry import acquisition_model_for
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.unrolled import predict_unrolled
-    from petuq_sirf.recon.weights import conformal_scales_of, mondrian_of, std_scaling_of
+    from petuq_sirf.recon.weights import calibration_for_counts, conformal_scales_of, mondrian_of, std_scaling_of
     from petuq_sirf.uq.calibration import evaluate_uq, gaussian_interval
 
     net, info = network.net, network.info
@@ -293,6 +293,20 @@ def _reconstruct_uq(
     if not spread_only:
         images["epistemic_std"] = summary.epistemic_std.cpu()
         images["aleatoric_std"] = summary.aleatoric_std.cpu()
+    calibration_level = None
+    if s.method == "unrolled":  # the stored calibration for the count level nearest the data's
+        trues = max(float((acq.prompts - acq.additive).sum()), 1.0)  # expected trues: prompts minus randoms + scatter
+        info, calibration_level = calibration_for_counts(info, trues)
+        if calibration_level is not None:
+            extra["estimated_true_counts"] = trues
+            extra["calibration_true_counts"] = calibration_level
+            levels = [float(k) for k in network.info["calibration_by_counts"]]
+            if not min(levels) / 2 <= trues <= 2 * max(levels):
+                warnings.warn(
+                    f"the data has about {trues:.3g} true counts, outside the calibrated range "
+                    f"{min(levels):.3g}-{max(levels):.3g}: the intervals use the nearest level's calibration",
+                    stacklevel=2,
+                )
     scales = conformal_scales_of(info) if s.method == "unrolled" else {}
     for level in (0.9, 0.95):
         if level in scales:  # split-conformal interval mean -/+ scale z std (scales stored with the weights)

@@ -12,6 +12,7 @@ thorax + ellipses + texture, selected on calibration seeds: docs/heldout_uq.md);
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from torch import nn
@@ -86,6 +87,23 @@ def load_network(
     return net, posterior, info
 
 
+def calibration_for_counts(info: dict, true_counts: float) -> tuple[dict, float | None]:
+    """``(info, level)``: ``info`` with the calibration (conformal scales, Mondrian, std scaling) stored for the
+    count level nearest ``true_counts`` (in log counts) in ``info["calibration_by_counts"]``, and that level;
+    ``(info, None)`` unchanged for files calibrated at one count level only."""
+    by = info.get("calibration_by_counts") or {}
+    if not by:
+        return info, None
+    if not true_counts > 0:
+        raise ValueError(f"true counts must be > 0 to choose a calibration level, got {true_counts}")
+    key = min(by, key=lambda k: abs(math.log(float(k)) - math.log(true_counts)))
+    chosen = dict(info)
+    for name in ("conformal_scales", "mondrian", "std_scaling", "calibration"):
+        chosen.pop(name, None)
+    chosen.update(by[key])
+    return chosen, float(key)
+
+
 def conformal_scales_of(info: dict) -> dict[float, float]:
     """The stored split-conformal scales ``{level: factor}`` (empty for files without them)."""
     return {float(k): float(v) for k, v in (info.get("conformal_scales") or {}).items()}
@@ -112,6 +130,7 @@ def std_scaling_of(info: dict):
 
 __all__ = [
     "KINDS",
+    "calibration_for_counts",
     "SHIPPED",
     "WEIGHTS_DIR",
     "conformal_scales_of",

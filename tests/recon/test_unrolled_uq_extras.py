@@ -78,6 +78,48 @@ def test_cli_calibrate_then_reconstruct_writes_conformal_intervals(tmp_path):
     assert metrics["conformal_scales"]["0.90"] == pytest.approx(scales[0.9])
 
 
+def test_calibration_per_count_level_is_stored_and_chosen_by_the_data_counts(tmp_path):
+    """``--calibration-counts``: one calibration per count level (the training level among them, equal to the
+    top-level one); ``reconstruct`` applies the level nearest the data's true counts and records both."""
+    from petuq_sirf.cli.main import main
+
+    weights = tmp_path / "cal"
+    args = ["calibrate-unrolled", "--calibration-phantoms", "2", "--calibration-samples", "2"]
+    assert main([*args, "--calibration-counts", "1e4,1e6", "--out", str(weights)]) == 0
+    _, _, info = recon_weights.load_network("unrolled", weights)
+    by = info["calibration_by_counts"]
+    assert sorted(float(k) for k in by) == [1e4, info["true_counts"], 1e6]
+    assert by[f"{info['true_counts']:g}"]["conformal_scales"] == info["conformal_scales"]
+    low = recon_weights.conformal_scales_of(by["10000"])
+    high = recon_weights.conformal_scales_of(by["1e+06"])
+    assert low != high  # calibrated on other data: other scales
+    for counts, level, scales in (("1.2e4", 1e4, low), ("8e5", 1e6, high)):
+        acq, out = tmp_path / f"acq{counts}", tmp_path / f"rec{counts}"
+        assert main(["simulate", "--phantom", "ellipses", "--counts", counts, "--seed", "3", "--out", str(acq)]) == 0
+        rec = ["reconstruct", str(acq), "--method", "unrolled", "--weights", str(weights), "--samples", "2"]
+        assert main([*rec, "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["calibration_true_counts"] == level
+        assert 0.5 * float(counts) < metrics["estimated_true_counts"] < 2 * float(counts)
+        assert metrics["conformal_scales"]["0.90"] == pytest.approx(scales[0.9])
+
+
+def test_calibration_for_counts_picks_the_nearest_level_in_log_counts():
+    info = {
+        "conformal_scales": {"0.90": 1.0},
+        "calibration_by_counts": {
+            "50000": {"conformal_scales": {"0.90": 0.5}},
+            "1e+06": {"conformal_scales": {"0.90": 2.0}},
+        },
+    }
+    for counts, level, scale in ((2e5, 5e4, 0.5), (2.5e5, 1e6, 2.0), (1e3, 5e4, 0.5), (1e9, 1e6, 2.0)):
+        chosen, got = recon_weights.calibration_for_counts(info, counts)
+        assert got == level and recon_weights.conformal_scales_of(chosen)[0.9] == scale
+    assert recon_weights.calibration_for_counts({"conformal_scales": {"0.90": 1.0}}, 1e5)[1] is None  # one level
+    with pytest.raises(ValueError, match="true counts must be > 0"):
+        recon_weights.calibration_for_counts(info, 0.0)
+
+
 def test_ais_over_a_weight_subset_gives_varying_draws(layout_2d, image_2d, geometric, shipped, tmp_path):
     net, _, info = shipped
     data = make_low_dose_set(layout_2d, image_2d, LowDoseConfig(2, seed=4000), geometric)
