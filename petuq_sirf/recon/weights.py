@@ -67,8 +67,9 @@ def load_network(
 
     ``path`` may also name a shipped network of :data:`SHIPPED_NAMED` when no such file exists: ``"fbsem32w"``
     (the default), ``"fbsem32"`` and ``"fbsem16"`` (the previous defaults), ``"fbsem32x"`` (``fbsem32w`` with the
-    dose range up to 3e6 trues), ``"fbsem32y"`` (``fbsem32x`` unrolled to 10 iterations) or ``"dbfb"`` (the unrolled network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]``
-    and put in eval mode; a file trained for the other method is refused naming both.
+    dose range up to 3e6 trues), ``"fbsem32y"`` (``fbsem32x`` unrolled to 10 iterations) or ``"dbfb"`` (the
+    unrolled network with the DBFB regulariser). The network is rebuilt from ``info["net_config"]`` and put in
+    eval mode; a file trained for the other method is refused naming both.
     """
     path = weights_folder(method, path)
     if not path.exists():
