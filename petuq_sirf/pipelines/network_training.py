@@ -96,13 +96,11 @@ def calibrate_unrolled_levels(
 ) -> dict:
     """:func:`calibrate_unrolled` at ``counts`` (the top-level keys, as before) and, with ``cal.counts_levels``,
     at every level and ``counts`` again under ``calibration_by_counts[f"{level:g}"]``."""
-    calib = calibrate_unrolled(net, posterior, layout, image, geometric, counts, cal)
-    if calib and cal.counts_levels:
-        levels = sorted({float(counts), *map(float, cal.counts_levels)})
-        calib["calibration_by_counts"] = {
-            f"{c:g}": calibrate_unrolled(net, posterior, layout, image, geometric, c, cal) for c in levels
-        }
-    return calib
+    if not cal.counts_levels or cal.phantoms == 0:
+        return calibrate_unrolled(net, posterior, layout, image, geometric, counts, cal)
+    levels = sorted({float(counts), *map(float, cal.counts_levels)})
+    by = {f"{c:g}": calibrate_unrolled(net, posterior, layout, image, geometric, c, cal) for c in levels}
+    return {**by[f"{float(counts):g}"], "calibration_by_counts": by}  # the training level is computed once
 
 
 def _calibrate_families(net, posterior, layout, image, geometric, counts: float, cal: CalibrationSettings) -> dict:
