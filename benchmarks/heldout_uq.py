@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from petuq_sirf.cli.common import float_list
+
 STANDARD_COUNTS = 1e6
 LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 REGIONS = ("object", "lesions", "edges", "background")
@@ -84,7 +86,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--standard-counts", type=float, default=None, help="expected trues at 100 %% dose (default 1e6)")
     p.add_argument(
         "--contrast-edges",
-        default="",
+        type=float_list,
+        default=(),
         metavar="LO,HI",
         help="add a local-contrast axis to the voxel classes (e.g. 0.85,1.2: cold spot / flat / hot spot; "
         "VoxelClassSpec.contrast_edges); default none: the 18 plain classes",
@@ -156,8 +159,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
     try:  # voxel classes of every Mondrian calibration (optionally with the local-contrast axis)
-        edges = tuple(float(v) for v in args.contrast_edges.split(",") if v.strip())
-        class_spec = VoxelClassSpec(contrast_edges=edges, contrast_fwhm_mm=args.contrast_fwhm_mm)
+        class_spec = VoxelClassSpec(contrast_edges=args.contrast_edges, contrast_fwhm_mm=args.contrast_fwhm_mm)
     except ValueError as e:
         raise SystemExit(f"heldout_uq: --contrast-edges / --contrast-fwhm-mm: {e}") from None
 
@@ -262,7 +264,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     for spec in args.unrolled or ["unrolled=shipped"]:
         name, _, path = spec.partition("=")
         net, post, info = load_weights("unrolled", None if path in ("", "shipped") else path)
-        unrolled[name] = (net, post, info, conformal_scales_of(info))
+        unrolled[name] = (net, post, info)
         trained_on = info.get("families", ["random ellipses"])
         log(f"unrolled {name}: {info['net_config']} trained on {trained_on}, counts {info.get('counts_range')}")
 

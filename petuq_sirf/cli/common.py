@@ -241,7 +241,7 @@ def calibration_settings_from(args: argparse.Namespace):
         samples=args.calibration_samples,
         families=families,
         seed=args.seed,
-        counts_levels=tuple(getattr(args, "calibration_counts", ()) or ()),
+        counts_levels=tuple(args.calibration_counts),
     )
 
 
