@@ -10,7 +10,11 @@ the *reconstruction itself* (never from the truth), so they are available on a n
 - distance to the body outline (mm), the outline thresholded from the smoothed reconstruction,
 - optionally (``contrast_edges``) local contrast: the smoothed value relative to its wider neighbourhood
   inside the body (``contrast_fwhm_mm``), which separates hot and cold spots such as lesions, where a
-  learned reconstruction's bias is largest, from the flat tissue of the same activity level.
+  learned reconstruction's bias is largest, from the flat tissue of the same activity level,
+- optionally (``disagreement_edges``) disagreement with a less regularised reconstruction of the same data
+  (``reference``, e.g. plain OSEM): ``S(reference - image)`` relative to the body median, ``S`` a Gaussian
+  smoothing of ``disagreement_fwhm_mm``. Where a learned reconstruction has smoothed a lesion away its own
+  features cannot see it; the unregularised image still holds it (with its noise).
 
 Scores (``score=``):
 
@@ -58,6 +62,10 @@ class VoxelClassSpec:
             empty (the default): no contrast axis, the 18 classes of the earlier versions.
         contrast_fwhm_mm: width (mm) of the neighbourhood of the local contrast; wider than the spots to
             be separated (at the centre of a 30 mm 4:1 hot lesion the default gives a contrast of about 1.6).
+        disagreement_edges: bin edges of ``S(reference - image) / median`` (e.g. ``(-0.25, 0.25)``: reference
+            lower / agrees / higher); needs ``reference`` in :func:`voxel_classes`. Empty (the default): no axis.
+        disagreement_fwhm_mm: FWHM (mm) of the smoothing ``S`` of the disagreement (suppresses the
+            reference's noise).
     """
 
     activity_edges: tuple[float, ...] = (0.6, 1.6)
@@ -67,20 +75,34 @@ class VoxelClassSpec:
     smooth_fwhm_mm: float = 4.0
     contrast_edges: tuple[float, ...] = ()
     contrast_fwhm_mm: float = 30.0
+    disagreement_edges: tuple[float, ...] = ()
+    disagreement_fwhm_mm: float = 8.0
 
     def __post_init__(self) -> None:
-        for name in ("activity_edges", "gradient_edges", "distance_edges_mm", "contrast_edges"):
+        for name in ("activity_edges", "gradient_edges", "distance_edges_mm", "contrast_edges", "disagreement_edges"):
             edges = getattr(self, name)
             if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
                 raise ValueError(f"voxel classes: {name} must increase, got {list(edges)}")
         if self.contrast_edges and not self.contrast_fwhm_mm > 0:
             raise ValueError(f"voxel classes: contrast_fwhm_mm must be > 0, got {self.contrast_fwhm_mm}")
+        if self.disagreement_edges and not self.disagreement_fwhm_mm >= 0:
+            raise ValueError(f"voxel classes: disagreement_fwhm_mm must be >= 0, got {self.disagreement_fwhm_mm}")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether :func:`voxel_classes` needs a ``reference`` reconstruction (the disagreement axis)."""
+        return bool(self.disagreement_edges)
+
+    @property
+    def _extra_bins(self) -> tuple[int, int]:
+        """Bins of the optional (contrast, disagreement) axes, the fastest-varying indices."""
+        return len(self.contrast_edges) + 1, len(self.disagreement_edges) + 1
 
     @property
     def num_classes(self) -> int:
         """Classes inside the body (class ``num_classes`` is outside the body)."""
         n = (len(self.activity_edges) + 1) * (len(self.gradient_edges) + 1) * (len(self.distance_edges_mm) + 1)
-        return n * (len(self.contrast_edges) + 1)
+        return n * math.prod(self._extra_bins)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -94,14 +116,20 @@ class VoxelClassSpec:
         if not 0 <= c < self.num_classes:
             raise ValueError(f"class {c} is not a body class (0 .. {self.num_classes - 1})")
         nd, ng = len(self.distance_edges_mm) + 1, len(self.gradient_edges) + 1
-        a, rest = divmod(c // (len(self.contrast_edges) + 1), ng * nd)
+        a, rest = divmod(c // math.prod(self._extra_bins), ng * nd)
         g, d = divmod(rest, nd)
         return a, g, d
 
     def contrast_bin(self, c: int) -> int:
         """The local-contrast bin of body class ``c`` (always 0 without ``contrast_edges``)."""
         self.bins(c)  # range check
-        return c % (len(self.contrast_edges) + 1)
+        nc, nq = self._extra_bins
+        return (c // nq) % nc
+
+    def disagreement_bin(self, c: int) -> int:
+        """The disagreement bin of body class ``c`` (always 0 without ``disagreement_edges``)."""
+        self.bins(c)  # range check
+        return c % self._extra_bins[1]
 
     def describe(self, c: int) -> str:
         """Human-readable name of class ``c``."""
@@ -109,7 +137,8 @@ class VoxelClassSpec:
             return "outside body"
         a, g, d = self.bins(c)
         text = f"activity bin {a}, edge bin {g}, distance bin {d}"
-        return text + (f", contrast bin {self.contrast_bin(c)}" if self.contrast_edges else "")
+        text += f", contrast bin {self.contrast_bin(c)}" if self.contrast_edges else ""
+        return text + (f", disagreement bin {self.disagreement_bin(c)}" if self.disagreement_edges else "")
 
 
 def _smooth(image: torch.Tensor, fwhm_mm: float, voxel_size_mm) -> torch.Tensor:
@@ -146,18 +175,29 @@ def _distance_to_outline_mm(body: torch.Tensor, voxel_mm: float, max_mm: float) 
 
 
 def voxel_classes(
-    image: torch.Tensor, voxel_size_mm: tuple[float, float, float], spec: VoxelClassSpec | None = None
+    image: torch.Tensor,
+    voxel_size_mm: tuple[float, float, float],
+    spec: VoxelClassSpec | None = None,
+    reference: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Class index per voxel (``int64``, shape of ``image`` ``(..., z, y, x)``) from a reconstruction.
 
     ``0 .. spec.num_classes - 1`` inside the body, ``spec.num_classes`` outside. Leading dimensions
-    (e.g. realisations) are treated as separate images.
+    (e.g. realisations) are treated as separate images. ``reference`` (same shape, same units): a less
+    regularised reconstruction of the same data, needed by (and only used for) the disagreement axis.
     """
     spec = spec or VoxelClassSpec()
     x = torch.as_tensor(image).double()
     if x.dim() < 3:
         raise ValueError(f"image must have shape (..., z, y, x), got {tuple(x.shape)}")
     flat = x.reshape(-1, *x.shape[-3:])
+    if spec.needs_reference:
+        if reference is None:
+            raise ValueError("these voxel classes have a disagreement axis: give the reference reconstruction")
+        r = torch.as_tensor(reference).double()
+        if tuple(r.shape) != tuple(x.shape):
+            raise ValueError(f"reference has shape {tuple(r.shape)}, the image {tuple(x.shape)}")
+        refs = r.reshape(flat.shape)
     out = torch.empty(flat.shape, dtype=torch.long)
     for i, img in enumerate(flat):
         sm = _smooth(img, spec.smooth_fwhm_mm, voxel_size_mm)
@@ -184,6 +224,10 @@ def voxel_classes(
             contrast = sm / (wide / norm).clamp_min(1e-12 * ref)
             k = torch.bucketize(contrast, torch.tensor(spec.contrast_edges, dtype=contrast.dtype))
             cls = cls * (len(spec.contrast_edges) + 1) + k
+        if spec.disagreement_edges:  # smoothed (reference - image), relative to the body median
+            dis = _smooth(refs[i] - img, spec.disagreement_fwhm_mm, voxel_size_mm) / ref
+            q = torch.bucketize(dis, torch.tensor(spec.disagreement_edges, dtype=dis.dtype))
+            cls = cls * (len(spec.disagreement_edges) + 1) + q
         out[i] = torch.where(body, cls, torch.full_like(cls, spec.num_classes))
     return out.reshape(x.shape)
 

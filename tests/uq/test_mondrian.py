@@ -34,3 +34,20 @@ def test_contrast_axis_multiplies_the_classes_and_its_bins_invert() -> None:
     with pytest.raises(ValueError, match="contrast_edges must increase"):
         VoxelClassSpec(contrast_edges=(1.2, 0.85))
     assert VoxelClassSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_contrast_and_disagreement_axes_together_invert() -> None:
+    spec = VoxelClassSpec(contrast_edges=(0.85, 1.2), disagreement_edges=(-0.5, -0.25, 0.25))
+    plain = VoxelClassSpec()
+    assert spec.num_classes == 3 * 4 * plain.num_classes
+    seen = set()
+    for c in range(spec.num_classes):
+        key = (*spec.bins(c), spec.contrast_bin(c), spec.disagreement_bin(c))
+        assert spec.bins(c) == plain.bins(c // 12)
+        assert c == (c // 12) * 12 + key[3] * 4 + key[4]  # the disagreement bin varies fastest
+        assert spec.describe(c).endswith(f", contrast bin {key[3]}, disagreement bin {key[4]}")
+        seen.add(key)
+    assert len(seen) == spec.num_classes
+    assert VoxelClassSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="disagreement_edges must increase"):
+        VoxelClassSpec(disagreement_edges=(0.25, -0.25))

@@ -71,6 +71,36 @@ def test_local_contrast_classes_separate_hot_and_cold_spots_from_flat_tissue():
     assert bool((k[0][flat] == 1).all())  # flat tissue, outline included (body-normalised neighbourhood)
 
 
+def test_disagreement_classes_find_a_lesion_the_reconstruction_smoothed_away():
+    """A disc whose hot spot the 'learned' image lost and whose cold spot it filled in; the reference (a
+    noisy, unregularised image of the same object) still holds both: the spots get the 'reference higher'
+    / 'reference lower' bins, flat tissue 'agrees' despite the noise; without a reference: one-line error."""
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    disc = ((yy - 19.5) ** 2 + (xx - 19.5) ** 2 < 17.0**2).double()
+    truth = disc.clone()
+    hot = ((yy - 12) ** 2 + (xx - 20) ** 2) < 2.5**2
+    cold = ((yy - 27) ** 2 + (xx - 20) ** 2) < 2.5**2
+    truth[hot], truth[cold] = 4.0, 0.2
+    g = torch.Generator().manual_seed(0)
+    reference = (truth + 0.15 * disc * torch.randn(truth.shape, generator=g, dtype=truth.dtype))[None]
+    learned = disc[None]  # both spots smoothed away
+    spec = VoxelClassSpec(disagreement_edges=(-0.25, 0.25))
+    assert spec.needs_reference and not VoxelClassSpec().needs_reference
+    cls = voxel_classes(learned, IMAGE.voxel_size_mm, spec, reference=reference)
+    plain = voxel_classes(learned, IMAGE.voxel_size_mm)
+    body = plain < VoxelClassSpec().num_classes
+    assert torch.equal(cls < spec.num_classes, body)
+    assert torch.equal(cls[body] // 3, plain[body])  # the disagreement refines the plain classes
+    q = cls % 3
+    assert int(q[0, 12, 20]) == 2 and int(q[0, 27, 20]) == 0
+    far = body[0] & (((yy - 12) ** 2 + (xx - 20) ** 2) > 6**2) & (((yy - 27) ** 2 + (xx - 20) ** 2) > 6**2)
+    assert float((q[0][far] == 1).double().mean()) > 0.95  # noise alone rarely leaves the middle bin
+    with pytest.raises(ValueError, match="give the reference reconstruction"):
+        voxel_classes(learned, IMAGE.voxel_size_mm, spec)
+    with pytest.raises(ValueError, match="reference has shape"):
+        voxel_classes(learned, IMAGE.voxel_size_mm, spec, reference=reference[0, :20][None])
+
+
 @pytest.mark.parametrize("score", ["normalised", "cqr"])
 def test_mondrian_per_class_coverage_holds_on_exchangeable_held_out_data(data, score):
     (tc, mc, sc), (tt, mt, st) = data
