@@ -96,6 +96,18 @@ def parse() -> argparse.Namespace:
         "--contrast-fwhm-mm", type=float, default=30.0, help="neighbourhood width of the local contrast (mm)"
     )
     p.add_argument(
+        "--disagreement-edges",
+        type=float_list,
+        default=(),
+        metavar="LO,HI",
+        help="add an axis for disagreement with plain OSEM (4 it x 8 subsets) of the same data to the voxel classes "
+        "(write --disagreement-edges=-0.25,0.25: OSEM lower / agrees / higher, relative to the body median; "
+        "VoxelClassSpec.disagreement_edges); default none",
+    )
+    p.add_argument(
+        "--disagreement-fwhm-mm", type=float, default=8.0, help="smoothing of the disagreement with OSEM (mm)"
+    )
+    p.add_argument(
         "--no-denoiser-dose-input", dest="denoiser_dose_input", action="store_false", help="denoiser without dose input"
     )
     return p.parse_args()
@@ -159,9 +171,14 @@ def main() -> None:  # noqa: C901 - one linear protocol
     from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
     try:  # voxel classes of every Mondrian calibration (optionally with the local-contrast axis)
-        class_spec = VoxelClassSpec(contrast_edges=args.contrast_edges, contrast_fwhm_mm=args.contrast_fwhm_mm)
+        class_spec = VoxelClassSpec(
+            contrast_edges=args.contrast_edges,
+            contrast_fwhm_mm=args.contrast_fwhm_mm,
+            disagreement_edges=args.disagreement_edges,
+            disagreement_fwhm_mm=args.disagreement_fwhm_mm,
+        )
     except ValueError as e:
-        raise SystemExit(f"heldout_uq: --contrast-edges / --contrast-fwhm-mm: {e}") from None
+        raise SystemExit(f"heldout_uq: voxel-class options: {e}") from None
 
     scanner = get_scanner(args.scanner)
     if args.rings:
@@ -212,10 +229,16 @@ def main() -> None:  # noqa: C901 - one linear protocol
                 cases.append(TuningCase(model, draws(sim, 3, s), sim.truth, ph.regions["object"]))
             fingerprint = tuning_fingerprint(cases)
             cached = tuning.get(key, {})
-            if cached.get("num_phantoms", 0) == n_tune and fingerprint_matches(cached.get("fingerprint"), fingerprint):
+            extended = all("extensions" in cached.get(k, {}) for k in ("osem", "map_rdp"))
+            if (
+                cached.get("num_phantoms", 0) == n_tune
+                and fingerprint_matches(cached.get("fingerprint"), fingerprint)
+                and extended
+            ):
                 continue
-            if cached:  # made from other calibration data or another simulator / projector: tune again
-                log(f"cached tuning of {key} does not match this code's calibration data; tuning again")
+            if cached:  # other calibration data, simulator or projector, or grids not yet extended: tune again
+                why = "does not match this code's calibration data" if extended else "was searched on fixed grids"
+                log(f"cached tuning of {key} {why}; tuning again")
             entry = {
                 "osem": tune_osem_postfilter(cases, iteration_grid=(2, 3, 4, 6, 8)),
                 "map_rdp": tune_map_rdp(cases, strength_grid=strengths, num_iterations=20, max_realisations=1),
@@ -225,9 +248,11 @@ def main() -> None:  # noqa: C901 - one linear protocol
             }
             tuning[key] = entry
             save_tuning(tuning_path, {key: entry})
+            edge = [k for k in ("osem", "map_rdp") if entry[k]["at_grid_edge"]]
             log(
                 f"tuned {key}: OSEM {entry['osem']['iterations']} it, {entry['osem']['fwhm_mm']} mm; "
-                f"RDP strength {entry['map_rdp']['strength']}"
+                f"RDP strength {entry['map_rdp']['strength']:g}"
+                + (f" (still at the edge of the extended grid: {', '.join(edge)})" if edge else "")
             )
 
     # ---------------------------------------------------------------- 2. Bayesian denoiser on anatomical train seeds
@@ -302,7 +327,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
         outs["denoiser"] = run_denoiser(x_den, 1, dose)
         entry = {}
         for name, (s_, m_, sd_) in outs.items():
-            cls = voxel_classes(m_, vox, class_spec)
+            cls = voxel_classes(m_, vox, class_spec, reference=x_den)  # x_den: plain OSEM of the same data
             body = cls < class_spec.num_classes
             mondrian = partial(MondrianConformal, levels=LEVELS, spec=class_spec)
             entry[name] = {
@@ -431,7 +456,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
                     row["nrmse"][f"{name} (mean)"] = nrmse_of(o[1])
                 methods = {}
                 for name, (s_, m_, sd_) in outs.items():
-                    cls = voxel_classes(m_, vox, class_spec)
+                    cls = voxel_classes(m_, vox, class_spec, reference=x_den)
                     cals = calibrators[dose][name]
                     variants = {}
                     if name in unrolled:

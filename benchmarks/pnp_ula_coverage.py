@@ -11,12 +11,14 @@ random-ellipse family the shipped denoiser was trained on.
 
 Methods per data set:
 
-* OSEM + post-filter: ``--osem-iterations`` x 8 subsets, in-plane Gaussian filter (no z blur) with the
-  FWHM that minimises the NRMSE on ``--calibration`` calibration-split phantoms of the same family and
-  dose (searched over 0-12 mm; never on the test truth); no uncertainty.
+* OSEM + post-filter: in-plane Gaussian filter (no z blur); the iterations (x 8 subsets) and the FWHM
+  minimise the NRMSE on ``--calibration`` calibration-split phantoms of the same family and dose
+  (``recon.reference_tuning.tune_osem_postfilter``: 2-10 passes, 0-12 mm, each grid extended while its
+  last point is the optimum; never on the test truth); ``--osem-iterations N`` fixes the passes (the runs
+  before 2026-12-07 evening used 5 and searched the FWHM only); no uncertainty.
 * MAP-RDP with the strength that minimises the NRMSE on the same calibration phantoms
-  (``recon.reference_tuning.tune_map_rdp``, strengths 0.0005-0.05, 20 iterations after 2 OSEM passes);
-  no uncertainty. These two references always run.
+  (``recon.reference_tuning.tune_map_rdp``, strengths 0.0005-0.05, extended while an end point is the
+  optimum; 20 iterations after 2 OSEM passes); no uncertainty. These two references always run.
 * PnP-ADMM over denoiser weight draws (``pnp_admm_posterior``, model spread only).
 * PnP-ULA (``pnp_ula``, shipped denoiser, default prior strength).
 * Posterior bootstrap (Exp weights, MAP-RDP strength 0.01) and its parametric bias correction.
@@ -64,6 +66,7 @@ LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap", "unrolled-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_uq.py grid, extended down for full dose
+OSEM_ITERATION_GRID = (2, 3, 4, 5, 6, 8, 10)  # OSEM + filter reference (8 subsets); extended past an edge optimum
 RDP_ITERATIONS = 20
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
@@ -683,7 +686,13 @@ def main() -> None:
     p.add_argument("--realisations", type=int, default=5, help="noise realisations per phantom")
     p.add_argument("--calibration", type=int, default=2, help="calibration phantoms for the post-filter search")
     p.add_argument("--counts", type=float, default=5e4)
-    p.add_argument("--osem-iterations", type=int, default=5)
+    p.add_argument(
+        "--osem-iterations",
+        type=int,
+        default=None,
+        help="OSEM passes (8 subsets) of the OSEM + filter reference; default: tuned with the FWHM on the calibration "
+        "phantoms (2-10, extended while the optimum is the last); 5 gives the OSEM row of the runs before 2026-12-07 evening",
+    )
     p.add_argument("--ula-chains", type=int, default=4)
     p.add_argument("--ula-burn-in", type=int, default=600)
     p.add_argument("--ula-kept", type=int, default=25, help="kept states per chain")
@@ -777,7 +786,7 @@ def main() -> None:
     from petuq_sirf.recon import osem
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
     from petuq_sirf.recon.pnp_ula import PnPULAConfig, body_support, pnp_ula
-    from petuq_sirf.recon.reference_tuning import TuningCase, map_rdp_reference, tune_map_rdp
+    from petuq_sirf.recon.reference_tuning import TuningCase, map_rdp_reference, tune_map_rdp, tune_osem_postfilter
     from petuq_sirf.recon.weights import load_network as load_weights
     from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
     from petuq_sirf.simulation import SimulationConfig, simulate
@@ -852,29 +861,38 @@ def main() -> None:
     t_all = time.process_time()
     for family, test, calib in cases:
         # --- NRMSE-optimal post-filter on calibration phantoms (same family and dose)
-        errs = np.zeros(len(FWHM_GRID_MM))
         tuning_cases = []
         for j, ph in enumerate(calib):
             sim = simulate(ph, layout, SimulationConfig(seed=90_000 + j, **sim_cfg))
-            model = sim.acquisition_model()
-            rec = osem(model, sim.prompts, args.osem_iterations, 8).image
             obj, _ = object_and_lesions(ph, sim.truth)
-            tuning_cases.append(TuningCase(model, sim.prompts, sim.truth, obj))
-            for i, f in enumerate(FWHM_GRID_MM):
-                e = (in_plane_filter(rec, f, image.voxel_size_mm) - sim.truth)[obj]
-                errs[i] += float(e.norm() / sim.truth[obj].norm())
-        fwhm = FWHM_GRID_MM[int(np.argmin(errs))]
+            tuning_cases.append(TuningCase(sim.acquisition_model(), sim.prompts, sim.truth, obj))
+        if args.osem_iterations is None:  # iterations and in-plane FWHM, grids extended past an edge optimum
+            osem_tuned = tune_osem_postfilter(tuning_cases, FWHM_GRID_MM, OSEM_ITERATION_GRID, in_plane=True)
+        else:  # fixed iterations, FWHM on the fixed grid (the runs before 2026-12-07 evening)
+            osem_tuned = tune_osem_postfilter(
+                tuning_cases, FWHM_GRID_MM, (args.osem_iterations,), in_plane=True, max_extensions=0
+            )
+        fwhm, osem_its = osem_tuned["fwhm_mm"], osem_tuned["iterations"]
         rdp = tune_map_rdp(tuning_cases, strength_grid=RDP_STRENGTH_GRID, num_iterations=RDP_ITERATIONS)
         rdp_name = f"MAP-RDP, strength {rdp['strength']:g}"
+        osem_name = f"OSEM + {fwhm:g} mm filter" + ("" if args.osem_iterations is not None else f" ({osem_its} it)")
+        edge = [k for k, t in (("OSEM", osem_tuned), ("MAP-RDP", rdp)) if t.get("at_grid_edge")]
         print(
-            f"[{family}] post-filter FWHM {fwhm} mm, RDP strength {rdp['strength']:g} "
-            f"(NRMSE-optimal on {len(calib)} calibration phantoms)"
+            f"[{family}] OSEM {osem_its} iterations, post-filter FWHM {fwhm:g} mm, RDP strength {rdp['strength']:g} "
+            f"(NRMSE-optimal on {len(calib)} calibration phantoms"
+            + (f"; still at the edge of the extended grid: {', '.join(edge)})" if edge else ")")
         )
         acc = Accumulator()
         diag = []
 
-        def family_report(rows: dict, fwhm=fwhm, rdp=rdp, diag=diag) -> dict:
-            return {"postfilter_fwhm_mm": fwhm, "map_rdp": rdp, "methods": rows, "ula_diagnostics": _diag(diag)}
+        def family_report(rows: dict, fwhm=fwhm, rdp=rdp, diag=diag, osem_tuned=osem_tuned) -> dict:
+            return {
+                "postfilter_fwhm_mm": fwhm,
+                "osem": osem_tuned,
+                "map_rdp": rdp,
+                "methods": rows,
+                "ula_diagnostics": _diag(diag),
+            }
 
         for pi, ph in enumerate(test):
             for r in range(args.realisations):
@@ -884,8 +902,8 @@ def main() -> None:
                 y, truth = sim.prompts, sim.truth
                 obj, les = object_and_lesions(ph, truth)
                 t0 = time.process_time()
-                rec = in_plane_filter(osem(model, y, args.osem_iterations, 8).image, fwhm, image.voxel_size_mm)
-                acc.add(f"OSEM + {fwhm:g} mm filter", rec, None, truth, obj, les, time.process_time() - t0)
+                rec = in_plane_filter(osem(model, y, osem_its, 8).image, fwhm, image.voxel_size_mm)
+                acc.add(osem_name, rec, None, truth, obj, les, time.process_time() - t0)
                 t0 = time.process_time()
                 acc.add(rdp_name, map_rdp_reference(model, y, rdp), None, truth, obj, les, time.process_time() - t0)
                 if "admm" in methods:

@@ -3,7 +3,10 @@
 Every comparison of a learned method must be against the strongest classical reconstruction, tuned on
 *calibration* phantoms (never the test truth): OSEM with the post-filter FWHM (and iteration count)
 that minimises the mean NRMSE over the calibration cases, and MAP-RDP with the strength
-(:meth:`~petuq_sirf.recon.rdp.RelativeDifferencePrior.scaled_for`) that does the same. Results are
+(:meth:`~petuq_sirf.recon.rdp.RelativeDifferencePrior.scaled_for`) that does the same. A grid whose best
+point is its last one (or, for the strength, its first one) says only that the optimum lies beyond it, so
+the tuners extend such a grid until the optimum is inside (or a few extensions are spent, which the
+result records as ``at_grid_edge``). Results are
 small JSON documents keyed by ``"<family>@<dose>"`` that a benchmark reuses (:func:`save_tuning`,
 :func:`load_tuning`, :func:`lookup`), with a fingerprint of the calibration data and system model
 (:func:`tuning_fingerprint`) so that a cache made with another simulator or projector is not reused.
@@ -28,6 +31,7 @@ from petuq_sirf.recon.rdp import RelativeDifferencePrior
 DEFAULT_FWHM_GRID_MM: tuple[float, ...] = (0.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.0, 15.0)
 DEFAULT_ITERATION_GRID: tuple[int, ...] = (2, 3, 4, 6, 8, 10)
 DEFAULT_STRENGTH_GRID: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+DEFAULT_MAX_EXTENSIONS = 3  # grid extensions beyond an edge optimum (see the tuners)
 
 
 @dataclass
@@ -91,41 +95,71 @@ def tune_osem_postfilter(
     fwhm_grid_mm: Iterable[float] = DEFAULT_FWHM_GRID_MM,
     iteration_grid: Iterable[int] = DEFAULT_ITERATION_GRID,
     num_subsets: int = 8,
+    max_extensions: int = DEFAULT_MAX_EXTENSIONS,
+    in_plane: bool = False,
 ) -> dict:
     """OSEM iterations and Gaussian post-filter FWHM (mm) minimising the mean NRMSE over ``cases``.
 
-    One OSEM run per case gives every iteration count of the grid (images are kept at those passes).
-    Returns ``{"iterations", "subsets", "fwhm_mm", "nrmse", "grid": {"<it>": {"<fwhm>": nrmse}}}``.
+    One OSEM run per case gives every iteration count of the grid (images are kept at those passes). While
+    the optimum sits on the grid's largest iteration count or largest (non-zero) FWHM, that axis is extended
+    by a factor 1.5, at most ``max_extensions`` times (0 FWHM is a natural lower edge, 1 pass too).
+    ``in_plane``: filter in-plane only (no z blur), else isotropically. Returns ``{"iterations", "subsets",
+    "fwhm_mm", "in_plane", "nrmse", "grid": {"<it>": {"<fwhm>": nrmse}}, "extensions", "at_grid_edge"}``.
     """
     _check_cases(cases)
     fwhms = sorted({float(f) for f in fwhm_grid_mm})
     iters = sorted({int(i) for i in iteration_grid})
     if not fwhms or not iters or iters[0] < 1 or fwhms[0] < 0:
         raise ValueError("FWHM grid must be >= 0 mm and iteration grid >= 1")
-    totals = {(i, f): 0.0 for i in iters for f in fwhms}
-    for case in cases:
-        kept: dict[int, torch.Tensor] = {}
+    if max_extensions < 0:
+        raise ValueError(f"max_extensions must be >= 0, got {max_extensions}")
+    kept: list[dict[int, torch.Tensor]] = [{} for _ in cases]
+    totals: dict[tuple[int, float], float] = {}
+    extensions = 0
+    while True:
+        for c, case in enumerate(cases):
+            if max(kept[c], default=0) < iters[-1]:  # (re)run to the largest count, keeping the grid's passes
+                store = kept[c]
 
-        def keep(it: int, x: torch.Tensor, kept=kept) -> None:
-            if it + 1 in iters:
-                kept[it + 1] = x.clone()
+                def keep(it: int, x: torch.Tensor, store=store) -> None:
+                    if it + 1 in iters:
+                        store[it + 1] = x.clone()
 
-        y = case.prompts if case.prompts.dim() > len(case.model.data_shape) else case.prompts[None]
-        osem_realisations(case.model, y, iters[-1], num_subsets, callback=keep)
-        vox = case.model.voxel_size_mm
+                y = case.prompts if case.prompts.dim() > len(case.model.data_shape) else case.prompts[None]
+                osem_realisations(case.model, y, iters[-1], num_subsets, callback=keep)
         for i in iters:
             for f in fwhms:
-                img = gaussian_postfilter(kept[i], f, vox) if f > 0 else kept[i]
-                totals[(i, f)] += _nrmse(img, case.truth, case.mask) / len(cases)
-    best = min(totals, key=totals.get)
+                if (i, f) not in totals:
+                    totals[(i, f)] = sum(
+                        _nrmse(_postfilter(kept[c][i], f, case.model.voxel_size_mm, in_plane), case.truth, case.mask)
+                        for c, case in enumerate(cases)
+                    ) / len(cases)
+        best = min(totals, key=totals.get)
+        on_edge = best[0] == iters[-1] or (best[1] == fwhms[-1] and best[1] > 0)
+        if not on_edge or extensions == max_extensions:
+            break
+        if best[0] == iters[-1]:
+            iters.append(max(iters[-1] + 1, round(iters[-1] * 1.5)))
+        if best[1] == fwhms[-1] and best[1] > 0:
+            fwhms.append(round(fwhms[-1] * 1.5, 3))
+        extensions += 1
     return {
         "iterations": best[0],
         "subsets": num_subsets,
         "fwhm_mm": best[1],
+        "in_plane": in_plane,
         "nrmse": totals[best],
-        "grid": {str(i): {f"{f:g}": totals[(i, f)] for f in fwhms} for i in iters},
+        "grid": {str(i): {f"{f:g}": totals[(i, f)] for f in fwhms if (i, f) in totals} for i in iters},
         "num_cases": len(cases),
+        "extensions": extensions,
+        "at_grid_edge": on_edge,
     }
+
+
+def _postfilter(image: torch.Tensor, fwhm_mm: float, voxel_size_mm, in_plane: bool) -> torch.Tensor:
+    if fwhm_mm <= 0:
+        return image
+    return gaussian_postfilter(image, (0.0, fwhm_mm, fwhm_mm) if in_plane else fwhm_mm, voxel_size_mm)
 
 
 def tune_map_rdp(
@@ -135,35 +169,59 @@ def tune_map_rdp(
     init_iterations: int = 2,
     num_subsets: int = 8,
     max_realisations: int = 2,
+    max_extensions: int = DEFAULT_MAX_EXTENSIONS,
 ) -> dict:
     """MAP-RDP strength (``RelativeDifferencePrior.scaled_for``) minimising the mean NRMSE over ``cases``.
 
-    Uses the first ``max_realisations`` realisations of each case. Each reconstruction starts from ``init_iterations`` OSEM passes (``num_subsets`` subsets), the reference
-    image of the prior's epsilon. Returns ``{"strength", "iterations", "nrmse", "grid": {"<s>": nrmse}}``.
+    Uses the first ``max_realisations`` realisations of each case. Each reconstruction starts from
+    ``init_iterations`` OSEM passes (``num_subsets`` subsets), the reference image of the prior's epsilon.
+    While the optimum is the grid's smallest or largest strength, the grid is extended beyond it by the
+    ratio of its two end points on that side (2 for a one-point grid), at most ``max_extensions`` times.
+    Returns ``{"strength", "iterations", "nrmse", "grid": {"<s>": nrmse}, "extensions", "at_grid_edge"}``.
     """
     _check_cases(cases)
     grid = sorted({float(s) for s in strength_grid})
     if not grid or grid[0] <= 0:
         raise ValueError("RDP strengths must be > 0")
-    totals = dict.fromkeys(grid, 0.0)
+    if max_extensions < 0:
+        raise ValueError(f"max_extensions must be >= 0, got {max_extensions}")
+    low_ratio = grid[1] / grid[0] if len(grid) > 1 else 2.0
+    high_ratio = grid[-1] / grid[-2] if len(grid) > 1 else 2.0
+    runs = []  # (case, realisation, its OSEM start image)
     for case in cases:
         ys = case.prompts if case.prompts.dim() > len(case.model.data_shape) else case.prompts[None]
-        ys = ys[:max_realisations]
-        for y in ys:
-            x0 = osem_realisations(case.model, y[None], init_iterations, num_subsets)[0]
-            for s in grid:
-                prior = RelativeDifferencePrior.scaled_for(case.model.sensitivity(), x0, strength=s)
-                img = map_rdp(case.model, y, prior, num_iterations, x0=x0).image
-                totals[s] += _nrmse(img, case.truth, case.mask) / (len(cases) * len(ys))
-    best = min(totals, key=totals.get)
+        for y in ys[:max_realisations]:
+            runs.append((case, y, osem_realisations(case.model, y[None], init_iterations, num_subsets)[0]))
+    totals: dict[float, float] = {}
+    extensions = 0
+    while True:
+        for s in grid:
+            if s not in totals:
+                total = 0.0
+                for case, y, x0 in runs:
+                    prior = RelativeDifferencePrior.scaled_for(case.model.sensitivity(), x0, strength=s)
+                    img = map_rdp(case.model, y, prior, num_iterations, x0=x0).image
+                    total += _nrmse(img, case.truth, case.mask)
+                totals[s] = total / len(runs)
+        best = min(totals, key=totals.get)
+        on_edge = best in (grid[0], grid[-1])
+        if not on_edge or extensions == max_extensions:
+            break
+        if best == grid[0]:
+            grid.insert(0, grid[0] / low_ratio)
+        else:
+            grid.append(grid[-1] * high_ratio)
+        extensions += 1
     return {
         "strength": best,
         "iterations": num_iterations,
         "init_iterations": init_iterations,
         "subsets": num_subsets,
         "nrmse": totals[best],
-        "grid": {f"{s:g}": v for s, v in totals.items()},
+        "grid": {f"{s:g}": totals[s] for s in grid},
         "num_cases": len(cases),
+        "extensions": extensions,
+        "at_grid_edge": on_edge,
     }
 
 
@@ -173,8 +231,7 @@ def osem_reference(model: AcquisitionModel, prompts: torch.Tensor, tuned: Mappin
     batch = prompts if prompts.dim() > len(model.data_shape) else prompts[None]
     img = osem_realisations(model, batch, int(tuned["iterations"]), int(tuned["subsets"]))
     img = img if prompts.dim() > len(model.data_shape) else img[0]
-    f = float(tuned["fwhm_mm"])
-    return gaussian_postfilter(img, f, model.voxel_size_mm) if f > 0 else img
+    return _postfilter(img, float(tuned["fwhm_mm"]), model.voxel_size_mm, bool(tuned.get("in_plane", False)))
 
 
 def map_rdp_reference(model: AcquisitionModel, prompts: torch.Tensor, tuned: Mapping) -> torch.Tensor:

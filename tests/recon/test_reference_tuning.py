@@ -45,8 +45,8 @@ def test_osem_postfilter_search_picks_the_grid_minimum_and_smooths_low_counts(ca
 
 
 def test_map_rdp_search_and_json_round_trip(cases, tmp_path):
-    res = tune_map_rdp(cases, strength_grid=(0.001, 0.05), num_iterations=5, max_realisations=1)
-    assert res["strength"] in (0.001, 0.05)
+    res = tune_map_rdp(cases, strength_grid=(0.001, 0.05), num_iterations=5, max_realisations=1, max_extensions=0)
+    assert res["strength"] in (0.001, 0.05) and res["extensions"] == 0
     assert math.isclose(res["nrmse"], min(res["grid"].values()))
     path = save_tuning(tmp_path / "refs.json", {tuning_key("brain", 0.05): {"map_rdp": res}})
     save_tuning(path, {tuning_key("thorax", 1.0): {"map_rdp": res}})  # merges
@@ -58,6 +58,44 @@ def test_map_rdp_search_and_json_round_trip(cases, tmp_path):
     assert set(loaded) == {"brain@0.05", "thorax@1"}
     with pytest.raises(ValueError, match="no tuned references"):
         lookup(loaded, "brain", 0.1)
+
+
+@pytest.fixture(scope="module")
+def noiseless_case(layout_2d, image_2d):
+    """Expected prompts as data: more OSEM passes, less smoothing and a weaker prior are always better."""
+    sim = simulate(brain_phantom(image_2d), layout_2d, SimulationConfig(true_counts=3e4, seed=1))
+    return TuningCase(sim.acquisition_model(), sim.expected_prompts, sim.truth, sim.truth > 0)
+
+
+def test_osem_search_extends_the_iterations_while_the_optimum_is_the_last_one(noiseless_case):
+    plain = tune_osem_postfilter([noiseless_case], fwhm_grid_mm=(0.0, 4.0), iteration_grid=(1, 2), max_extensions=0)
+    assert plain["iterations"] == 2 and plain["at_grid_edge"] and plain["extensions"] == 0
+    res = tune_osem_postfilter([noiseless_case], fwhm_grid_mm=(0.0, 4.0), iteration_grid=(1, 2), max_extensions=2)
+    assert res["extensions"] == 2 and set(res["grid"]) == {"1", "2", "3", "4"}  # 2 -> 3 -> 4 passes
+    assert res["iterations"] == 4 and res["at_grid_edge"]  # still improving: the result says so
+    assert res["nrmse"] < plain["nrmse"]
+    again = nrmse(
+        osem_reference(noiseless_case.model, noiseless_case.prompts, res), noiseless_case.truth, noiseless_case.mask
+    )
+    assert math.isclose(again, res["nrmse"], rel_tol=1e-4)
+
+
+def test_osem_search_extends_the_filter_at_low_counts_and_stops_inside(cases):
+    res = tune_osem_postfilter(cases, fwhm_grid_mm=(0.0, 2.0), iteration_grid=(2, 3, 4), max_extensions=3)
+    assert res["fwhm_mm"] > 2.0 and res["extensions"] >= 1  # 3e4 counts want more than 2 mm
+    fwhms = sorted(float(f) for f in res["grid"]["2"])
+    assert fwhms[:3] == [0.0, 2.0, 3.0]  # extended by 1.5
+    assert res["at_grid_edge"] == (res["fwhm_mm"] == fwhms[-1] or res["iterations"] == max(map(int, res["grid"])))
+
+
+def test_map_rdp_search_extends_the_strength_below_and_above_the_grid(noiseless_case, cases):
+    down = tune_map_rdp([noiseless_case], strength_grid=(0.05, 0.1), num_iterations=5, max_extensions=2)
+    assert down["extensions"] == 2 and down["strength"] == pytest.approx(0.0125)  # 0.05 / 2 / 2
+    assert set(down["grid"]) == {"0.0125", "0.025", "0.05", "0.1"} and down["at_grid_edge"]
+    up = tune_map_rdp(cases, strength_grid=(1e-6, 2e-6), num_iterations=5, max_realisations=1, max_extensions=1)
+    assert up["strength"] == pytest.approx(4e-6) and up["extensions"] == 1  # noisy data: stronger is better
+    with pytest.raises(ValueError, match="max_extensions"):
+        tune_map_rdp(cases, strength_grid=(0.01,), max_extensions=-1)
 
 
 def test_tuning_fingerprint_changes_with_the_data_and_the_system_model(cases, layout_2d, image_2d):

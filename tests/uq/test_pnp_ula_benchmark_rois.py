@@ -163,11 +163,16 @@ def test_benchmark_references_only_run_tunes_map_rdp_on_calibration_phantoms(tmp
     pnp_ula_coverage.main()
     rep = json.loads((out / "pnp_ula_coverage.json").read_text())
     brain = rep["brain"]
-    assert brain["map_rdp"]["strength"] in pnp_ula_coverage.RDP_STRENGTH_GRID
-    assert set(brain["map_rdp"]["grid"]) == {f"{s:g}" for s in pnp_ula_coverage.RDP_STRENGTH_GRID}
+    rdp_grid = brain["map_rdp"]["grid"]  # the benchmark's grid, extended only past an edge optimum
+    assert set(rdp_grid) >= {f"{s:g}" for s in pnp_ula_coverage.RDP_STRENGTH_GRID}
+    assert rdp_grid[f"{brain['map_rdp']['strength']:g}"] == min(rdp_grid.values())
+    osem = brain["osem"]  # iterations tuned with the in-plane FWHM on the calibration phantoms
+    assert osem["in_plane"] and osem["fwhm_mm"] == brain["postfilter_fwhm_mm"]
+    assert set(osem["grid"]) >= {str(i) for i in pnp_ula_coverage.OSEM_ITERATION_GRID}
+    assert osem["grid"][str(osem["iterations"])][f"{osem['fwhm_mm']:g}"] == osem["nrmse"]
     names = list(brain["methods"])
     assert names == [
-        f"OSEM + {brain['postfilter_fwhm_mm']:g} mm filter",
+        f"OSEM + {brain['postfilter_fwhm_mm']:g} mm filter ({osem['iterations']} it)",
         f"MAP-RDP, strength {brain['map_rdp']['strength']:g}",
     ]
     assert all(brain["methods"][n]["datasets"] == 3 and 0 < brain["methods"][n]["nrmse"] < 1 for n in names)
