@@ -18,7 +18,7 @@ networks, e.g. the FBSEM and the DBFB architectures trained with ``petuq train-u
 thorax,ellipses --counts-range 1e4,1e6 --dose-input``); their training seeds never overlap the
 calibration or test seeds. The Bayesian denoiser is dose-conditioned (``--denoiser-dose-input``, default on).
 References: OSEM with the NRMSE-optimal iterations and post-filter, and MAP-RDP with the NRMSE-optimal
-strength, both searched per family and dose on that family's *calibration* seeds (never the test truth),
+strength and iteration count (20-400, from 2026-12-07 evening; 20 before), both searched per family and dose on that family's *calibration* seeds (never the test truth),
 cached in ``<out>/reference_tuning.json`` with a fingerprint of the calibration data and system model: a cache
 made by another simulator or projector (or copied from another run) is tuned again, not reused.
 
@@ -229,7 +229,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
                 cases.append(TuningCase(model, draws(sim, 3, s), sim.truth, ph.regions["object"]))
             fingerprint = tuning_fingerprint(cases)
             cached = tuning.get(key, {})
-            extended = all("extensions" in cached.get(k, {}) for k in ("osem", "map_rdp"))
+            extended = "extensions" in cached.get("osem", {}) and "grid_iterations" in cached.get("map_rdp", {})
             if (
                 cached.get("num_phantoms", 0) == n_tune
                 and fingerprint_matches(cached.get("fingerprint"), fingerprint)
@@ -237,11 +237,11 @@ def main() -> None:  # noqa: C901 - one linear protocol
             ):
                 continue
             if cached:  # other calibration data, simulator or projector, or grids not yet extended: tune again
-                why = "does not match this code's calibration data" if extended else "was searched on fixed grids"
+                why = "does not match this code's calibration data" if extended else "predates the extended grids"
                 log(f"cached tuning of {key} {why}; tuning again")
             entry = {
                 "osem": tune_osem_postfilter(cases, iteration_grid=(2, 3, 4, 6, 8)),
-                "map_rdp": tune_map_rdp(cases, strength_grid=strengths, num_iterations=20, max_realisations=1),
+                "map_rdp": tune_map_rdp(cases, strength_grid=strengths, max_realisations=1),  # iterations tuned too
                 "num_phantoms": n_tune,
                 "seeds": [int(c) for c in seeds("calibration", n_tune, start=500)],
                 "fingerprint": fingerprint,
@@ -251,7 +251,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
             edge = [k for k in ("osem", "map_rdp") if entry[k]["at_grid_edge"]]
             log(
                 f"tuned {key}: OSEM {entry['osem']['iterations']} it, {entry['osem']['fwhm_mm']} mm; "
-                f"RDP strength {entry['map_rdp']['strength']:g}"
+                f"RDP strength {entry['map_rdp']['strength']:g}, {entry['map_rdp']['iterations']} it"
                 + (f" (still at the edge of the extended grid: {', '.join(edge)})" if edge else "")
             )
 

@@ -18,7 +18,8 @@ Methods per data set:
   before 2026-12-07 evening used 5 and searched the FWHM only); no uncertainty.
 * MAP-RDP with the strength that minimises the NRMSE on the same calibration phantoms
   (``recon.reference_tuning.tune_map_rdp``, strengths 0.0005-0.05, extended while an end point is the
-  optimum; 20 iterations after 2 OSEM passes); no uncertainty. These two references always run.
+  optimum; 20-400 iterations after 2 OSEM passes, tuned with the strength; 20 only before 2026-12-07
+  evening); no uncertainty. These two references always run.
 * PnP-ADMM over denoiser weight draws (``pnp_admm_posterior``, model spread only).
 * PnP-ULA (``pnp_ula``, shipped denoiser, default prior strength).
 * Posterior bootstrap (Exp weights, MAP-RDP strength 0.01) and its parametric bias correction.
@@ -67,7 +68,13 @@ METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap", "unrolled-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_uq.py grid, extended down for full dose
 OSEM_ITERATION_GRID = (2, 3, 4, 5, 6, 8, 10)  # OSEM + filter reference (8 subsets); extended past an edge optimum
-RDP_ITERATIONS = 20
+RDP_ITERATIONS = (
+    20,
+    50,
+    100,
+    200,
+    400,
+)  # MAP-RDP iterations, tuned with the strength (20 only before 2026-12-07 evening)
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
 Z_EDGES = np.logspace(-3.0, 3.0, 601)  # bins of the voxel |error| / std histograms (2.3 % wide)

@@ -32,6 +32,7 @@ DEFAULT_FWHM_GRID_MM: tuple[float, ...] = (0.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10
 DEFAULT_ITERATION_GRID: tuple[int, ...] = (2, 3, 4, 6, 8, 10)
 DEFAULT_STRENGTH_GRID: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 DEFAULT_MAX_EXTENSIONS = 3  # grid extensions beyond an edge optimum (see the tuners)
+DEFAULT_MAP_ITERATION_GRID: tuple[int, ...] = (20, 50, 100, 200, 400)  # MAP-RDP iterations, tuned with the strength
 
 
 @dataclass
@@ -165,24 +166,34 @@ def _postfilter(image: torch.Tensor, fwhm_mm: float, voxel_size_mm, in_plane: bo
 def tune_map_rdp(
     cases: Sequence[TuningCase],
     strength_grid: Iterable[float] = DEFAULT_STRENGTH_GRID,
-    num_iterations: int = 30,
+    num_iterations: int | Iterable[int] = DEFAULT_MAP_ITERATION_GRID,
     init_iterations: int = 2,
     num_subsets: int = 8,
     max_realisations: int = 2,
     max_extensions: int = DEFAULT_MAX_EXTENSIONS,
 ) -> dict:
-    """MAP-RDP strength (``RelativeDifferencePrior.scaled_for``) minimising the mean NRMSE over ``cases``.
+    """MAP-RDP strength (``RelativeDifferencePrior.scaled_for``) and iteration count minimising the mean
+    NRMSE over ``cases``.
 
     Uses the first ``max_realisations`` realisations of each case. Each reconstruction starts from
-    ``init_iterations`` OSEM passes (``num_subsets`` subsets), the reference image of the prior's epsilon.
-    While the optimum is the grid's smallest or largest strength, the grid is extended beyond it by the
-    ratio of its two end points on that side (2 for a one-point grid), at most ``max_extensions`` times.
-    Returns ``{"strength", "iterations", "nrmse", "grid": {"<s>": nrmse}, "extensions", "at_grid_edge"}``.
+    ``init_iterations`` OSEM passes (``num_subsets`` subsets), the reference image of the prior's epsilon,
+    and runs to the largest of ``num_iterations`` (one count: that count only), recording the image at
+    every count of the grid. A run that stops early because no ascent is possible has converged, so
+    its final image stands for the larger counts.
+
+    While the best strength is the grid's smallest or largest, the grid is extended beyond it by the ratio
+    of its two end points on that side (2 for a one-point grid). While the best count is the grid's
+    largest and some run was still ascending there, the counts are extended (x 2). At most
+    ``max_extensions`` extensions in all. Returns ``{"strength", "iterations", "nrmse", "grid": {"<s>": best
+    nrmse over the counts}, "grid_iterations": {"<s>": {"<it>": nrmse}}, "extensions", "at_grid_edge"}``.
     """
     _check_cases(cases)
     grid = sorted({float(s) for s in strength_grid})
+    counts = sorted({int(n) for n in ([num_iterations] if isinstance(num_iterations, int) else num_iterations)})
     if not grid or grid[0] <= 0:
         raise ValueError("RDP strengths must be > 0")
+    if not counts or counts[0] < 1:
+        raise ValueError(f"MAP-RDP iteration counts must be >= 1, got {counts}")
     if max_extensions < 0:
         raise ValueError(f"max_extensions must be >= 0, got {max_extensions}")
     low_ratio = grid[1] / grid[0] if len(grid) > 1 else 2.0
@@ -192,36 +203,57 @@ def tune_map_rdp(
         ys = case.prompts if case.prompts.dim() > len(case.model.data_shape) else case.prompts[None]
         for y in ys[:max_realisations]:
             runs.append((case, y, osem_realisations(case.model, y[None], init_iterations, num_subsets)[0]))
-    totals: dict[float, float] = {}
+    totals: dict[tuple[float, int], float] = {}
+    ascending: dict[float, bool] = {}  # some run of this strength still ascending at the largest count
+    done: dict[float, int] = {}  # largest count evaluated per strength
     extensions = 0
     while True:
         for s in grid:
-            if s not in totals:
-                total = 0.0
-                for case, y, x0 in runs:
-                    prior = RelativeDifferencePrior.scaled_for(case.model.sensitivity(), x0, strength=s)
-                    img = map_rdp(case.model, y, prior, num_iterations, x0=x0).image
-                    total += _nrmse(img, case.truth, case.mask)
-                totals[s] = total / len(runs)
-        best = min(totals, key=totals.get)
-        on_edge = best in (grid[0], grid[-1])
-        if not on_edge or extensions == max_extensions:
+            if done.get(s, 0) >= counts[-1]:
+                continue
+            sums = dict.fromkeys(counts, 0.0)
+            still = False
+            for case, y, x0 in runs:
+                prior = RelativeDifferencePrior.scaled_for(case.model.sensitivity(), x0, strength=s)
+                images: dict[int, torch.Tensor] = {}
+
+                def keep(it: int, x: torch.Tensor, images=images) -> None:
+                    if it + 1 in counts:
+                        images[it + 1] = x.clone()
+
+                rec = map_rdp(case.model, y, prior, counts[-1], x0=x0, callback=keep)
+                still = still or len(rec.objective) >= counts[-1]
+                for n in counts:  # a run that stopped early has converged: its final image stands in
+                    sums[n] += _nrmse(images.get(n, rec.image), case.truth, case.mask)
+            for n in counts:
+                totals[(s, n)] = sums[n] / len(runs)
+            done[s], ascending[s] = counts[-1], still
+        best_s, best_n = min(totals, key=totals.get)
+        s_edge = best_s in (grid[0], grid[-1])
+        n_edge = best_n == counts[-1] and ascending[best_s]
+        if not (s_edge or n_edge) or extensions == max_extensions:
             break
-        if best == grid[0]:
-            grid.insert(0, grid[0] / low_ratio)
-        else:
-            grid.append(grid[-1] * high_ratio)
+        if s_edge:
+            if best_s == grid[0]:
+                grid.insert(0, grid[0] / low_ratio)
+            else:
+                grid.append(grid[-1] * high_ratio)
+        if n_edge:
+            counts.append(2 * counts[-1])
+            done.clear()  # every strength runs again to the new largest count
         extensions += 1
+    per_strength = {s: {n: totals[(s, n)] for n in counts if (s, n) in totals} for s in grid}
     return {
-        "strength": best,
-        "iterations": num_iterations,
+        "strength": best_s,
+        "iterations": best_n,
         "init_iterations": init_iterations,
         "subsets": num_subsets,
-        "nrmse": totals[best],
-        "grid": {f"{s:g}": totals[s] for s in grid},
+        "nrmse": totals[(best_s, best_n)],
+        "grid": {f"{s:g}": min(v.values()) for s, v in per_strength.items()},
+        "grid_iterations": {f"{s:g}": {str(n): v for n, v in per_strength[s].items()} for s in grid},
         "num_cases": len(cases),
         "extensions": extensions,
-        "at_grid_edge": on_edge,
+        "at_grid_edge": s_edge or n_edge,
     }
 
 

@@ -12,6 +12,7 @@ from petuq_sirf.recon.reference_tuning import (
     fingerprint_matches,
     load_tuning,
     lookup,
+    map_rdp_reference,
     osem_reference,
     save_tuning,
     tune_map_rdp,
@@ -96,6 +97,23 @@ def test_map_rdp_search_extends_the_strength_below_and_above_the_grid(noiseless_
     assert up["strength"] == pytest.approx(4e-6) and up["extensions"] == 1  # noisy data: stronger is better
     with pytest.raises(ValueError, match="max_extensions"):
         tune_map_rdp(cases, strength_grid=(0.01,), max_extensions=-1)
+    with pytest.raises(ValueError, match="iteration counts"):
+        tune_map_rdp(cases, strength_grid=(0.01,), num_iterations=(0, 5))
+
+
+def test_map_rdp_search_tunes_the_iterations_and_extends_them_while_still_improving(noiseless_case):
+    """Noise-free data: more iterations of a weak prior always help, so the best count is the last one and
+    the counts are doubled; the image of the chosen count reproduces the stored NRMSE."""
+    res = tune_map_rdp([noiseless_case], strength_grid=(0.001, 0.002, 0.004), num_iterations=(2, 4), max_extensions=1)
+    assert set(res["grid_iterations"]["0.001"]) == {"2", "4", "8"}  # 4 -> 8
+    assert res["iterations"] == 8 and res["strength"] == pytest.approx(0.0005)  # both axes extended once
+    per_count = res["grid_iterations"][f"{res['strength']:g}"]
+    assert per_count["8"] < per_count["4"] < per_count["2"]
+    assert res["grid"]["0.001"] == min(res["grid_iterations"]["0.001"].values())
+    again = nrmse(
+        map_rdp_reference(noiseless_case.model, noiseless_case.prompts, res), noiseless_case.truth, noiseless_case.mask
+    )
+    assert math.isclose(again, res["nrmse"], rel_tol=1e-4)
 
 
 def test_tuning_fingerprint_changes_with_the_data_and_the_system_model(cases, layout_2d, image_2d):
