@@ -36,7 +36,7 @@ def register(sub) -> None:
         "--iterations",
         type=ITERATIONS,
         default=None,
-        help="Iterations (default: osem 10, mlem 50, map-rdp 30, pnp-admm 100 ADMM iterations, "
+        help="Iterations (default: osem 10, mlem 50, map-rdp 100, pnp-admm 100 ADMM iterations, "
         "pnp-ula 1000 burn-in Langevin steps per chain).",
     )
     p.add_argument("--subsets", type=int_in(1, 1000), default=8, help="OSEM subsets (views are interleaved).")

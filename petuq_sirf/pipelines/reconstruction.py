@@ -7,7 +7,7 @@ puts them in a folder: what ``petuq reconstruct`` does, available to scripts::
     from petuq_sirf.io import load_acquisition
     from petuq_sirf.pipelines import ReconstructionSettings, reconstruct
 
-    result = reconstruct(load_acquisition("acq"), ReconstructionSettings(method="map-rdp", iterations=30))
+    result = reconstruct(load_acquisition("acq"), ReconstructionSettings(method="map-rdp", iterations=100))
     result.write("rec")        # image.nii.gz, image.hv, image.png, metrics.json
 
 The uncertainty methods (``pnp-admm``, ``pnp-ula``, ``unrolled``) load trained weights
@@ -37,7 +37,7 @@ from petuq_sirf.viz.labels import activity_units, reconstruction_title
 CLASSICAL_METHODS = ("osem", "mlem", "map-rdp")
 UQ_METHODS = ("pnp-admm", "pnp-ula", "unrolled")
 METHODS = CLASSICAL_METHODS + UQ_METHODS
-DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 30, "pnp-admm": 100, "pnp-ula": 1000, "unrolled": 1}
+DEFAULT_ITERATIONS = {"osem": 10, "mlem": 50, "map-rdp": 100, "pnp-admm": 100, "pnp-ula": 1000, "unrolled": 1}
 
 MODEL_SPREAD_ONLY = "model spread only"
 SPREAD = {
@@ -198,7 +198,8 @@ def _reconstruct_classical(
             prior.beta = s.beta
         else:
             prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=s.beta_strength)
-        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress)
+        track = _UpdateTracker()
+        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress, callback=track)
     image = rec.image
     if s.postfilter_fwhm_mm > 0:
         image = gaussian_postfilter(image, s.postfilter_fwhm_mm, acq.image.voxel_size_mm)
@@ -212,6 +213,8 @@ def _reconstruct_classical(
         "objective": rec.objective[-1] if rec.objective else None,
         "projector": model.projector_settings() if hasattr(model, "projector_settings") else None,
     }
+    if s.method == "map-rdp":
+        metrics.update(_map_convergence(rec, s.iterations, track))
     label = reconstruction_title(
         s.method,
         s.iterations,
@@ -227,6 +230,40 @@ def _reconstruct_classical(
     return ReconstructionResult(
         s.method, {"image": image}, metrics, panels, tuple(panels), acq, interfile=("image",), summary=rec
     )
+
+
+MAP_UPDATE_TOLERANCE = 1e-4  # relative image change per iteration above which MAP-RDP is reported as not converged
+
+
+class _UpdateTracker:
+    """``map_rdp`` callback keeping the relative image change ``||x_k - x_(k-1)|| / ||x_k||`` of the last
+    iteration (one extra image in memory)."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.relative_update: float | None = None
+
+    def __call__(self, it: int, x: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.relative_update = float((x - self.previous).norm() / x.norm().clamp_min(1e-30))
+        self.previous = x.clone()
+
+
+def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
+    """``metrics.json`` entries on how far MAP-RDP got; warns when it stopped while still moving."""
+    stopped_early = len(rec.objective) < iterations or (
+        len(rec.objective) == iterations and len(rec.objective) >= 2 and rec.objective[-1] == rec.objective[-2]
+    )
+    change = track.relative_update
+    converged = stopped_early or (change is not None and change <= MAP_UPDATE_TOLERANCE)
+    if not converged:
+        shown = "unknown" if change is None else f"{100 * change:.2g} %"
+        warnings.warn(
+            f"MAP-RDP stopped after {iterations} iterations while the image still changed by {shown} per "
+            "iteration: this is not yet the MAP estimate (more --iterations converge further)",
+            stacklevel=3,
+        )
+    return {"relative_update_last_iteration": change, "stopped_at_convergence": stopped_early, "converged": converged}
 
 
 def _reconstruct_uq(

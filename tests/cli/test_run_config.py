@@ -47,7 +47,7 @@ def test_reconstruct_records_the_resolved_iterations_and_round_trips(tmp_path):
     rec_dir = tmp_path / "r"
     assert main(["reconstruct", str(acq), "--method", "map-rdp", "--quiet", "--out", str(rec_dir)]) == 0
     options = _record(rec_dir)["options"]
-    assert options["iterations"] == 30 and options["input"] == str(acq)  # the method's default, resolved
+    assert options["iterations"] == 100 and options["input"] == str(acq)  # the method's default, resolved
     # the positional input and the required --out can both come from the file
     toml = tmp_path / "settings.toml"
     toml.write_text(f'input = "{acq}"\nout = "{tmp_path / "r2"}"\nmethod = "osem"\niterations = 1\nquiet = true\n')

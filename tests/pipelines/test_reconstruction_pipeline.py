@@ -33,8 +33,23 @@ def test_the_method_name_chooses_the_algorithm(acq):
     assert bv["map-rdp"] < bv["osem"]  # the prior smooths the background
 
 
+def test_map_rdp_reports_how_far_it_converged(acq):
+    """metrics.json says how much the last iteration moved the image (recomputed here from two runs) and a
+    run stopped while the image still moves warns that it is not yet the MAP estimate."""
+    settings = ReconstructionSettings(method="map-rdp", iterations=4, beta_strength=0.05)
+    with pytest.warns(UserWarning, match="not yet the MAP estimate"):
+        res = reconstruct(acq, settings)
+    three = reconstruct(acq, ReconstructionSettings(method="map-rdp", iterations=3, beta_strength=0.05))
+    x4, x3 = res.images["image"], three.images["image"]
+    expected = float((x4 - x3).norm() / x4.norm())
+    assert res.metrics["relative_update_last_iteration"] == pytest.approx(expected, rel=1e-4)
+    assert expected > 1e-3 and res.metrics["converged"] is False and res.metrics["stopped_at_convergence"] is False
+    osem_run = reconstruct(acq, ReconstructionSettings(method="osem", iterations=2))
+    assert "converged" not in osem_run.metrics  # only MAP-RDP has an objective to converge
+
+
 def test_defaults_and_bad_settings(acq):
-    assert ReconstructionSettings(method="map-rdp").iterations == 30
+    assert ReconstructionSettings(method="map-rdp").iterations == 100
     assert ReconstructionSettings(method="pnp-ula").iterations == 1000
     with pytest.raises(ValueError, match="unknown reconstruction method 'fbp'"):
         ReconstructionSettings(method="fbp")
