@@ -261,7 +261,7 @@ def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
         warnings.warn(
             f"MAP-RDP stopped after {iterations} iterations while the image still changed by {shown} per "
             "iteration: this is not yet the MAP estimate (more --iterations converge further)",
-            stacklevel=3,
+            stacklevel=4,  # the caller of reconstruct()
         )
     return {"relative_update_last_iteration": change, "stopped_at_convergence": stopped_early, "converged": converged}
 
