@@ -68,13 +68,8 @@ METHODS = ("admm", "ula", "bootstrap", "osem-bootstrap", "unrolled-bootstrap")
 FWHM_GRID_MM = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
 RDP_STRENGTH_GRID = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # heldout_uq.py grid, extended down for full dose
 OSEM_ITERATION_GRID = (2, 3, 4, 5, 6, 8, 10)  # OSEM + filter reference (8 subsets); extended past an edge optimum
-RDP_ITERATIONS = (
-    20,
-    50,
-    100,
-    200,
-    400,
-)  # MAP-RDP iterations, tuned with the strength (20 only before 2026-12-07 evening)
+# MAP-RDP iterations, tuned with the strength (20 only before 2026-12-07 evening)
+RDP_ITERATIONS = (20, 50, 100, 200, 400)
 ROI_LEVEL = 0.9
 ROI_SIZE_EDGES_MM = (15.0,)  # lesion-size groups (equivalent diameter), as in benchmarks/heldout_uq.py
 Z_EDGES = np.logspace(-3.0, 3.0, 601)  # bins of the voxel |error| / std histograms (2.3 % wide)
