@@ -56,6 +56,13 @@ def register(sub) -> None:
     p.add_argument("--chains", type=int_in(1, 1024), default=4, help="Pnp-ula: Langevin chains.")
     p.add_argument("--thinning", type=int_in(1, 100_000), default=10, help="Pnp-ula: keep every n-th Langevin state.")
     p.add_argument(
+        "--checkpoint-every",
+        type=int_in(0, 10_000_000),
+        default=500,
+        help="Pnp-ula: save the chains' state to --out every n Langevin steps (0: never); the same command "
+        "run again after a crash resumes from it, and a finished run removes it.",
+    )
+    p.add_argument(
         "--weights",
         default=None,
         help="Safetensors weights folder (pnp-admm, pnp-ula, unrolled; default: the shipped ones, for unrolled "
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples,
         chains=args.chains,
         thinning=args.thinning,
+        checkpoint_every=args.checkpoint_every,
         weights=args.weights,
         force=args.force,
         backend=resolve_backend(args.backend) if args.method in CLASSICAL_METHODS else args.backend,
@@ -96,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
     network = load_method_network(settings)  # bad weights are refused before --out is created
     acq = load_acquisition(args.input)
     out = check_out_dir(args.out, protect=(args.input,))
-    result = reconstruct(acq, settings, resolve_device(args.device), progress=not args.quiet, network=network)
+    result = reconstruct(
+        acq, settings, resolve_device(args.device), progress=not args.quiet, network=network, state_dir=out
+    )
     result.write(out)
     if settings.method in UQ_METHODS:
         note = f" [std = {MODEL_SPREAD_ONLY}]" if settings.method == "pnp-admm" else ""

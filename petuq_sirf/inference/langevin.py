@@ -22,12 +22,17 @@ scalar functionals (by default the mean over the image and a fixed random set of
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from petuq_sirf.io.atomic import json_safe
+from petuq_sirf.io.chain_state import ChainStateError, load_chain_state, save_chain_state
 
 GradFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -108,6 +113,18 @@ class RunningMoments:
             raise ValueError("no states aggregated yet")
         return self._mean
 
+    def state_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        """The accumulators as tensors (for a resumable state file; empty before the first update)."""
+        if self._mean is None:
+            return {}
+        return {f"{prefix}mean": self._mean, f"{prefix}m2": self._m2}
+
+    def restore(self, count: int, tensors: dict[str, torch.Tensor], prefix: str) -> None:
+        """Set the accumulators from :meth:`state_tensors` and the count."""
+        self.count = int(count)
+        self._mean = tensors[f"{prefix}mean"].double() if count else None
+        self._m2 = tensors[f"{prefix}m2"].double() if count else None
+
     def variance(self, ddof: int = 1) -> torch.Tensor:
         if self.count <= ddof:
             raise ValueError(f"variance needs more than {ddof} states, have {self.count}")
@@ -166,6 +183,25 @@ def langevin_step(
     return x.abs() if reflect else x
 
 
+@dataclass(frozen=True)
+class ChainCheckpoint:
+    """Where and how often :func:`langevin_sample` saves its state, and what identifies the run.
+
+    ``path``: the state file (:mod:`petuq_sirf.io.chain_state`); ``every``: steps between saves;
+    ``fingerprint``: JSON-ready description of the target, settings and data. A run that finds ``path``
+    resumes from it if the fingerprint (and the chains' shape and step size) match, and refuses in one line
+    otherwise; the file is removed once the run has finished.
+    """
+
+    path: Path
+    every: int
+    fingerprint: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"checkpoint interval must be >= 1 step, got {self.every}")
+
+
 def langevin_sample(
     grad_log_density: GradFn,
     x0: torch.Tensor,
@@ -175,12 +211,15 @@ def langevin_sample(
     reflect: bool = False,
     progress: bool = False,
     desc: str = "Langevin",
+    checkpoint: ChainCheckpoint | None = None,
 ) -> LangevinResult:
     """Run ``C = x0.shape[0]`` ULA chains from ``x0`` ``(C, ...)`` and summarise them.
 
     ``grad_log_density`` maps a batch ``(C, ...)`` to ``grad log pi`` of the same shape.
     ``preconditioner``: fixed ``M`` (scalar or broadcastable to one state, >= 0; zero freezes a
     coordinate). ``step_size``: ``delta`` > 0. Runs without autograd graphs kept between steps.
+    ``checkpoint``: save the state every ``checkpoint.every`` steps and resume from a saved one; a resumed
+    run gives exactly the result of an uninterrupted one (the noise generator's state is saved too).
     """
     cfg = config or LangevinConfig()
     if not (step_size > 0 and math.isfinite(step_size)):
@@ -203,8 +242,45 @@ def langevin_sample(
     x = x0.detach().clone()
     if reflect:
         x = x.abs()
-    kept = 0
-    for step in tqdm(range(cfg.num_steps), desc=desc, disable=not progress):
+    kept, start = 0, 0
+    identity = None
+    if checkpoint is not None:
+        identity = {
+            "fingerprint": json_safe(checkpoint.fingerprint),
+            "config": json_safe(vars(cfg)),
+            "shape": list(x0.shape),
+            "step_size": float(step_size),
+            "reflect": bool(reflect),
+        }
+        if Path(checkpoint.path).is_file():
+            tensors, record = load_chain_state(checkpoint.path)
+            if record.get("identity") != json.loads(json.dumps(identity)):
+                raise ChainStateError(
+                    f"{checkpoint.path} holds the state of a run with other settings or data; "
+                    "delete it (or write elsewhere) to start afresh"
+                )
+            start, kept = int(record["step"]), int(record["kept"])
+            x = tensors["x"].to(device=x0.device, dtype=x0.dtype)
+            gen.set_state(tensors["generator"])
+            trace_idx = tensors["trace_index"].to(x0.device)
+            moments.restore(record["count"], tensors, "all_")
+            chain_moments.restore(record["chain_count"], tensors, "chain_")
+            stored = [s.to(x0.device) for s in tensors["stored"]] if "stored" in tensors else []
+            traces = list(tensors["traces"]) if "traces" in tensors else []
+
+    def save_state(done: int) -> None:
+        tensors = {"x": x, "generator": gen.get_state(), "trace_index": trace_idx.cpu()}
+        tensors.update(moments.state_tensors("all_"))
+        tensors.update(chain_moments.state_tensors("chain_"))
+        if stored:
+            tensors["stored"] = torch.stack(stored)
+        if traces:
+            tensors["traces"] = torch.stack(traces)
+        record = {"identity": identity, "step": done, "kept": kept, "count": moments.count}
+        record["chain_count"] = chain_moments.count
+        save_chain_state(checkpoint.path, tensors, record)
+
+    for step in tqdm(range(start, cfg.num_steps), desc=desc, disable=not progress, initial=start, total=cfg.num_steps):
         with torch.no_grad():
             grad = grad_log_density(x)
             if not torch.isfinite(grad).all():
@@ -220,6 +296,10 @@ def langevin_sample(
             if kept % store_every == 0:
                 stored.append(x.detach().clone())
             kept += 1
+        if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < cfg.num_steps:
+            save_state(step + 1)
+    if checkpoint is not None:
+        Path(checkpoint.path).unlink(missing_ok=True)  # finished: nothing to resume
     trace = torch.stack(traces, 1)  # (C, N, T)
     return LangevinResult(
         mean=moments.mean,

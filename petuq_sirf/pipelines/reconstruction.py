@@ -18,6 +18,7 @@ mean / std / interval images. The PnP-ADMM spread comes from denoiser weight dra
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import warnings
@@ -58,7 +59,9 @@ class ReconstructionSettings:
     ``samples``: posterior draws (pnp-ula: kept states over all ``chains``, every ``thinning``-th step after
     the burn-in). ``weights``: a weights folder for the network methods (``None``: the shipped ones);
     ``force`` applies them to data of another voxel size. ``backend``: the acquisition-model backend of
-    the classical methods (the network methods run on the embedded backend).
+    the classical methods (the network methods run on the embedded backend). ``checkpoint_every``
+    (pnp-ula): Langevin steps between saves of the chains' state when :func:`reconstruct` is given a
+    ``state_dir`` (0: never).
     """
 
     method: str = "osem"
@@ -73,6 +76,7 @@ class ReconstructionSettings:
     weights: str | None = None
     force: bool = False
     backend: str = "embedded"
+    checkpoint_every: int = 500
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,6 +87,8 @@ class ReconstructionSettings:
             raise ValueError("--iterations must be >= 0")
         if self.subsets < 1:
             raise ValueError("--subsets must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if self.method in UQ_METHODS:
             if self.samples < 2:
                 raise ValueError("--samples must be >= 2 for an uncertainty estimate")
@@ -166,16 +172,20 @@ def reconstruct(
     device: torch.device | str | None = None,
     progress: bool = False,
     network: MethodNetwork | None = None,
+    state_dir: str | Path | None = None,
 ) -> ReconstructionResult:
     """Reconstruct ``acquisition`` with ``settings.method`` on ``device`` (default CPU).
 
     ``network``: the method's trained network when already loaded (:func:`load_method_network`); loaded
     from ``settings.weights`` otherwise. Metrics against the truth are included when the acquisition has one.
+    ``state_dir`` (pnp-ula): folder for the resumable chain state (:data:`PNP_ULA_STATE`), written every
+    ``settings.checkpoint_every`` steps; a run of the same settings, data and weights resumes from it.
     """
     settings = settings or ReconstructionSettings()
     device = torch.device(device or "cpu")
     if settings.method in UQ_METHODS:
-        return _reconstruct_uq(acquisition, settings, device, progress, network or load_method_network(settings))
+        net = network or load_method_network(settings)
+        return _reconstruct_uq(acquisition, settings, device, progress, net, state_dir)
     return _reconstruct_classical(acquisition, settings, device, progress)
 
 
@@ -232,6 +242,7 @@ def _reconstruct_classical(
     )
 
 
+PNP_ULA_STATE = "pnp_ula_state.safetensors"  # resumable chain state inside the output folder (removed when done)
 MAP_UPDATE_TOLERANCE = 1e-4  # relative image change per iteration above which MAP-RDP is reported as not converged
 
 
@@ -266,8 +277,23 @@ def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
     return {"relative_update_last_iteration": change, "stopped_at_convergence": stopped_early, "converged": converged}
 
 
+def _weights_checksum(net: torch.nn.Module) -> str:
+    """SHA-256 over the network's parameters and buffers (names, shapes and values)."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _reconstruct_uq(
-    acq: Acquisition, s: ReconstructionSettings, device: torch.device, progress: bool, network: MethodNetwork
+    acq: Acquisition,
+    s: ReconstructionSettings,
+    device: torch.device,
+    progress: bool,
+    network: MethodNetwork,
+    state_dir: str | Path | None = None,
 ) -> ReconstructionResult:
     from petuq_sirf.backends.registry import acquisition_model_for
     from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm_posterior
@@ -306,7 +332,18 @@ def _reconstruct_uq(
         per_chain = -(-s.samples // s.chains)
         cfg_ula = PnPULAConfig(num_samples=per_chain, burn_in=s.iterations, thinning=s.thinning, num_chains=s.chains)
         support = body_support(acq.mu_per_cm) if acq.mu_per_cm is not None else None
-        res = pnp_ula(model, y, net, cfg_ula, support=support)
+        state = Path(state_dir) / PNP_ULA_STATE if state_dir is not None and s.checkpoint_every > 0 else None
+        res = pnp_ula(
+            model,
+            y,
+            net,
+            cfg_ula,
+            support=support,
+            progress=progress,
+            state_path=state,
+            state_every=max(1, s.checkpoint_every),
+            identity={"weights_sha256": _weights_checksum(net)} if state is not None else None,
+        )
         summary = res.summary
         extra = {
             "burn_in": cfg_ula.burn_in,

@@ -50,10 +50,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from petuq_sirf.inference.langevin import LangevinConfig, LangevinResult, langevin_sample, power_iteration
+from petuq_sirf.inference.langevin import (
+    ChainCheckpoint,
+    LangevinConfig,
+    LangevinResult,
+    langevin_sample,
+    power_iteration,
+)
 from petuq_sirf.inference.weight_posterior import PosteriorImage
 from petuq_sirf.operators.acquisition import AcquisitionModel, check_data
 from petuq_sirf.recon.pnp_admm import PnPADMMConfig, pnp_admm, volume_mean_scale
@@ -154,12 +161,19 @@ def pnp_ula(
     x_init: torch.Tensor | None = None,
     progress: bool = False,
     support: torch.Tensor | None = None,
+    state_path: str | Path | None = None,
+    state_every: int = 500,
+    identity: dict | None = None,
 ) -> PnPULAResult:
     """Sample the posterior of prompts ``y`` (``model.data_shape``) with ``denoiser`` as the prior.
 
     ``denoiser`` maps normalised images ``(..., z, y, x)`` to denoised ones (firmly nonexpansive for
     the step-size bound to hold). ``x_init`` (optional): starting image; default PnP-ADMM.
     ``support`` (optional boolean ``(z, y, x)``): voxels outside it are held at zero.
+    ``state_path``: save the chains' state there every ``state_every`` Langevin steps and resume from it
+    (:class:`~petuq_sirf.inference.langevin.ChainCheckpoint`); the run is identified by the settings, step
+    size, data, starting image and ``identity`` (e.g. the denoiser weights' checksum), and a state of
+    another run is refused.
     """
     cfg = config or PnPULAConfig()
     y = check_data(y, model.data_shape, "measured prompts").to(model.device)
@@ -210,8 +224,27 @@ def pnp_ula(
             return g
 
         x0 = x_init.expand(cfg.num_chains, *x_init.shape).clone()
+        checkpoint = None
+        if state_path is not None:
+            fingerprint = {
+                "method": "pnp-ula",
+                "config": vars(cfg),
+                "data_shape": list(model.data_shape),
+                "sums": [float(y.double().sum()), float(x_init.double().sum()), float(pre.double().sum())],
+                "scale": c,
+                "identity": identity or {},
+            }
+            checkpoint = ChainCheckpoint(Path(state_path), state_every, fingerprint)
         chain = langevin_sample(
-            grad, x0, step, cfg.langevin(), preconditioner=pre, reflect=True, progress=progress, desc="PnP-ULA"
+            grad,
+            x0,
+            step,
+            cfg.langevin(),
+            preconditioner=pre,
+            reflect=True,
+            progress=progress,
+            desc="PnP-ULA",
+            checkpoint=checkpoint,
         )
     samples = chain.samples.reshape(-1, *x_init.shape).float()
     mean = chain.mean.float()

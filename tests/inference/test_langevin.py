@@ -135,3 +135,65 @@ def test_bad_settings_are_refused():
         langevin_sample(lambda x: -x, torch.zeros(3), 0.1)
     with pytest.raises(ValueError):
         langevin_sample(lambda x: -x, torch.zeros(2, 3), 0.1, preconditioner=-1.0)
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one_and_other_runs_are_refused(tmp_path):
+    """Save every 30 steps; a 'crash' at step 100 (after the save at 90) and a rerun with the same
+    checkpoint give exactly the result of one uninterrupted run; the finished run removes its state; a
+    state file of another run (other settings) is refused in one line, a corrupt one too."""
+    from petuq_sirf.inference.langevin import ChainCheckpoint
+    from petuq_sirf.io.chain_state import ChainStateError, save_chain_state
+
+    prec = torch.tensor([1.0, 4.0, 0.25], dtype=torch.float64)
+
+    def grad(x):
+        return -(x - 1.0) * prec
+
+    cfg = LangevinConfig(num_samples=20, burn_in=50, thinning=4, max_stored=8, seed=3)  # 130 steps
+    x0 = torch.zeros(3, 3, dtype=torch.float64)
+    pre = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    full = langevin_sample(grad, x0, 0.1, cfg, preconditioner=pre, reflect=True)
+
+    ckpt = ChainCheckpoint(tmp_path / "state.safetensors", every=30, fingerprint={"target": "gauss", "data": 1})
+    calls = {"n": 0}
+
+    def crashing(x):
+        calls["n"] += 1
+        if calls["n"] > 100:
+            raise KeyboardInterrupt("killed")
+        return grad(x)
+
+    with pytest.raises(KeyboardInterrupt):
+        langevin_sample(crashing, x0, 0.1, cfg, preconditioner=pre, reflect=True, checkpoint=ckpt)
+    assert ckpt.path.is_file()  # the state of step 90 survived the crash
+    calls["n"] = 0
+    resumed = langevin_sample(
+        lambda x: (calls.__setitem__("n", calls["n"] + 1), grad(x))[1],
+        x0,
+        0.1,
+        cfg,
+        preconditioner=pre,
+        reflect=True,
+        checkpoint=ckpt,
+    )
+    assert calls["n"] == 130 - 90  # only the steps after the saved state were run again
+    for name in ("mean", "variance", "chain_means", "samples", "traces", "final"):
+        assert torch.equal(getattr(resumed, name), getattr(full, name)), name
+    assert not ckpt.path.exists()  # finished: nothing left to resume
+
+    with pytest.raises(KeyboardInterrupt):
+        calls["n"] = 0
+        langevin_sample(crashing, x0, 0.1, cfg, preconditioner=pre, reflect=True, checkpoint=ckpt)
+    other = ChainCheckpoint(ckpt.path, every=30, fingerprint={"target": "gauss", "data": 2})
+    with pytest.raises(ChainStateError, match="other settings or data"):
+        langevin_sample(grad, x0, 0.1, cfg, preconditioner=pre, reflect=True, checkpoint=other)
+    with pytest.raises(ChainStateError, match="other settings or data"):
+        langevin_sample(grad, x0, 0.2, cfg, preconditioner=pre, reflect=True, checkpoint=ckpt)  # other step size
+    save_chain_state(ckpt.path, {"x": x0}, {"not": "a chain"})
+    with pytest.raises(ChainStateError, match="other settings or data"):
+        langevin_sample(grad, x0, 0.1, cfg, preconditioner=pre, reflect=True, checkpoint=ckpt)
+    ckpt.path.write_bytes(b"\x00" * 16)
+    with pytest.raises(ChainStateError, match="not a readable chain-state file"):
+        langevin_sample(grad, x0, 0.1, cfg, preconditioner=pre, reflect=True, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="checkpoint interval"):
+        ChainCheckpoint(ckpt.path, every=0)

@@ -168,3 +168,57 @@ def test_cli_pnp_ula(tmp_path):
     for name in ("mean", "std", "lower_90", "upper_90"):
         assert (out / f"{name}.nii.gz").is_file()
     assert main(argv[:-2] + ["--samples", "1", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_cli_pnp_ula_resumes_a_killed_run_and_refuses_another_runs_state(tmp_path, monkeypatch, capsys):
+    """A run killed after its state was saved (step 30 of 56) resumes when the same command is run again and
+    writes exactly the images of an uninterrupted run; a finished run leaves no state; a state file from a
+    run with other settings is refused in one line (exit code 2) and left in place."""
+    import torch
+
+    from petuq_sirf.cli.main import main
+    from petuq_sirf.inference import langevin
+    from petuq_sirf.io.image_io import read_image
+    from petuq_sirf.pipelines.reconstruction import PNP_ULA_STATE
+
+    acq = tmp_path / "acq"
+    assert main(["simulate", "--phantom", "ellipses", "--counts", "5e4", "--seed", "3", "--out", str(acq)]) == 0
+    base = ["reconstruct", str(acq), "--method", "pnp-ula", "--samples", "8", "--iterations", "40", "--chains", "2"]
+    base += ["--thinning", "4", "--checkpoint-every", "15", "--quiet"]  # 40 + 4 x 4 = 56 steps per chain
+    assert main(base + ["--out", str(tmp_path / "whole")]) == 0
+    assert not (tmp_path / "whole" / PNP_ULA_STATE).exists()
+
+    real_step, calls = langevin.langevin_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 35:
+            raise KeyboardInterrupt("job killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(langevin, "langevin_step", dying_step)
+    assert main(base + ["--out", str(tmp_path / "killed")]) == 130  # Ctrl-C / a killed job
+    assert (tmp_path / "killed" / PNP_ULA_STATE).is_file()
+    counted = {"n": 0}
+
+    def counting_step(*args, **kwargs):
+        counted["n"] += 1
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(langevin, "langevin_step", counting_step)
+    assert main(base + ["--out", str(tmp_path / "killed")]) == 0
+    assert counted["n"] == 56 - 30  # resumed from the state of step 30, not started again
+    assert not (tmp_path / "killed" / PNP_ULA_STATE).exists()
+    for name in ("mean", "std"):
+        a = torch.as_tensor(read_image(tmp_path / "whole" / f"{name}.nii.gz")[0])
+        b = torch.as_tensor(read_image(tmp_path / "killed" / f"{name}.nii.gz")[0])
+        assert torch.equal(a, b), name
+
+    monkeypatch.setattr(langevin, "langevin_step", dying_step)
+    calls["n"] = 0
+    assert main(base + ["--out", str(tmp_path / "other")]) == 130
+    monkeypatch.setattr(langevin, "langevin_step", real_step)
+    capsys.readouterr()
+    assert main([*base[:-5], "--thinning", "2", *base[-3:], "--out", str(tmp_path / "other")]) == 2
+    assert "other settings or data" in capsys.readouterr().err
+    assert (tmp_path / "other" / PNP_ULA_STATE).is_file()  # not deleted: the user decides
