@@ -36,10 +36,17 @@ def register(sub) -> None:
         "--iterations",
         type=ITERATIONS,
         default=None,
-        help="Iterations (default: osem 10, mlem 50, map-rdp 100, pnp-admm 100 ADMM iterations, "
+        help="Iterations (default: osem 10, mlem 50, map-rdp at most 100 (see --tolerance), pnp-admm 100 ADMM iterations, "
         "pnp-ula 1000 burn-in Langevin steps per chain).",
     )
     p.add_argument("--subsets", type=int_in(1, 1000), default=8, help="OSEM subsets (views are interleaved).")
+    p.add_argument(
+        "--tolerance",
+        type=float_in(0, 1),
+        default=1e-4,
+        help="Map-rdp: stop before --iterations once an iteration changes the image by less than this fraction "
+        "(0: run every iteration); metrics.json records the iterations run and whether it converged.",
+    )
     p.add_argument(
         "--beta-strength",
         type=float_in(0, 1e6),
@@ -96,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         chains=args.chains,
         thinning=args.thinning,
         checkpoint_every=args.checkpoint_every,
+        tolerance=args.tolerance,
         weights=args.weights,
         force=args.force,
         backend=resolve_backend(args.backend) if args.method in CLASSICAL_METHODS else args.backend,

@@ -61,7 +61,8 @@ class ReconstructionSettings:
     ``force`` applies them to data of another voxel size. ``backend``: the acquisition-model backend of
     the classical methods (the network methods run on the embedded backend). ``checkpoint_every``
     (pnp-ula): Langevin steps between saves of the chains' state when :func:`reconstruct` is given a
-    ``state_dir`` (0: never).
+    ``state_dir`` (0: never). ``tolerance`` (map-rdp): stop before ``iterations`` once an iteration changes
+    the image by less than this fraction (0: run them all).
     """
 
     method: str = "osem"
@@ -77,6 +78,7 @@ class ReconstructionSettings:
     force: bool = False
     backend: str = "embedded"
     checkpoint_every: int = 500
+    tolerance: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -89,6 +91,8 @@ class ReconstructionSettings:
             raise ValueError("--subsets must be >= 1")
         if self.checkpoint_every < 0:
             raise ValueError("--checkpoint-every must be >= 0 (0: no checkpoints)")
+        if not self.tolerance >= 0:
+            raise ValueError("--tolerance must be >= 0 (0: run every iteration)")
         if self.method in UQ_METHODS:
             if self.samples < 2:
                 raise ValueError("--samples must be >= 2 for an uncertainty estimate")
@@ -209,7 +213,7 @@ def _reconstruct_classical(
         else:
             prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=s.beta_strength)
         track = _UpdateTracker()
-        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress, callback=track)
+        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress, callback=track, tolerance=s.tolerance)
     image = rec.image
     if s.postfilter_fwhm_mm > 0:
         image = gaussian_postfilter(image, s.postfilter_fwhm_mm, acq.image.voxel_size_mm)
@@ -253,8 +257,10 @@ class _UpdateTracker:
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
         self.relative_update: float | None = None
+        self.iterations = 0
 
     def __call__(self, it: int, x: torch.Tensor) -> None:
+        self.iterations = it + 1
         if self.previous is not None:
             self.relative_update = float((x - self.previous).norm() / x.norm().clamp_min(1e-30))
         self.previous = x.clone()
@@ -274,7 +280,12 @@ def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
             "iteration: this is not yet the MAP estimate (more --iterations converge further)",
             stacklevel=4,  # the caller of reconstruct()
         )
-    return {"relative_update_last_iteration": change, "stopped_at_convergence": stopped_early, "converged": converged}
+    return {
+        "iterations_run": track.iterations,
+        "relative_update_last_iteration": change,
+        "stopped_at_convergence": stopped_early,
+        "converged": converged,
+    }
 
 
 def _weights_checksum(net: torch.nn.Module) -> str:

@@ -41,13 +41,17 @@ def map_rdp(
     max_backtracks: int = 10,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    tolerance: float = 0.0,
 ) -> Reconstruction:
     """MAP-RDP reconstruction of prompts ``y`` (shape ``model.data_shape``).
 
     ``expected_scale`` multiplies the expected-counts term (``sum(w)/n`` for a weighted
     bootstrap replicate; 1 otherwise). ``objective`` holds ``Phi`` after every iteration and is
-    non-decreasing.
+    non-decreasing. ``tolerance`` > 0: stop before ``num_iterations`` once an iteration changes the
+    image by less than that fraction (``||x_k - x_(k-1)|| / ||x_k||``); 0 runs every iteration.
     """
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     y = check_data(y, model.data_shape, "measured prompts").to(model.device)
     prior = prior or RelativeDifferencePrior()
     x = _initial_image(model, x0)
@@ -73,9 +77,12 @@ def map_rdp(
             else:
                 result.objective.append(phi)
                 break  # no ascent possible: converged to numerical precision
+            change = float((x_new - x).norm() / x_new.norm().clamp_min(1e-30)) if tolerance > 0 else None
             x, ybar, phi = x_new, ybar_new, phi_new
             result.objective.append(phi)
             if callback is not None:
                 callback(it, x)
+            if change is not None and change < tolerance:
+                break  # converged to the requested tolerance
     result.image = x
     return result

@@ -50,6 +50,28 @@ def test_map_rdp_reports_how_far_it_converged(acq):
     assert "converged" not in osem_run.metrics  # only MAP-RDP has an objective to converge
 
 
+def test_map_rdp_stops_at_the_tolerance_with_the_image_of_that_many_iterations(acq):
+    """--tolerance ends MAP-RDP once an iteration moves the image by less than it: fewer iterations run,
+    the last change is below it, no warning, and the image is that of a fixed run of as many iterations."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged run must not warn
+        res = reconstruct(
+            acq, ReconstructionSettings(method="map-rdp", iterations=300, beta_strength=0.05, tolerance=1e-3)
+        )
+    n = res.metrics["iterations_run"]
+    assert 2 <= n < 300 and res.metrics["converged"] and res.metrics["stopped_at_convergence"]
+    assert res.metrics["relative_update_last_iteration"] < 1e-3
+    with pytest.warns(UserWarning, match="not yet the MAP estimate"):
+        fixed = reconstruct(
+            acq, ReconstructionSettings(method="map-rdp", iterations=n, beta_strength=0.05, tolerance=0)
+        )
+    assert torch.equal(fixed.images["image"], res.images["image"]) and fixed.metrics["iterations_run"] == n
+    with pytest.raises(ValueError, match="--tolerance must be >= 0"):
+        ReconstructionSettings(method="map-rdp", tolerance=-1.0)
+
+
 def test_defaults_and_bad_settings(acq):
     assert ReconstructionSettings(method="map-rdp").iterations == 100
     assert ReconstructionSettings(method="pnp-ula").iterations == 1000
