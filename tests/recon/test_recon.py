@@ -46,6 +46,19 @@ def test_map_with_zero_beta_is_mlem(noisy):
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * float(b.max()))
 
 
+def test_map_rdp_tolerance_stops_when_an_iteration_barely_moves_the_image(noisy):
+    model = noisy.acquisition_model()
+    prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), torch.ones(model.image_shape), strength=0.01)
+    seen = []
+    rec = map_rdp(model, noisy.prompts, prior, 500, tolerance=2e-3, callback=lambda it, x: seen.append(x.clone()))
+    assert 2 <= len(seen) < 500 and len(rec.objective) == len(seen)
+    last = float((seen[-1] - seen[-2]).norm() / seen[-1].norm())
+    before = float((seen[-2] - seen[-3]).norm() / seen[-2].norm()) if len(seen) > 2 else 1.0
+    assert last < 2e-3 <= before  # stopped at the first iteration below the tolerance
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        map_rdp(model, noisy.prompts, prior, 5, tolerance=-1.0)
+
+
 def test_bad_measured_data_is_rejected(noisy):
     model = noisy.acquisition_model()
     y = noisy.prompts.clone()
