@@ -22,7 +22,6 @@ scalar functionals (by default the mean over the image and a fixed random set of
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from petuq_sirf.io.atomic import json_safe
-from petuq_sirf.io.chain_state import ChainStateError, load_chain_state, save_chain_state
+from petuq_sirf.io.resumable import ResumableCheckpoint
 
 GradFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -113,17 +111,13 @@ class RunningMoments:
             raise ValueError("no states aggregated yet")
         return self._mean
 
-    def state_tensors(self, prefix: str) -> dict[str, torch.Tensor]:
-        """The accumulators as tensors (for a resumable state file; empty before the first update)."""
-        if self._mean is None:
-            return {}
-        return {f"{prefix}mean": self._mean, f"{prefix}m2": self._m2}
+    def state(self) -> dict:
+        """The accumulators (for a resumable checkpoint)."""
+        return {"count": self.count, "mean": self._mean, "m2": self._m2}
 
-    def restore(self, count: int, tensors: dict[str, torch.Tensor], prefix: str) -> None:
-        """Set the accumulators from :meth:`state_tensors` and the count."""
-        self.count = int(count)
-        self._mean = tensors[f"{prefix}mean"].double() if count else None
-        self._m2 = tensors[f"{prefix}m2"].double() if count else None
+    def restore(self, state: dict) -> None:
+        """Set the accumulators from :meth:`state`."""
+        self.count, self._mean, self._m2 = int(state["count"]), state["mean"], state["m2"]
 
     def variance(self, ddof: int = 1) -> torch.Tensor:
         if self.count <= ddof:
@@ -187,7 +181,7 @@ def langevin_step(
 class ChainCheckpoint:
     """Where and how often :func:`langevin_sample` saves its state, and what identifies the run.
 
-    ``path``: the state file (:mod:`petuq_sirf.io.chain_state`); ``every``: steps between saves;
+    ``path``: the checkpoint file (:mod:`petuq_sirf.io.resumable`); ``every``: steps between saves;
     ``fingerprint``: JSON-ready description of the target, settings and data. A run that finds ``path``
     resumes from it if the fingerprint (and the chains' shape and step size) match, and refuses in one line
     otherwise; the file is removed once the run has finished.
@@ -243,42 +237,29 @@ def langevin_sample(
     if reflect:
         x = x.abs()
     kept, start = 0, 0
-    identity = None
     if checkpoint is not None:
+        file = ResumableCheckpoint(
+            checkpoint.path,
+            "petuq-chain-state",
+            "chain state",
+            "holds the state of a run with other settings or data; delete it (or write elsewhere) to start afresh",
+        )
         identity = {
-            "fingerprint": json_safe(checkpoint.fingerprint),
-            "config": json_safe(vars(cfg)),
+            "fingerprint": checkpoint.fingerprint,
+            "config": vars(cfg),
             "shape": list(x0.shape),
             "step_size": float(step_size),
             "reflect": bool(reflect),
         }
-        if Path(checkpoint.path).is_file():
-            tensors, record = load_chain_state(checkpoint.path)
-            if record.get("identity") != json.loads(json.dumps(identity)):
-                raise ChainStateError(
-                    f"{checkpoint.path} holds the state of a run with other settings or data; "
-                    "delete it (or write elsewhere) to start afresh"
-                )
-            start, kept = int(record["step"]), int(record["kept"])
-            x = tensors["x"].to(device=x0.device, dtype=x0.dtype)
-            gen.set_state(tensors["generator"])
-            trace_idx = tensors["trace_index"].to(x0.device)
-            moments.restore(record["count"], tensors, "all_")
-            chain_moments.restore(record["chain_count"], tensors, "chain_")
-            stored = [s.to(x0.device) for s in tensors["stored"]] if "stored" in tensors else []
-            traces = list(tensors["traces"]) if "traces" in tensors else []
-
-    def save_state(done: int) -> None:
-        tensors = {"x": x, "generator": gen.get_state(), "trace_index": trace_idx.cpu()}
-        tensors.update(moments.state_tensors("all_"))
-        tensors.update(chain_moments.state_tensors("chain_"))
-        if stored:
-            tensors["stored"] = torch.stack(stored)
-        if traces:
-            tensors["traces"] = torch.stack(traces)
-        record = {"identity": identity, "step": done, "kept": kept, "count": moments.count}
-        record["chain_count"] = chain_moments.count
-        save_chain_state(checkpoint.path, tensors, record)
+        saved = file.load(identity)
+        if saved is not None:
+            start, kept, stored, traces = saved["step"], saved["kept"], saved["stored"], saved["traces"]
+            x = saved["x"].to(device=x0.device, dtype=x0.dtype)
+            stored = [s.to(x0.device) for s in stored]
+            gen.set_state(saved["generator"])
+            trace_idx = saved["trace_index"].to(x0.device)
+            moments.restore(saved["moments"])
+            chain_moments.restore(saved["chain_moments"])
 
     for step in tqdm(range(start, cfg.num_steps), desc=desc, disable=not progress, initial=start, total=cfg.num_steps):
         with torch.no_grad():
@@ -297,9 +278,11 @@ def langevin_sample(
                 stored.append(x.detach().clone())
             kept += 1
         if checkpoint is not None and (step + 1) % checkpoint.every == 0 and step + 1 < cfg.num_steps:
-            save_state(step + 1)
+            state = {"step": step + 1, "kept": kept, "x": x, "generator": gen.get_state(), "trace_index": trace_idx}
+            state.update(stored=stored, traces=traces, moments=moments.state(), chain_moments=chain_moments.state())
+            file.save(identity, state)
     if checkpoint is not None:
-        Path(checkpoint.path).unlink(missing_ok=True)  # finished: nothing to resume
+        file.remove()  # finished: nothing to resume
     trace = torch.stack(traces, 1)  # (C, N, T)
     return LangevinResult(
         mean=moments.mean,

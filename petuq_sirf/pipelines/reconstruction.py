@@ -18,7 +18,6 @@ mean / std / interval images. The PnP-ADMM spread comes from denoiser weight dra
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import warnings
@@ -30,6 +29,7 @@ import torch
 from petuq_sirf.io.acquisition_folder import Acquisition
 from petuq_sirf.io.atomic import atomic_write_json
 from petuq_sirf.io.image_io import write_image
+from petuq_sirf.io.resumable import tensor_digest
 from petuq_sirf.recon import RelativeDifferencePrior, gaussian_postfilter, map_rdp, osem
 from petuq_sirf.uq.figures_of_merit import image_metrics
 from petuq_sirf.viz.images import image_panel
@@ -246,7 +246,7 @@ def _reconstruct_classical(
     )
 
 
-PNP_ULA_STATE = "pnp_ula_state.safetensors"  # resumable chain state inside the output folder (removed when done)
+PNP_ULA_STATE = "pnp_ula_state.pt"  # resumable chain state inside the output folder (removed when done)
 MAP_UPDATE_TOLERANCE = 1e-4  # relative image change per iteration above which MAP-RDP is reported as not converged
 
 
@@ -286,16 +286,6 @@ def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
         "stopped_at_convergence": stopped_early,
         "converged": converged,
     }
-
-
-def _weights_checksum(net: torch.nn.Module) -> str:
-    """SHA-256 over the network's parameters and buffers (names, shapes and values)."""
-    h = hashlib.sha256()
-    for name, t in sorted(net.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def _reconstruct_uq(
@@ -353,7 +343,7 @@ def _reconstruct_uq(
             progress=progress,
             state_path=state,
             state_every=max(1, s.checkpoint_every),
-            identity={"weights_sha256": _weights_checksum(net)} if state is not None else None,
+            identity={"weights_sha256": tensor_digest(*net.state_dict().values())} if state is not None else None,
         )
         summary = res.summary
         extra = {
