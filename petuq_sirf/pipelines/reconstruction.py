@@ -212,8 +212,7 @@ def _reconstruct_classical(
             prior.beta = s.beta
         else:
             prior = RelativeDifferencePrior.scaled_for(model.sensitivity(), init, strength=s.beta_strength)
-        track = _UpdateTracker()
-        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress, callback=track, tolerance=s.tolerance)
+        rec = map_rdp(model, y, prior, s.iterations, x0=init, progress=progress, tolerance=s.tolerance)
     image = rec.image
     if s.postfilter_fwhm_mm > 0:
         image = gaussian_postfilter(image, s.postfilter_fwhm_mm, acq.image.voxel_size_mm)
@@ -228,7 +227,7 @@ def _reconstruct_classical(
         "projector": model.projector_settings() if hasattr(model, "projector_settings") else None,
     }
     if s.method == "map-rdp":
-        metrics.update(_map_convergence(rec, s.iterations, track))
+        metrics.update(_map_convergence(rec))
     label = reconstruction_title(
         s.method,
         s.iterations,
@@ -250,40 +249,21 @@ PNP_ULA_STATE = "pnp_ula_state.pt"  # resumable chain state inside the output fo
 MAP_UPDATE_TOLERANCE = 1e-4  # relative image change per iteration above which MAP-RDP is reported as not converged
 
 
-class _UpdateTracker:
-    """``map_rdp`` callback keeping the relative image change ``||x_k - x_(k-1)|| / ||x_k||`` of the last
-    iteration (one extra image in memory)."""
-
-    def __init__(self) -> None:
-        self.previous: torch.Tensor | None = None
-        self.relative_update: float | None = None
-        self.iterations = 0
-
-    def __call__(self, it: int, x: torch.Tensor) -> None:
-        self.iterations = it + 1
-        if self.previous is not None:
-            self.relative_update = float((x - self.previous).norm() / x.norm().clamp_min(1e-30))
-        self.previous = x.clone()
-
-
-def _map_convergence(rec, iterations: int, track: _UpdateTracker) -> dict:
+def _map_convergence(rec) -> dict:
     """``metrics.json`` entries on how far MAP-RDP got; warns when it stopped while still moving."""
-    stopped_early = len(rec.objective) < iterations or (
-        len(rec.objective) == iterations and len(rec.objective) >= 2 and rec.objective[-1] == rec.objective[-2]
-    )
-    change = track.relative_update
-    converged = stopped_early or (change is not None and change <= MAP_UPDATE_TOLERANCE)
+    change = rec.relative_update
+    converged = rec.stop_reason is not None or (change is not None and change <= MAP_UPDATE_TOLERANCE)
     if not converged:
         shown = "unknown" if change is None else f"{100 * change:.2g} %"
         warnings.warn(
-            f"MAP-RDP stopped after {iterations} iterations while the image still changed by {shown} per "
+            f"MAP-RDP stopped after {rec.iterations_run} iterations while the image still changed by {shown} per "
             "iteration: this is not yet the MAP estimate (more --iterations converge further)",
             stacklevel=4,  # the caller of reconstruct()
         )
     return {
-        "iterations_run": track.iterations,
+        "iterations_run": rec.iterations_run,
         "relative_update_last_iteration": change,
-        "stopped_at_convergence": stopped_early,
+        "stopped_at_convergence": rec.stop_reason is not None,
         "converged": converged,
     }
 

@@ -14,10 +14,18 @@ from petuq_sirf.recon.likelihood import poisson_gradient_ratio, poisson_log_like
 
 @dataclass
 class Reconstruction:
-    """An image ``(z, y, x)`` and the objective after each iteration."""
+    """An image ``(z, y, x)`` and the objective after each iteration.
+
+    Iterative solvers that track convergence (:func:`~petuq_sirf.recon.map_rdp.map_rdp`) also set
+    ``iterations_run``, ``relative_update`` (``||x_k - x_(k-1)|| / ||x_k||`` of the last iteration) and
+    ``stop_reason`` (``"tolerance"``, ``"no ascent"``, or ``None`` when every iteration ran).
+    """
 
     image: torch.Tensor
     objective: list[float] = field(default_factory=list)
+    iterations_run: int | None = None
+    relative_update: float | None = None
+    stop_reason: str | None = None
 
 
 def _initial_image(model: AcquisitionModel, x0: torch.Tensor | None) -> torch.Tensor:

@@ -48,7 +48,8 @@ def map_rdp(
     ``expected_scale`` multiplies the expected-counts term (``sum(w)/n`` for a weighted
     bootstrap replicate; 1 otherwise). ``objective`` holds ``Phi`` after every iteration and is
     non-decreasing. ``tolerance`` > 0: stop before ``num_iterations`` once an iteration changes the
-    image by less than that fraction (``||x_k - x_(k-1)|| / ||x_k||``); 0 runs every iteration.
+    image by less than that fraction (``||x_k - x_(k-1)|| / ||x_k||``); 0 runs every iteration. The result
+    records ``iterations_run``, the last ``relative_update`` and the ``stop_reason``.
     """
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
@@ -58,7 +59,7 @@ def map_rdp(
     sens = model.sensitivity() * expected_scale
     support = sens > 0
     x = torch.where(support, x, torch.zeros_like(x))
-    result = Reconstruction(x)
+    result = Reconstruction(x, iterations_run=0)
     with torch.no_grad():
         ybar = model.forward(x)
         phi = float(poisson_log_likelihood(y, ybar, expected_scale) - prior.value(x))
@@ -76,13 +77,16 @@ def map_rdp(
                 step *= 0.5
             else:
                 result.objective.append(phi)
-                break  # no ascent possible: converged to numerical precision
-            change = float((x_new - x).norm() / x_new.norm().clamp_min(1e-30)) if tolerance > 0 else None
+                result.stop_reason = "no ascent"  # converged to numerical precision
+                break
+            result.relative_update = float((x_new - x).norm() / x_new.norm().clamp_min(1e-30))
             x, ybar, phi = x_new, ybar_new, phi_new
             result.objective.append(phi)
+            result.iterations_run = it + 1
             if callback is not None:
                 callback(it, x)
-            if change is not None and change < tolerance:
-                break  # converged to the requested tolerance
+            if result.relative_update < tolerance:
+                result.stop_reason = "tolerance"
+                break
     result.image = x
     return result

@@ -55,6 +55,10 @@ def test_map_rdp_tolerance_stops_when_an_iteration_barely_moves_the_image(noisy)
     last = float((seen[-1] - seen[-2]).norm() / seen[-1].norm())
     before = float((seen[-2] - seen[-3]).norm() / seen[-2].norm()) if len(seen) > 2 else 1.0
     assert last < 2e-3 <= before  # stopped at the first iteration below the tolerance
+    assert rec.stop_reason == "tolerance" and rec.iterations_run == len(seen)
+    assert rec.relative_update == pytest.approx(last, rel=1e-5)
+    full = map_rdp(model, noisy.prompts, prior, 3)
+    assert full.stop_reason is None and full.iterations_run == 3 and full.relative_update > 2e-3
     with pytest.raises(ValueError, match="tolerance must be >= 0"):
         map_rdp(model, noisy.prompts, prior, 5, tolerance=-1.0)
 
