@@ -6,13 +6,14 @@ Run from the repository root: ``PYTHONPATH=$PWD python docs/figures/session7_202
 
 import torch
 
+from petuq_sirf.recon import gaussian_postfilter
 from petuq_sirf.recon.family_data import family_low_dose_set
 from petuq_sirf.recon.reference_tuning import osem_realisations
 from petuq_sirf.recon.unrolled import predict_unrolled
 from petuq_sirf.recon.weights import load_network
 from petuq_sirf.scanner import ImageGeometry, SinogramLayout, get_scanner
 from petuq_sirf.simulation.simulate import geometric_model
-from petuq_sirf.uq.mondrian import VoxelClassSpec, _smooth
+from petuq_sirf.uq.mondrian import VoxelClassSpec
 
 torch.set_num_threads(1)
 FWHM_MM = VoxelClassSpec().disagreement_fwhm_mm
@@ -34,7 +35,7 @@ for fam in ("thorax", "brain"):
         for i in range(len(cal)):
             body, les = cal.regions[i]["object"], cal.regions[i]["lesions"]
             med = float(mean[i][body].median())
-            d = _smooth((osem[i] - mean[i]).double(), FWHM_MM, image.voxel_size_mm) / med
+            d = gaussian_postfilter((osem[i] - mean[i]).double(), FWHM_MM, image.voxel_size_mm) / med
             les_d.append(d[les])
             other_d.append(d[body & ~les])
             err.append(((cal.truth[i] - mean[i]) / med)[les].double())
