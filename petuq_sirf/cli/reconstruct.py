@@ -48,6 +48,19 @@ def register(sub) -> None:
         "(0: run every iteration); metrics.json records the iterations run and whether it converged.",
     )
     p.add_argument(
+        "--refine-discrepancy",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Unrolled: refine the network's mean by MLEM until the data are fit as well as Poisson noise allows "
+        "(a likelihood-only correction of over-smoothing at high counts; no change where the data cannot tell).",
+    )
+    p.add_argument(
+        "--discrepancy-threshold",
+        type=float_in(-100, 100),
+        default=0.0,
+        help="Unrolled with --refine-discrepancy: stop at discrepancy z <= this (0: the calibrated choice).",
+    )
+    p.add_argument(
         "--beta-strength",
         type=float_in(0, 1e6),
         default=0.01,
@@ -104,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         thinning=args.thinning,
         checkpoint_every=args.checkpoint_every,
         tolerance=args.tolerance,
+        refine_discrepancy=args.refine_discrepancy,
+        discrepancy_threshold=args.discrepancy_threshold,
         weights=args.weights,
         force=args.force,
         backend=resolve_backend(args.backend) if args.method in CLASSICAL_METHODS else args.backend,

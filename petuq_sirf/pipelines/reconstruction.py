@@ -18,6 +18,7 @@ mean / std / interval images. The PnP-ADMM spread comes from denoiser weight dra
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -62,7 +63,9 @@ class ReconstructionSettings:
     the classical methods (the network methods run on the embedded backend). ``checkpoint_every``
     (pnp-ula): Langevin steps between saves of the chains' state when :func:`reconstruct` is given a
     ``state_dir`` (0: never). ``tolerance`` (map-rdp): stop before ``iterations`` once an iteration changes
-    the image by less than this fraction (0: run them all).
+    the image by less than this fraction (0: run them all). ``refine_discrepancy`` (unrolled): move the network's
+    mean by MLEM iterations until the data are fit as well as Poisson noise allows (discrepancy ``z <=
+    discrepancy_threshold``, :mod:`petuq_sirf.recon.discrepancy`); the samples move with it.
     """
 
     method: str = "osem"
@@ -79,6 +82,8 @@ class ReconstructionSettings:
     backend: str = "embedded"
     checkpoint_every: int = 500
     tolerance: float = 1e-4
+    refine_discrepancy: bool = False
+    discrepancy_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -93,6 +98,10 @@ class ReconstructionSettings:
             raise ValueError("--checkpoint-every must be >= 0 (0: no checkpoints)")
         if not self.tolerance >= 0:
             raise ValueError("--tolerance must be >= 0 (0: run every iteration)")
+        if not math.isfinite(self.discrepancy_threshold):
+            raise ValueError("--discrepancy-threshold must be finite")
+        if self.refine_discrepancy and self.method != "unrolled":
+            raise ValueError("--refine-discrepancy applies to --method unrolled only")
         if self.method in UQ_METHODS:
             if self.samples < 2:
                 raise ValueError("--samples must be >= 2 for an uncertainty estimate")
@@ -339,6 +348,23 @@ def _reconstruct_uq(
     else:
         x0 = osem(model, y, 10, 1).image
         summary = predict_unrolled(net, model, y, x0, posterior, s.samples)
+        if s.refine_discrepancy:
+            from petuq_sirf.recon.discrepancy import DEFAULT_MAX_ITERATIONS, refine_posterior_mean
+
+            summary, ref = refine_posterior_mean(model, y, summary, s.discrepancy_threshold)
+            extra["discrepancy_refinement"] = {
+                "threshold": ref.threshold,
+                "mlem_iterations": int(ref.iterations),
+                "z_before": float(ref.z_start),
+                "z_after": float(ref.z_end),
+                "reached": bool(ref.reached),
+            }
+            if not bool(ref.reached):
+                warnings.warn(
+                    f"the discrepancy refinement stopped after {DEFAULT_MAX_ITERATIONS} MLEM iterations with the data "
+                    f"still under-fit (z = {float(ref.z_end):.2f} > {ref.threshold:g})",
+                    stacklevel=2,
+                )
     seconds = time.perf_counter() - t0
     mean, std = summary.mean.cpu(), summary.std.cpu()
     lo, hi = summary.interval(0.9)

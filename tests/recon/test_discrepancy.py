@@ -1,0 +1,85 @@
+"""Discrepancy-stopped EM refinement: the deviance, its expectation, and where the refinement stops."""
+
+import pytest
+import torch
+
+from petuq_sirf.recon import gaussian_postfilter
+from petuq_sirf.recon.discrepancy import discrepancy_z, expected_poisson_deviance, refine_to_discrepancy
+from petuq_sirf.recon.likelihood import poisson_deviance
+from petuq_sirf.simulation import SimulationConfig, nema_iec_phantom, simulate
+from petuq_sirf.uq import nrmse
+
+
+@pytest.mark.parametrize("mean", [0.05, 0.7, 3.0, 12.0, 29.0, 31.0, 200.0])
+def test_expected_deviance_matches_monte_carlo(mean):
+    y = torch.poisson(torch.full((400_000,), mean, dtype=torch.float64), generator=torch.Generator().manual_seed(3))
+    mc = poisson_deviance(y, torch.full_like(y, mean)).mean()
+    se = poisson_deviance(y, torch.full_like(y, mean)).std() / 400_000**0.5
+    exact = expected_poisson_deviance(torch.tensor([mean], dtype=torch.float64))
+    assert abs(float(exact) - float(mc)) < 4 * float(se) + 1e-4
+
+
+def test_deviance_is_zero_at_a_perfect_fit_and_twice_the_mean_for_empty_bins():
+    y = torch.tensor([0.0, 3.0, 10.0])
+    assert torch.allclose(poisson_deviance(y, torch.tensor([0.5, 3.0, 10.0])), torch.tensor([1.0, 0.0, 0.0]))
+    assert (poisson_deviance(y, torch.tensor([0.5, 2.0, 12.0])) > 0).all()
+
+
+@pytest.fixture(scope="module")
+def high_counts(layout_2d, image_2d):
+    phantom = nema_iec_phantom(image_2d)
+    sim = simulate(phantom, layout_2d, SimulationConfig(true_counts=2e6, seed=4))
+    return sim, sim.acquisition_model()
+
+
+def test_z_is_near_zero_at_the_truth_and_large_for_an_over_smoothed_image(high_counts, image_2d):
+    sim, model = high_counts
+    ybar = model.forward(sim.truth)
+    ys = torch.poisson(ybar.expand(20, *ybar.shape).contiguous(), generator=torch.Generator().manual_seed(0))
+    z_true = discrepancy_z(ys, ybar)
+    assert abs(float(z_true.mean())) < 0.6 and 0.4 < float(z_true.std()) < 1.8  # about standard normal
+    smooth = gaussian_postfilter(sim.truth, 12.0, image_2d.voxel_size_mm)
+    assert float(discrepancy_z(ys[0], model.forward(smooth))) > 10
+
+
+def test_refinement_undoes_over_smoothing_until_the_data_are_fit(high_counts, image_2d):
+    sim, model = high_counts
+    smooth = gaussian_postfilter(sim.truth, 12.0, image_2d.voxel_size_mm)
+    before = smooth.clone()
+    ref = refine_to_discrepancy(model, sim.prompts, smooth, max_iterations=100)
+    assert torch.equal(smooth, before)  # input untouched
+    assert bool(ref.reached) and float(ref.z_end) <= 0 < float(ref.z_start)
+    assert 0 < int(ref.iterations) < 100
+    obj = sim.truth > 0
+    assert nrmse(ref.image, sim.truth, obj) < 0.8 * nrmse(smooth, sim.truth, obj)
+    # it stopped at the first iterate that fits: one iteration fewer still under-fits
+    if int(ref.iterations) > 1:
+        fewer = refine_to_discrepancy(model, sim.prompts, smooth, max_iterations=int(ref.iterations) - 1)
+        assert not bool(fewer.reached)
+        assert float(fewer.z_end) > 0
+
+
+def test_refinement_leaves_an_image_that_already_fits_unchanged_and_batches_stop_on_their_own(high_counts, image_2d):
+    sim, model = high_counts
+    smooth = gaussian_postfilter(sim.truth, 12.0, image_2d.voxel_size_mm)
+    y = torch.stack([sim.prompts, sim.prompts])
+    x = torch.stack([sim.truth, smooth])
+    ref = refine_to_discrepancy(model, y, x, threshold=3.0)  # the truth fits within 3 standard deviations
+    assert int(ref.iterations[0]) == 0 and torch.equal(ref.image[0], sim.truth)
+    assert int(ref.iterations[1]) > 0 and bool(ref.reached.all())
+    alone = refine_to_discrepancy(model, sim.prompts, smooth, threshold=3.0)
+    assert torch.allclose(alone.image, ref.image[1], rtol=1e-5, atol=1e-6 * float(smooth.max()))
+
+
+def test_refinement_rejects_bad_input(high_counts):
+    sim, model = high_counts
+    with pytest.raises(ValueError, match="threshold"):
+        refine_to_discrepancy(model, sim.prompts, sim.truth, threshold=float("nan"))
+    with pytest.raises(ValueError, match="max_iterations"):
+        refine_to_discrepancy(model, sim.prompts, sim.truth, max_iterations=-1)
+    with pytest.raises(ValueError, match="image has shape"):
+        refine_to_discrepancy(model, sim.prompts, sim.truth[..., :-1])
+    with pytest.raises(ValueError, match="do not match"):
+        refine_to_discrepancy(model, sim.prompts[None].expand(2, *sim.prompts.shape), sim.truth)
+    with pytest.raises(ValueError, match=">= 0"):
+        refine_to_discrepancy(model, sim.prompts, -sim.truth)
