@@ -12,6 +12,7 @@ from petuq_sirf.uq.calibration import (
     frequentist_coverage,
     gaussian_interval,
     gaussian_nll,
+    interval_score,
     sample_interval,
     sharpness,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "coverage",
     "coverage_curve",
     "crps",
+    "interval_score",
     "evaluate_uq",
     "frequentist_coverage",
     "gaussian_interval",

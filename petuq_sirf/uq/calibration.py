@@ -12,7 +12,7 @@ Levels are nominal central credible levels ``1 - alpha`` in (0, 1); the default 
 
 Stable API (imported by the posterior-bootstrap and PnP modules):
 :func:`gaussian_interval`, :func:`sample_interval`, :func:`coverage`, :func:`coverage_curve`,
-:func:`calibration_error`, :func:`sharpness`, :func:`crps`, :func:`gaussian_nll`, :func:`z_scores`,
+:func:`calibration_error`, :func:`sharpness`, :func:`crps`, :func:`interval_score`, :func:`gaussian_nll`, :func:`z_scores`,
 :func:`conformal_scales`, :func:`evaluate_uq`, :func:`frequentist_coverage`.
 """
 
@@ -244,6 +244,29 @@ def crps(
     pdf = torch.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
     cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     return float((sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / math.sqrt(math.pi))).mean())
+
+
+def interval_score(
+    truth: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    level: float,
+    mask: torch.Tensor | None = None,
+) -> float:
+    """Mean interval score of central intervals at ``level`` over the mask (image units; lower is better).
+
+    ``(u - l) + (2 / alpha) [(l - x)+ + (x - u)+]`` with ``alpha = 1 - level`` (Gneiting & Raftery 2007): a
+    proper score for central intervals, so it weighs width against misses (a narrower interval that misses
+    more often can score worse than a wider one).
+    """
+    check_levels((level,))
+    if lower.shape != upper.shape:
+        raise ValueError(f"lower {tuple(lower.shape)} and upper {tuple(upper.shape)} must have the same shape")
+    m = _mask_for(mask, lower)
+    t = _select(_broadcast_truth(truth, lower), m).double()
+    lo, hi = _select(lower, m).double(), _select(upper, m).double()
+    miss = (lo - t).clamp_min(0) + (t - hi).clamp_min(0)
+    return float(((hi - lo) + 2 / (1 - level) * miss).mean())
 
 
 def gaussian_nll(

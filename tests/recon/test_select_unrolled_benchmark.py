@@ -35,3 +35,24 @@ def test_select_unrolled_refuses_the_held_out_family(monkeypatch, capsys) -> Non
         select_unrolled.main()
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and "brain is held out" in err[-1], err
+
+
+def test_select_unrolled_interval_score_of_the_mondrian_interval(tmp_path, monkeypatch, capsys) -> None:
+    """The interval-score table: one score per candidate, family and dose; at full dose the refined candidate's mean
+    differs, and so does its score; the held-out family is refused as a calibration family too."""
+    from benchmarks import select_unrolled
+
+    out = tmp_path / "sel.json"
+    argv = ["select_unrolled.py", "--candidate", "a=fbsem32w", "--families", "texture", "--phantoms", "1"]
+    argv += ["--doses", "1.0", "--samples", "2", "--interval-score", "--calibration-phantoms", "1"]
+    argv += ["--calibration-families", "thorax", "--realisations", "2", "--refined-too", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    select_unrolled.main()
+    table = json.loads(out.read_text())
+    plain, refined = table["a"]["interval score texture 1"], table["a + discrepancy EM"]["interval score texture 1"]
+    assert 0 < plain < 5 and 0 < refined < 5 and plain != refined
+    assert "interval score" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--calibration-families", "brain"])
+    with pytest.raises(SystemExit):
+        select_unrolled.main()
+    assert "brain is held out" in capsys.readouterr().err

@@ -136,3 +136,27 @@ def test_rank_correlation_matches_known_values():
     ranks_b = np.array([1, 2.5, 2.5, 4, 5, 6, 7, 8, 9, 10])
     expected = np.corrcoef(np.arange(1, 11), ranks_b)[0, 1]
     assert cal.rank_correlation(a, b) == pytest.approx(expected)
+
+
+def test_interval_score_weighs_width_against_misses():
+    from petuq_sirf.uq.calibration import interval_score
+
+    truth = torch.tensor([0.0, 1.0, 2.0, 10.0]).reshape(1, 1, 4)
+    lo, hi = truth - 1, truth + 1
+    assert interval_score(truth, lo, hi, 0.9) == pytest.approx(2.0)  # all covered: the width
+    # the last voxel missed by 3 above: width 2 plus (2 / 0.1) * 3 on that voxel
+    lo2, hi2 = lo.clone(), hi.clone()
+    lo2[..., 3], hi2[..., 3] = 12.0, 14.0
+    assert interval_score(truth, lo2, hi2, 0.9) == pytest.approx((2 * 4 + 20 * 2) / 4)
+    # for Gaussian data the 90 % interval of the true law scores better than a narrower or a wider one
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 400, 500, generator=g)
+    scores = {
+        k: interval_score(x, -k * 1.6449 * torch.ones_like(x), k * 1.6449 * torch.ones_like(x), 0.9)
+        for k in (0.7, 1.0, 1.4)
+    }
+    assert scores[1.0] < scores[0.7] and scores[1.0] < scores[1.4]
+    mask = torch.tensor([True, True, True, False]).reshape(1, 1, 4)
+    assert interval_score(truth, lo2, hi2, 0.9, mask) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="not in"):
+        interval_score(truth, lo, hi, 1.5)
