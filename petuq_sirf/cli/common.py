@@ -226,6 +226,19 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         help="Also calibrate at these expected true counts (e.g. 5e4,1e5,1e6) and store each; 'petuq reconstruct' "
         "uses the level nearest the data's counts (default: the training count level only).",
     )
+    p.add_argument(
+        "--calibration-refine-discrepancy",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Calibrate the mean refined by discrepancy-stopped MLEM, the estimator 'petuq reconstruct' uses by "
+        "default (--no-calibration-refine-discrepancy: the network's own mean, for --no-refine-discrepancy).",
+    )
+    p.add_argument(
+        "--calibration-discrepancy-threshold",
+        type=float_in(-100, 100),
+        default=0.0,
+        help="Discrepancy threshold of the calibrated refinement (as 'petuq reconstruct --discrepancy-threshold').",
+    )
 
 
 def calibration_settings_from(args: argparse.Namespace):
@@ -242,6 +255,7 @@ def calibration_settings_from(args: argparse.Namespace):
         families=families,
         seed=args.seed,
         counts_levels=tuple(args.calibration_counts),
+        refine_threshold=args.calibration_discrepancy_threshold if args.calibration_refine_discrepancy else None,
     )
 
 

@@ -50,9 +50,10 @@ def register(sub) -> None:
     p.add_argument(
         "--refine-discrepancy",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="Unrolled: refine the network's mean by MLEM until the data are fit as well as Poisson noise allows "
-        "(a likelihood-only correction of over-smoothing at high counts; no change where the data cannot tell).",
+        default=None,
+        help="Unrolled (on by default): refine the network's mean by MLEM until the data are fit as well as Poisson "
+        "noise allows (a likelihood-only correction of over-smoothing at high counts; no change where the data "
+        "cannot tell); --no-refine-discrepancy gives the network's own mean.",
     )
     p.add_argument(
         "--discrepancy-threshold",

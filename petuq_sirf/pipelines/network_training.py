@@ -43,7 +43,9 @@ class CalibrationSettings:
     families' calibration seeds instead, and store Mondrian (per voxel class) quantiles too. ``counts_levels``:
     also calibrate at these expected true counts (each stored in ``calibration_by_counts``; reconstruction
     picks the level nearest the data's counts), because a network's std does not fall with the counts as
-    its error does, so scales calibrated at one dose under- or over-cover at another.
+    its error does, so scales calibrated at one dose under- or over-cover at another. ``refine_threshold``: calibrate
+    the discrepancy-refined mean (``petuq reconstruct --refine-discrepancy``, the default) at this threshold;
+    ``None``: the network's own mean. Recorded as ``info["calibration"]["discrepancy_threshold"]``.
     """
 
     phantoms: int = 16
@@ -52,8 +54,11 @@ class CalibrationSettings:
     families: tuple[str, ...] = ()
     seed: int = 0
     counts_levels: tuple[float, ...] = ()
+    refine_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.refine_threshold is not None and not math.isfinite(self.refine_threshold):
+            raise ValueError("--discrepancy-threshold must be finite")
         if self.phantoms < 0 or self.samples < 2:
             raise ValueError("--calibration-phantoms must be >= 0 and --calibration-samples >= 2")
         if any(not (c > 0 and math.isfinite(c)) for c in self.counts_levels):
@@ -77,7 +82,9 @@ def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, 
 
     cfg = LowDoseConfig(cal.phantoms, counts, lesion_probability=cal.lesion_probability, seed=cal.seed + 2000)
     data = make_low_dose_set(layout, image, cfg, geometric)
-    scales = conformal_scales(net, data, geometric, posterior, cal.samples, seed=cal.seed)
+    scales = conformal_scales(
+        net, data, geometric, posterior, cal.samples, seed=cal.seed, refine_threshold=cal.refine_threshold
+    )
     return {
         "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
         "calibration": {
@@ -87,6 +94,7 @@ def calibrate_unrolled(net, posterior, layout, image, geometric, counts: float, 
             "seed": cfg.seed,
             "samples": cal.samples,
             "mask": "background (body) of each phantom",
+            "discrepancy_threshold": cal.refine_threshold,
         },
     }
 
@@ -110,7 +118,9 @@ def _calibrate_families(net, posterior, layout, image, geometric, counts: float,
 
     families = list(cal.families)
     data = family_low_dose_set(layout, image, families, "calibration", cal.phantoms, counts, geometric)
-    mondrian, std_scaling = calibrate_unrolled_classes(net, data, geometric, posterior, cal.samples, seed=cal.seed)
+    mondrian, std_scaling = calibrate_unrolled_classes(
+        net, data, geometric, posterior, cal.samples, seed=cal.seed, refine_threshold=cal.refine_threshold
+    )
     scales = {lv: q / gaussian_quantile(lv) for lv, q in mondrian.global_quantiles.items()}
     return {
         "conformal_scales": {f"{k:.2f}": v for k, v in scales.items()},
@@ -123,6 +133,7 @@ def _calibrate_families(net, posterior, layout, image, geometric, counts: float,
             "true_counts": counts,
             "samples": cal.samples,
             "mask": "body outline of the predicted mean (voxel classes < num_classes)",
+            "discrepancy_threshold": cal.refine_threshold,
         },
     }
 

@@ -63,9 +63,10 @@ class ReconstructionSettings:
     the classical methods (the network methods run on the embedded backend). ``checkpoint_every``
     (pnp-ula): Langevin steps between saves of the chains' state when :func:`reconstruct` is given a
     ``state_dir`` (0: never). ``tolerance`` (map-rdp): stop before ``iterations`` once an iteration changes
-    the image by less than this fraction (0: run them all). ``refine_discrepancy`` (unrolled): move the network's
-    mean by MLEM iterations until the data are fit as well as Poisson noise allows (discrepancy ``z <=
-    discrepancy_threshold``, :mod:`petuq_sirf.recon.discrepancy`); the samples move with it.
+    the image by less than this fraction (0: run them all). ``refine_discrepancy`` (unrolled; ``None`` = on for the
+    unrolled network): move the network's mean by MLEM iterations until the data are fit as well as Poisson noise
+    allows (discrepancy ``z <= discrepancy_threshold``, :mod:`petuq_sirf.recon.discrepancy`); the samples move
+    with it, and the stored calibration should have been fitted with the same setting (a warning otherwise).
     """
 
     method: str = "osem"
@@ -82,7 +83,7 @@ class ReconstructionSettings:
     backend: str = "embedded"
     checkpoint_every: int = 500
     tolerance: float = 1e-4
-    refine_discrepancy: bool = False
+    refine_discrepancy: bool | None = None
     discrepancy_threshold: float = 0.0
 
     def __post_init__(self) -> None:
@@ -102,6 +103,8 @@ class ReconstructionSettings:
             raise ValueError("--discrepancy-threshold must be finite")
         if self.refine_discrepancy and self.method != "unrolled":
             raise ValueError("--refine-discrepancy applies to --method unrolled only")
+        if self.refine_discrepancy is None:  # on by default for the unrolled network
+            object.__setattr__(self, "refine_discrepancy", self.method == "unrolled")
         if self.method in UQ_METHODS:
             if self.samples < 2:
                 raise ValueError("--samples must be >= 2 for an uncertainty estimate")
@@ -388,6 +391,20 @@ def _reconstruct_uq(
                     f"{min(levels):.3g}-{max(levels):.3g}: the intervals use the nearest level's calibration",
                     stacklevel=2,
                 )
+    if s.method == "unrolled":  # a calibration describes one estimator: refined or not, at one threshold
+        fitted = info.get("calibration", {}).get("discrepancy_threshold")
+        used = s.discrepancy_threshold if s.refine_discrepancy else None
+        extra["calibration_discrepancy_threshold"] = fitted
+        if "calibration" in info and fitted != used:
+
+            def what(t):
+                return "network's own mean" if t is None else f"mean refined at discrepancy threshold {t:g}"
+
+            warnings.warn(
+                f"the stored calibration was fitted on the {what(fitted)}, this run uses the {what(used)}: its "
+                "calibrated intervals may not hold (run 'petuq calibrate-unrolled' with the same setting)",
+                stacklevel=2,
+            )
     scales = conformal_scales_of(info) if s.method == "unrolled" else {}
     for level in (0.9, 0.95):
         if level in scales:  # split-conformal interval mean -/+ scale z std (scales stored with the weights)

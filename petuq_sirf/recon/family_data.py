@@ -75,23 +75,22 @@ def calibrate_unrolled_classes(
     score: str = "normalised",
     levels: tuple[float, ...] | None = None,
     seed: int = 0,
+    refine_threshold: float | None = None,
 ):
     """``(MondrianConformal, MondrianStdScaling)`` of the unrolled network's (mean, total std) on calibration data:
     per-class interval quantiles, and per-class std factors that make the RMS std equal the RMS error
     (bias included) on the calibration voxels (:class:`~petuq_sirf.uq.std_scaling.MondrianStdScaling`).
 
     Classes: :func:`~petuq_sirf.uq.mondrian.voxel_classes` of the predicted mean; voxels inside the
-    body outline of the prediction are used. ``data`` must not have been used for training.
+    body outline of the prediction are used. ``data`` must not have been used for training. ``refine_threshold``:
+    calibrate the discrepancy-refined mean instead (:func:`~petuq_sirf.recon.unrolled.predict_for_calibration`).
     """
-    from petuq_sirf.recon.unrolled import predict_unrolled
+    from petuq_sirf.recon.unrolled import predict_for_calibration
     from petuq_sirf.uq.calibration import DEFAULT_LEVELS
     from petuq_sirf.uq.mondrian import MondrianConformal, voxel_classes
     from petuq_sirf.uq.std_scaling import MondrianStdScaling
 
-    dev = geometric.device
-    pred = predict_unrolled(
-        net, data.model(geometric), data.prompts.to(dev), data.init.to(dev), posterior, num_samples, seed=seed
-    )
+    pred = predict_for_calibration(net, data, geometric, posterior, num_samples, seed, refine_threshold)
     mean, std = pred.mean.cpu(), pred.std.cpu()
     cal = MondrianConformal(score=score, levels=tuple(levels) if levels else DEFAULT_LEVELS)
     classes = voxel_classes(mean, geometric.voxel_size_mm, cal.spec)

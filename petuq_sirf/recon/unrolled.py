@@ -423,20 +423,20 @@ def calibrate_unrolled(
     num_samples: int = 8,
     levels: tuple[float, ...] | None = None,
     seed: int = 0,
+    refine_threshold: float | None = None,
 ) -> dict[float, float]:
     """Split-conformal std scale factors ``{level: q / z_level}`` from held-out calibration phantoms.
 
     ``data`` must not have been used for training. Scores ``|truth - mean| / std`` are pooled over
     the body (``regions["background"]`` of each phantom, all voxels if absent) of every phantom, with
     mean and total std from :func:`predict_unrolled` (``num_samples`` draws). The interval
-    ``mean -/+ scale z_level std`` then has coverage >= level on exchangeable data.
+    ``mean -/+ scale z_level std`` then has coverage >= level on exchangeable data. ``refine_threshold``: calibrate
+    the mean refined by :func:`~petuq_sirf.recon.discrepancy.refine_to_discrepancy` at this threshold (as
+    ``petuq reconstruct --refine-discrepancy`` makes it) instead of the network's own mean.
     """
     from petuq_sirf.uq.calibration import DEFAULT_LEVELS, conformal_quantile, gaussian_quantile
 
-    dev = geometric.device
-    pred = predict_unrolled(
-        net, data.model(geometric), data.prompts.to(dev), data.init.to(dev), posterior, num_samples, seed=seed
-    )
+    pred = predict_for_calibration(net, data, geometric, posterior, num_samples, seed, refine_threshold)
     truth = data.truth.to(pred.mean)
     scores = (truth - pred.mean).abs() / pred.std.clamp_min(1e-6 * float(volume_mean_scale(data.init).mean()))
     if data.regions and all("background" in r for r in data.regions):
@@ -444,3 +444,24 @@ def calibrate_unrolled(
         scores = scores[mask]
     levels = tuple(levels) if levels else DEFAULT_LEVELS
     return {float(v): conformal_quantile(scores, v) / gaussian_quantile(v) for v in levels}
+
+
+def predict_for_calibration(
+    net: UnrolledFBSEM,
+    data: LowDoseSet,
+    geometric: AcquisitionModel,
+    posterior=None,
+    num_samples: int = 8,
+    seed: int = 0,
+    refine_threshold: float | None = None,
+) -> PosteriorImage:
+    """:func:`predict_unrolled` on a calibration set (its initial images), the mean refined when ``refine_threshold``
+    is not None (:func:`~petuq_sirf.recon.discrepancy.refine_posterior_mean`): the estimator a calibration describes."""
+    from petuq_sirf.recon.discrepancy import refine_posterior_mean
+
+    dev = geometric.device
+    model, y = data.model(geometric), data.prompts.to(dev)
+    pred = predict_unrolled(net, model, y, data.init.to(dev), posterior, num_samples, seed=seed)
+    if refine_threshold is not None:
+        pred = refine_posterior_mean(model, y, pred, refine_threshold)[0]
+    return pred

@@ -91,17 +91,20 @@ def test_result_writes_images_figure_and_metrics(acq, tmp_path):
 
 
 def test_discrepancy_refinement_of_the_unrolled_mean(layout_2d, image_2d, tmp_path):
-    """At high counts the shipped network's mean under-fits the data; the refinement moves it (and the samples
-    with it) by MLEM until z <= 0, exactly as refine_to_discrepancy does, and the image gets closer to the truth.
-    At low counts the data cannot tell: nothing changes."""
+    """At high counts the shipped network's mean under-fits the data; the refinement (on by default) moves it (and
+    the samples with it) by MLEM until z <= 0, exactly as refine_to_discrepancy does, and the image gets closer to
+    the truth. At low counts the data cannot tell: nothing changes. The shipped calibration was fitted on the
+    refined mean, so turning the refinement off warns that the calibrated intervals describe another estimator."""
     from petuq_sirf.cli.main import main
     from petuq_sirf.recon.discrepancy import refine_to_discrepancy
 
     sim = simulate(nema_iec_phantom(image_2d), layout_2d, SimulationConfig(true_counts=2e6, seed=1))
     save_acquisition(sim, tmp_path / "high")
     high = load_acquisition(tmp_path / "high")
-    plain = reconstruct(high, ReconstructionSettings(method="unrolled", samples=2))
-    refined = reconstruct(high, ReconstructionSettings(method="unrolled", samples=2, refine_discrepancy=True))
+    with pytest.warns(UserWarning, match="calibration was fitted on the mean refined"):
+        plain = reconstruct(high, ReconstructionSettings(method="unrolled", samples=2, refine_discrepancy=False))
+    refined = reconstruct(high, ReconstructionSettings(method="unrolled", samples=2))
+    assert refined.metrics["calibration_discrepancy_threshold"] == 0.0
     info = refined.metrics["discrepancy_refinement"]
     assert info["z_after"] <= 0 < info["z_before"] and info["mlem_iterations"] > 0 and info["reached"]
     model = acquisition_model_for(high, "embedded")
@@ -116,11 +119,17 @@ def test_discrepancy_refinement_of_the_unrolled_mean(layout_2d, image_2d, tmp_pa
     low = simulate(nema_iec_phantom(image_2d), layout_2d, SimulationConfig(true_counts=5e4, seed=1))
     save_acquisition(low, tmp_path / "low")
     out = tmp_path / "rec"
-    args = ["reconstruct", str(tmp_path / "low"), "--method", "unrolled", "--samples", "2", "--refine-discrepancy"]
+    args = ["reconstruct", str(tmp_path / "low"), "--method", "unrolled", "--samples", "2"]
     assert main([*args, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["discrepancy_refinement"]["mlem_iterations"] == 0
-    plain_low = reconstruct(load_acquisition(tmp_path / "low"), ReconstructionSettings(method="unrolled", samples=2))
+    with pytest.warns(UserWarning, match="calibration was fitted"):
+        plain_low = reconstruct(
+            load_acquisition(tmp_path / "low"),
+            ReconstructionSettings(method="unrolled", samples=2, refine_discrepancy=False),
+        )
+    assert "discrepancy_refinement" not in plain_low.metrics
     assert metrics["metrics"]["nrmse"] == pytest.approx(plain_low.metrics["metrics"]["nrmse"], rel=1e-6)
     with pytest.raises(ValueError, match="--method unrolled only"):
         ReconstructionSettings(method="osem", refine_discrepancy=True)
+    assert ReconstructionSettings(method="osem").refine_discrepancy is False

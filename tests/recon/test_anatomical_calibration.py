@@ -25,6 +25,7 @@ def test_cli_calibrate_unrolled_on_families_stores_mondrian_and_reconstruct_uses
     assert main([*args, "--calibration-families", "thorax,ellipses", "--out", str(weights)]) == 0
     _, _, info = reconstruct_uq.load_network("unrolled", weights)
     assert info["calibration"]["families"] == ["thorax", "ellipses"]
+    assert info["calibration"]["discrepancy_threshold"] == 0.0  # fitted on the refined mean, reconstruct's default
     mondrian = reconstruct_uq.mondrian_of(info)
     assert mondrian is not None and mondrian.global_quantiles[0.9] > 0
     assert set(reconstruct_uq.conformal_scales_of(info)) == {0.5, 0.6, 0.7, 0.8, 0.9, 0.95}

@@ -83,3 +83,24 @@ def test_refinement_rejects_bad_input(high_counts):
         refine_to_discrepancy(model, sim.prompts[None].expand(2, *sim.prompts.shape), sim.truth)
     with pytest.raises(ValueError, match=">= 0"):
         refine_to_discrepancy(model, sim.prompts, -sim.truth)
+
+
+def test_calibration_describes_the_refined_mean_when_asked(layout_2d, image_2d):
+    """At full dose the refinement moves the mean, so a calibration of the refined estimator is another one; the
+    mean it calibrates is the plain prediction refined by refine_to_discrepancy."""
+    from petuq_sirf.recon.family_data import family_low_dose_set
+    from petuq_sirf.recon.lowdose import geometric_model
+    from petuq_sirf.recon.unrolled import calibrate_unrolled, predict_for_calibration
+    from petuq_sirf.recon.weights import load_network
+
+    net, post, _ = load_network("unrolled", "fbsem32w")
+    geometric = geometric_model(layout_2d, image_2d)
+    data = family_low_dose_set(layout_2d, image_2d, ["texture"], "calibration", 2, 1e6, geometric, start=900)
+    plain = predict_for_calibration(net, data, geometric, post, 2)
+    refined = predict_for_calibration(net, data, geometric, post, 2, refine_threshold=0.0)
+    expected = refine_to_discrepancy(data.model(geometric), data.prompts, plain.mean).image
+    assert torch.allclose(refined.mean, expected) and not torch.allclose(refined.mean, plain.mean)
+    assert torch.equal(refined.std, plain.std)
+    scales_plain = calibrate_unrolled(net, data, geometric, post, 2, levels=(0.9,))
+    scales_refined = calibrate_unrolled(net, data, geometric, post, 2, levels=(0.9,), refine_threshold=0.0)
+    assert scales_plain[0.9] != scales_refined[0.9]
