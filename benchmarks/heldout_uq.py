@@ -64,6 +64,9 @@ def parse() -> argparse.Namespace:
         default=0,
         help="index of the first test seed of each family (a sample independent of an earlier run's)",
     )
+    p.add_argument(
+        "--test-families", default="thorax,brain", help="test families: thorax (in family) and/or brain (held out)"
+    )
     p.add_argument("--calibration-phantoms", type=int, default=None, help="calibration phantoms per family")
     p.add_argument(
         "--calibration-families",
@@ -212,7 +215,10 @@ def main() -> None:  # noqa: C901 - one linear protocol
         raise SystemExit(
             f"heldout_uq: error: --calibration-families must not include the held-out {OUT_OF_FAMILY['held_out']}"
         )
-    test_families = ("thorax", "brain")  # thorax in-family, brain out-of-family
+    test_families = tuple(f for f in args.test_families.split(",") if f)  # thorax in-family, brain out-of-family
+    unknown = set(test_families) - {"thorax", "brain"}
+    if unknown or not test_families:
+        raise SystemExit(f"heldout_uq: error: --test-families: choose from thorax, brain (got {args.test_families!r})")
 
     def case(family: str, seed: int, dose: float):
         ph = family_phantom(family, image, seed)
