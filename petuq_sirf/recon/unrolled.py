@@ -50,6 +50,7 @@ from petuq_sirf.inference.weight_posterior import (
 )
 from petuq_sirf.networks.blocks import conv_stack, heteroscedastic_nll_loss
 from petuq_sirf.operators.acquisition import AcquisitionModel
+from petuq_sirf.recon.discrepancy import refine_posterior_mean
 from petuq_sirf.recon.em import em_update
 from petuq_sirf.recon.lowdose import LowDoseSet
 from petuq_sirf.recon.pnp_admm import em_quadratic_fusion, volume_mean_scale
@@ -457,8 +458,6 @@ def predict_for_calibration(
 ) -> PosteriorImage:
     """:func:`predict_unrolled` on a calibration set (its initial images), the mean refined when ``refine_threshold``
     is not None (:func:`~petuq_sirf.recon.discrepancy.refine_posterior_mean`): the estimator a calibration describes."""
-    from petuq_sirf.recon.discrepancy import refine_posterior_mean
-
     dev = geometric.device
     model, y = data.model(geometric), data.prompts.to(dev)
     pred = predict_unrolled(net, model, y, data.init.to(dev), posterior, num_samples, seed=seed)
