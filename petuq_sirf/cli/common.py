@@ -226,19 +226,26 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         help="Also calibrate at these expected true counts (e.g. 5e4,1e5,1e6) and store each; 'petuq reconstruct' "
         "uses the level nearest the data's counts (default: the training count level only).",
     )
-    p.add_argument(
-        "--calibration-refine-discrepancy",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Calibrate the mean refined by discrepancy-stopped MLEM, the estimator 'petuq reconstruct' uses by "
+    add_discrepancy_arguments(
+        p,
+        "--calibration-",
+        True,
+        "Calibrate the mean refined by discrepancy-stopped MLEM, the estimator 'petuq reconstruct' uses by "
         "default (--no-calibration-refine-discrepancy: the network's own mean, for --no-refine-discrepancy).",
+        "Discrepancy threshold of the calibrated refinement (as 'petuq reconstruct --discrepancy-threshold').",
     )
+
+
+def add_discrepancy_arguments(
+    p: argparse.ArgumentParser, prefix: str, default: bool | None, refine_help: str, threshold_help: str
+) -> None:
+    """``{prefix}refine-discrepancy`` (on/off) and ``{prefix}discrepancy-threshold`` (the stop ``z <=`` threshold)
+    of the unrolled network's refinement (:mod:`petuq_sirf.recon.discrepancy`); ``prefix`` is ``"--"`` or
+    ``"--calibration-"``."""
     p.add_argument(
-        "--calibration-discrepancy-threshold",
-        type=float_in(-100, 100),
-        default=0.0,
-        help="Discrepancy threshold of the calibrated refinement (as 'petuq reconstruct --discrepancy-threshold').",
+        f"{prefix}refine-discrepancy", action=argparse.BooleanOptionalAction, default=default, help=refine_help
     )
+    p.add_argument(f"{prefix}discrepancy-threshold", type=float_in(-100, 100), default=0.0, help=threshold_help)
 
 
 def calibration_settings_from(args: argparse.Namespace):

@@ -11,6 +11,7 @@ from petuq_sirf.cli.common import (
     SAMPLES,
     add_backend_argument,
     add_device_argument,
+    add_discrepancy_arguments,
     check_out_dir,
     float_in,
     int_in,
@@ -47,19 +48,14 @@ def register(sub) -> None:
         help="Map-rdp: stop before --iterations once an iteration changes the image by less than this fraction "
         "(0: run every iteration); metrics.json records the iterations run and whether it converged.",
     )
-    p.add_argument(
-        "--refine-discrepancy",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Unrolled (on by default): refine the network's mean by MLEM until the data are fit as well as Poisson "
+    add_discrepancy_arguments(
+        p,
+        "--",
+        None,
+        "Unrolled (on by default): refine the network's mean by MLEM until the data are fit as well as Poisson "
         "noise allows (a likelihood-only correction of over-smoothing at high counts; no change where the data "
         "cannot tell); --no-refine-discrepancy gives the network's own mean.",
-    )
-    p.add_argument(
-        "--discrepancy-threshold",
-        type=float_in(-100, 100),
-        default=0.0,
-        help="Unrolled with --refine-discrepancy: stop at discrepancy z <= this (0: the calibrated choice).",
+        "Unrolled with --refine-discrepancy: stop at discrepancy z <= this (0: the calibrated choice).",
     )
     p.add_argument(
         "--beta-strength",
