@@ -354,15 +354,24 @@ def _reconstruct_uq(
         if s.refine_discrepancy:
             from petuq_sirf.recon.discrepancy import DEFAULT_MAX_ITERATIONS, refine_posterior_mean
 
-            summary, ref = refine_posterior_mean(model, y, summary, s.discrepancy_threshold)
+            summary, ref = refine_posterior_mean(model, y, summary, s.discrepancy_threshold, check_model_fit=True)
             extra["discrepancy_refinement"] = {
                 "threshold": ref.threshold,
                 "mlem_iterations": int(ref.iterations),
                 "z_before": float(ref.z_start),
                 "z_after": float(ref.z_end),
                 "reached": bool(ref.reached),
+                "model_fit_z": float(ref.model_fit_z),
+                "skipped_model_misfit": bool(ref.skipped),
             }
-            if not bool(ref.reached):
+            if bool(ref.skipped):
+                warnings.warn(
+                    f"not refined: even an unregularised OSEM fit leaves the data under-fit (z = "
+                    f"{float(ref.model_fit_z):.1f} > 0), so the model's normalisation, attenuation, randoms or scatter "
+                    "are probably off; the network's own mean is used",
+                    stacklevel=2,
+                )
+            elif not bool(ref.reached):
                 warnings.warn(
                     f"the discrepancy refinement stopped after {DEFAULT_MAX_ITERATIONS} MLEM iterations with the data "
                     f"still under-fit (z = {float(ref.z_end):.2f} > {ref.threshold:g})",

@@ -133,3 +133,13 @@ def test_discrepancy_refinement_of_the_unrolled_mean(layout_2d, image_2d, tmp_pa
     with pytest.raises(ValueError, match="--method unrolled only"):
         ReconstructionSettings(method="osem", refine_discrepancy=True)
     assert ReconstructionSettings(method="osem").refine_discrepancy is False
+    assert info["model_fit_z"] < 0 and not info["skipped_model_misfit"]
+
+    # a model that cannot explain the data (scatter + randoms 1.5x too high): not refined, with a warning
+    from dataclasses import replace
+
+    wrong = replace(high, additive=high.additive * 1.5)
+    with pytest.warns(UserWarning, match="not refined: even an unregularised OSEM fit"):
+        guarded = reconstruct(wrong, ReconstructionSettings(method="unrolled", samples=2))
+    g = guarded.metrics["discrepancy_refinement"]
+    assert g["skipped_model_misfit"] and g["model_fit_z"] > 0 and g["mlem_iterations"] == 0

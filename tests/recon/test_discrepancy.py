@@ -104,3 +104,25 @@ def test_calibration_describes_the_refined_mean_when_asked(layout_2d, image_2d):
     scales_plain = calibrate_unrolled(net, data, geometric, post, 2, levels=(0.9,))
     scales_refined = calibrate_unrolled(net, data, geometric, post, 2, levels=(0.9,), refine_threshold=0.0)
     assert scales_plain[0.9] != scales_refined[0.9]
+
+
+def test_model_fit_check_flags_a_wrong_model_and_the_refinement_then_leaves_the_image(high_counts, image_2d):
+    """An unregularised OSEM fit over-fits data of a correct model (z < 0) but not data the model cannot explain
+    (additive term 1.5x too high: z > 0). With the check, such data are not refined; correct-model data are refined
+    exactly as without it."""
+    from petuq_sirf.inference.weight_posterior import PosteriorImage
+    from petuq_sirf.recon.discrepancy import model_fit_z, refine_posterior_mean
+
+    sim, model = high_counts
+    assert float(model_fit_z(model, sim.prompts)) < -3
+    wrong = model.with_terms(model.multiplicative, model.additive * 1.5)
+    assert float(model_fit_z(wrong, sim.prompts)) > 3
+    smooth = gaussian_postfilter(sim.truth, 12.0, image_2d.voxel_size_mm)
+    summary = PosteriorImage(smooth, smooth * 0.1, smooth * 0.1, smooth * 0.0, smooth.expand(2, *smooth.shape).clone())
+    out, ref = refine_posterior_mean(wrong, sim.prompts, summary, check_model_fit=True)
+    assert bool(ref.skipped) and not bool(ref.reached) and int(ref.iterations) == 0 and torch.equal(out.mean, smooth)
+    out, ref = refine_posterior_mean(model, sim.prompts, summary, check_model_fit=True)
+    plain = refine_to_discrepancy(model, sim.prompts, smooth)
+    assert not bool(ref.skipped) and float(ref.model_fit_z) < 0 and torch.equal(out.mean, plain.image)
+    with pytest.raises(ValueError, match="skip has shape"):
+        refine_to_discrepancy(model, sim.prompts, smooth, skip=torch.tensor([True, False]))
