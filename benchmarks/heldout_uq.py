@@ -331,7 +331,15 @@ def main() -> None:  # noqa: C901 - one linear protocol
             "z_start_mean": float(ref.z_start.mean()),
             "reached_fraction": float(ref.reached.double().mean()),
             "skipped_fraction": float(ref.skipped.double().mean()),
-            **({"model_fit_z_max": float(ref.model_fit_z.max())} if ref.model_fit_z is not None else {}),
+            **(
+                {
+                    "model_fit_z_max": float(ref.model_fit_z.max()),
+                    "model_error_z_mean": float(ref.model_error_z.mean()),
+                    "stop_threshold_mean": float(torch.as_tensor(ref.threshold).double().mean()),
+                }
+                if ref.model_fit_z is not None
+                else {}
+            ),
         }
         return pred.samples.cpu(), pred.mean.cpu(), pred.std.cpu()
 

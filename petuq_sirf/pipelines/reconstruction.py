@@ -356,7 +356,9 @@ def _reconstruct_uq(
 
             summary, ref = refine_posterior_mean(model, y, summary, s.discrepancy_threshold, check_model_fit=True)
             extra["discrepancy_refinement"] = {
-                "threshold": ref.threshold,
+                "threshold": s.discrepancy_threshold,
+                "stop_threshold": float(ref.threshold),  # raised by the model error's excess z
+                "model_error_z": float(ref.model_error_z),
                 "mlem_iterations": int(ref.iterations),
                 "z_before": float(ref.z_start),
                 "z_after": float(ref.z_end),
@@ -374,7 +376,7 @@ def _reconstruct_uq(
             elif not bool(ref.reached):
                 warnings.warn(
                     f"the discrepancy refinement stopped after {DEFAULT_MAX_ITERATIONS} MLEM iterations with the data "
-                    f"still under-fit (z = {float(ref.z_end):.2f} > {ref.threshold:g})",
+                    f"still under-fit (z = {float(ref.z_end):.2f} > {float(ref.threshold):g})",
                     stacklevel=2,
                 )
     seconds = time.perf_counter() - t0

@@ -13,17 +13,19 @@ and the image is returned unchanged.
 With the default threshold 0 only the sign of ``D - E`` matters, so the approximate scale ``sqrt(2 E)`` of
 ``z`` does not change where it stops.
 
-The rule trusts the model: with wrong normalisation, attenuation, randoms or scatter, no image fits the data to
-within Poisson noise, and the refinement would fit the mismatch with noise. :func:`model_fit_z` checks that
-first: an unregularised OSEM fit (20 iterations x 8 subsets) over-fits correct-model data (``z`` from -16 to -8
-on the calibration phantoms, 5e4-3e6 trues) but stays above 0 when the model is clearly off (additive term 20 %
-too high or 10 % per-bin normalisation noise at 1e6 trues: ``z`` 10-60). :func:`refine_posterior_mean` with
-``check_model_fit`` does not refine data whose fit ``z`` is above 0 (``docs/heldout_uq.md``, "model mismatch").
+The rule trusts the model: with wrong normalisation, attenuation, randoms or scatter part of the deviance is
+model error, which no image should fit, and the refinement would fit it with noise. :func:`model_error_z`
+measures that part (a generalised discrepancy principle): the ``z`` of an unregularised OSEM fit (20 iterations x
+8 subsets) minus the ``z`` of the same fit to data simulated from that fit's own expected data (a parametric
+bootstrap, for which the model is exact). With a correct model the two agree (excess about 0 +- 1 on the
+calibration phantoms); with an additive term 20 % too high or 10 % per-bin normalisation noise the excess is 2-5
+at 5e4-1e5 trues and 40-60 at 1e6. :func:`refine_posterior_mean` with ``check_model_fit`` stops at
+``z <= threshold + max(excess, 0)``, and does not refine at all when even the unregularised fit leaves ``z > 0``
+(``docs/heldout_uq.md``, "model mismatch").
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -75,11 +77,34 @@ def model_fit_z(
     tangential)``. With a correct model this fit over-fits the noise (``z`` well below 0); ``z > 0`` means no image
     explains the data to within Poisson noise: the model (normalisation, attenuation, randoms, scatter) is off.
     """
+    return _model_fits(model, y, iterations, subsets)[0]
+
+
+def _model_fits(model, y: torch.Tensor, iterations: int, subsets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(z, expected data)`` of the unregularised OSEM fit of every item of ``y``."""
     if tuple(y.shape[-3:]) != tuple(model.data_shape):
         raise ValueError(f"prompts of shape {tuple(y.shape)} do not match the model's data {tuple(model.data_shape)}")
     flat = y.reshape(-1, *y.shape[-3:])
-    zs = [discrepancy_z(v, model.forward(osem(model, v, iterations, subsets).image)) for v in flat]
-    return torch.stack(zs).reshape(y.shape[:-3])
+    fits = [model.forward(osem(model, v, iterations, subsets).image) for v in flat]
+    zs = torch.stack([discrepancy_z(v, f) for v, f in zip(flat, fits)]).reshape(y.shape[:-3])
+    return zs, torch.stack(fits).reshape(y.shape)
+
+
+def model_error_z(
+    model,
+    y: torch.Tensor,
+    seed: int = 0,
+    iterations: int = MODEL_FIT_ITERATIONS,
+    subsets: int = MODEL_FIT_SUBSETS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fit_z, excess)`` per item: :func:`model_fit_z` of the data, and its excess over the same fit's ``z`` on
+    data simulated from the fit's expected data (``Poisson``, generator seeded with ``seed``), where the model is
+    exact by construction. ``excess`` estimates the part of the misfit (in ``z`` units) that model error causes;
+    about 0 (+- 1) for a correct model."""
+    fit_z, fitted = _model_fits(model, y, iterations, subsets)
+    simulated = torch.poisson(fitted.double().cpu(), generator=torch.Generator().manual_seed(seed)).to(y)
+    sim_z = _model_fits(model, simulated, iterations, subsets)[0]
+    return fit_z, fit_z - sim_z
 
 
 @dataclass
@@ -90,7 +115,8 @@ class DiscrepancyRefinement:
     ``z_start`` / ``z_end``: the discrepancy statistic before and after; ``reached``: whether
     ``z_end <= threshold`` (False: stopped at ``max_iterations`` with the data still under-fit, or skipped);
     ``skipped``: items left unrefined because the model does not fit their data (``model_fit_z > 0``);
-    ``model_fit_z``: that check's statistic (``None`` when not checked).
+    ``model_fit_z`` / ``model_error_z``: that check's statistics (:func:`model_error_z`; ``None`` when not
+    checked); ``threshold``: the stop threshold (per item when the model error raised it).
     """
 
     image: torch.Tensor
@@ -98,16 +124,17 @@ class DiscrepancyRefinement:
     z_start: torch.Tensor
     z_end: torch.Tensor
     reached: torch.Tensor
-    threshold: float
+    threshold: float | torch.Tensor
     skipped: torch.Tensor | None = None
     model_fit_z: torch.Tensor | None = None
+    model_error_z: torch.Tensor | None = None
 
 
 def refine_to_discrepancy(
     model,
     y: torch.Tensor,
     x: torch.Tensor,
-    threshold: float = 0.0,
+    threshold: float | torch.Tensor = 0.0,
     max_iterations: int = DEFAULT_MAX_ITERATIONS,
     skip: torch.Tensor | None = None,
 ) -> DiscrepancyRefinement:
@@ -118,9 +145,10 @@ def refine_to_discrepancy(
     ``x``: images ``(..., z, y, x)`` (a batch is refined item by item: each stops on its own). ``x`` is
     not modified. ``threshold`` 0 (default) stops at the first iterate that fits no worse than Poisson noise;
     chosen on calibration phantoms of the in-family anatomy (``docs/heldout_uq.md``). ``skip``: a boolean per
-    item (batch shape); those items are returned unchanged with ``reached`` False.
+    item (batch shape); those items are returned unchanged with ``reached`` False. ``threshold`` may also be a
+    tensor of the batch shape (one threshold per item).
     """
-    if not math.isfinite(threshold):
+    if not bool(torch.isfinite(torch.as_tensor(threshold, dtype=torch.float64)).all()):
         raise ValueError(f"discrepancy threshold must be finite, got {threshold}")
     if max_iterations < 0:
         raise ValueError(f"max_iterations must be >= 0, got {max_iterations}")
@@ -150,7 +178,8 @@ def refine_to_discrepancy(
             iterations += active.long()
             z = torch.where(active, discrepancy_z(y, model.forward(x)), z)
             active = active & (z > threshold)
-    return DiscrepancyRefinement(x, iterations, z_start, z, (z <= threshold) & ~skipped, float(threshold), skipped)
+    thr = float(threshold) if not isinstance(threshold, torch.Tensor) else threshold
+    return DiscrepancyRefinement(x, iterations, z_start, z, (z <= threshold) & ~skipped, thr, skipped)
 
 
 def refine_posterior_mean(
@@ -165,11 +194,16 @@ def refine_posterior_mean(
 
     The mean is refined by :func:`refine_to_discrepancy`; every sample is shifted by the same amount (the
     refinement is a bias correction, the spread is the network's) and clipped at 0; the std fields are kept.
-    ``check_model_fit`` (one model, not a batch of models): leave unrefined the items whose data the model
-    cannot fit (:func:`model_fit_z` above 0). Returns ``(summary, refinement)``.
+    ``check_model_fit`` (one model, not a batch of models): stop at ``threshold + max(excess, 0)`` with the model
+    error's ``excess`` of :func:`model_error_z`, and leave unrefined the items whose data even the unregularised
+    fit cannot explain (its ``z`` above 0). Returns ``(summary, refinement)``.
     """
-    fit_z = model_fit_z(model, y) if check_model_fit else None
-    ref = refine_to_discrepancy(model, y, summary.mean, threshold, max_iterations, None if fit_z is None else fit_z > 0)
-    ref.model_fit_z = fit_z
+    if not check_model_fit:
+        ref = refine_to_discrepancy(model, y, summary.mean, threshold, max_iterations)
+    else:
+        fit_z, excess = model_error_z(model, y)
+        per_item = threshold + excess.clamp_min(0).to(summary.mean)
+        ref = refine_to_discrepancy(model, y, summary.mean, per_item, max_iterations, fit_z > 0)
+        ref.model_fit_z, ref.model_error_z = fit_z, excess
     shift = ref.image - summary.mean
     return replace(summary, mean=ref.image, samples=(summary.samples + shift).clamp_min(0)), ref

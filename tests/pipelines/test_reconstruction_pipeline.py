@@ -106,9 +106,11 @@ def test_discrepancy_refinement_of_the_unrolled_mean(layout_2d, image_2d, tmp_pa
     refined = reconstruct(high, ReconstructionSettings(method="unrolled", samples=2))
     assert refined.metrics["calibration_discrepancy_threshold"] == 0.0
     info = refined.metrics["discrepancy_refinement"]
-    assert info["z_after"] <= 0 < info["z_before"] and info["mlem_iterations"] > 0 and info["reached"]
+    assert info["z_after"] <= info["stop_threshold"] < info["z_before"] and info["mlem_iterations"] > 0
+    assert info["reached"]
     model = acquisition_model_for(high, "embedded")
-    expected = refine_to_discrepancy(model, high.prompts, plain.images["mean"]).image
+    assert info["stop_threshold"] == pytest.approx(max(info["model_error_z"], 0.0))  # model error taken out
+    expected = refine_to_discrepancy(model, high.prompts, plain.images["mean"], info["stop_threshold"]).image
     assert torch.allclose(refined.images["mean"], expected, rtol=1e-5, atol=1e-6 * float(expected.max()))
     shift = refined.summary.samples - plain.summary.samples
     both = (refined.summary.samples > 0) & (plain.summary.samples > 0)

@@ -109,12 +109,14 @@ def test_calibration_describes_the_refined_mean_when_asked(layout_2d, image_2d):
 def test_model_fit_check_flags_a_wrong_model_and_the_refinement_then_leaves_the_image(high_counts, image_2d):
     """An unregularised OSEM fit over-fits data of a correct model (z < 0) but not data the model cannot explain
     (additive term 1.5x too high: z > 0). With the check, such data are not refined; correct-model data are refined
-    exactly as without it."""
+    to the threshold raised by the estimated model error (about 0 for a correct model)."""
     from petuq_sirf.inference.weight_posterior import PosteriorImage
-    from petuq_sirf.recon.discrepancy import model_fit_z, refine_posterior_mean
+    from petuq_sirf.recon.discrepancy import model_error_z, model_fit_z, refine_posterior_mean
 
     sim, model = high_counts
-    assert float(model_fit_z(model, sim.prompts)) < -3
+    fit_z, excess = model_error_z(model, sim.prompts)
+    assert float(fit_z) < -3 and abs(float(excess)) < 3
+    assert float(model_fit_z(model, sim.prompts)) == float(fit_z)
     wrong = model.with_terms(model.multiplicative, model.additive * 1.5)
     assert float(model_fit_z(wrong, sim.prompts)) > 3
     smooth = gaussian_postfilter(sim.truth, 12.0, image_2d.voxel_size_mm)
@@ -122,7 +124,21 @@ def test_model_fit_check_flags_a_wrong_model_and_the_refinement_then_leaves_the_
     out, ref = refine_posterior_mean(wrong, sim.prompts, summary, check_model_fit=True)
     assert bool(ref.skipped) and not bool(ref.reached) and int(ref.iterations) == 0 and torch.equal(out.mean, smooth)
     out, ref = refine_posterior_mean(model, sim.prompts, summary, check_model_fit=True)
-    plain = refine_to_discrepancy(model, sim.prompts, smooth)
-    assert not bool(ref.skipped) and float(ref.model_fit_z) < 0 and torch.equal(out.mean, plain.image)
+    plain = refine_to_discrepancy(model, sim.prompts, smooth, max(float(excess), 0.0))
+    assert not bool(ref.skipped) and float(ref.model_error_z) == float(excess)
+    assert torch.equal(out.mean, plain.image) and int(ref.iterations) > 0
     with pytest.raises(ValueError, match="skip has shape"):
         refine_to_discrepancy(model, sim.prompts, smooth, skip=torch.tensor([True, False]))
+
+
+def test_model_error_excess_grows_with_the_mismatch(layout_2d, image_2d):
+    """The excess z (data fit against a fit to data simulated from it) grows as the additive term gets more wrong."""
+    from petuq_sirf.recon.discrepancy import model_error_z
+
+    sim = simulate(nema_iec_phantom(image_2d), layout_2d, SimulationConfig(true_counts=1e5, seed=4))
+    model = sim.acquisition_model()
+    excess = [
+        float(model_error_z(model.with_terms(model.multiplicative, model.additive * a), sim.prompts)[1])
+        for a in (1.0, 1.5)
+    ]
+    assert abs(excess[0]) < 3.5 and excess[1] > 8
