@@ -17,9 +17,9 @@ The rule trusts the model: with wrong normalisation, attenuation, randoms or sca
 model error, which no image should fit, and the refinement would fit it with noise. :func:`model_error_z`
 measures that part (a generalised discrepancy principle): the ``z`` of an unregularised OSEM fit (20 iterations x
 8 subsets) minus the ``z`` of the same fit to data simulated from that fit's own expected data (a parametric
-bootstrap, for which the model is exact). With a correct model the two agree (excess about 0 +- 1 on the
-calibration phantoms); with an additive term 20 % too high or 10 % per-bin normalisation noise the excess is 2-5
-at 5e4-1e5 trues and 40-60 at 1e6. :func:`refine_posterior_mean` with ``check_model_fit`` stops at
+bootstrap, for which the model is exact). With a correct model the two agree (excess within about +-3 of 0 on the
+calibration phantoms); with an additive term 20 % too high or 10 % per-bin normalisation noise the excess is 2-4
+at 5e4-1e5 trues (means) and 40-45 at 1e6. :func:`refine_posterior_mean` with ``check_model_fit`` stops at
 ``z <= threshold + max(excess, 0)``, and does not refine at all when even the unregularised fit leaves ``z > 0``
 (``docs/heldout_uq.md``, "model mismatch").
 """
@@ -100,7 +100,7 @@ def model_error_z(
     """``(fit_z, excess)`` per item: :func:`model_fit_z` of the data, and its excess over the same fit's ``z`` on
     data simulated from the fit's expected data (``Poisson``, generator seeded with ``seed``), where the model is
     exact by construction. ``excess`` estimates the part of the misfit (in ``z`` units) that model error causes;
-    about 0 (+- 1) for a correct model."""
+    within about +-3 of 0 for a correct model."""
     fit_z, fitted = _model_fits(model, y, iterations, subsets)
     simulated = torch.poisson(fitted.double().cpu(), generator=torch.Generator().manual_seed(seed)).to(y)
     sim_z = _model_fits(model, simulated, iterations, subsets)[0]
