@@ -317,14 +317,14 @@ def main() -> None:  # noqa: C901 - one linear protocol
     # ---------------------------------------------------------------- 3. per-dose calibration on anatomical phantoms
     refinement_log: dict[str, dict] = {}
 
-    def run_unrolled(name, model, y, x0, seed, check_model_fit=True):
+    def run_unrolled(name, model, y, x0, seed):
         net, post, _, threshold = unrolled[name]
         pred = predict_unrolled(net, model, y, x0, post, n_samples, seed=seed)
         if threshold is None:
             return pred.samples.cpu(), pred.mean.cpu(), pred.std.cpu()
         # the refined mean; samples shifted with it, the network's std kept (then calibrated like the rest);
-        # as petuq reconstruct: not refined where the model cannot fit the data (a batch of models: not checked)
-        pred, ref = refine_posterior_mean(model, y, pred, threshold, check_model_fit=check_model_fit)
+        # as petuq reconstruct: model-error guard included
+        pred, ref = refine_posterior_mean(model, y, pred, threshold, check_model_fit=True)
         refinement_log[name] = {
             "iterations_mean": float(ref.iterations.double().mean()),
             "iterations_max": int(ref.iterations.max()),
@@ -359,7 +359,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
     for dose in doses:
         cal = family_low_dose_set(layout, image, cal_families, "calibration", n_cal, dose * standard_counts, geometric)
         bm = cal.model(geometric)
-        outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1, check_model_fit=False) for name in unrolled}
+        outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1) for name in unrolled}
         x_den = torch.stack(
             [
                 osem_realisations(

@@ -160,7 +160,7 @@ def interval_scores(args, nets: dict, families: list, cal_families: list, layout
     def predict(net, post, refine, model, y, x0, seed):
         pred = predict_unrolled(net, model, y, x0, post, args.samples, seed=seed)
         if refine:
-            pred = refine_posterior_mean(model, y, pred)[0]
+            pred = refine_posterior_mean(model, y, pred, check_model_fit=True)[0]
         return pred.mean, pred.std
 
     out: dict = {}

@@ -73,8 +73,9 @@ def model_fit_z(
 ) -> torch.Tensor:
     """:func:`discrepancy_z` of an unregularised OSEM fit (``iterations`` x ``subsets``, from a uniform image) per item.
 
-    ``model``: one acquisition model (not a batch of models); ``y``: prompts ``(..., sinograms, views,
-    tangential)``. With a correct model this fit over-fits the noise (``z`` well below 0); ``z > 0`` means no image
+    ``model``: one acquisition model, or a :class:`~petuq_sirf.recon.lowdose.BatchedAcquisition` (item ``i`` of
+    ``y`` with model item ``i``); ``y``: prompts ``(..., sinograms, views, tangential)``. With a correct model this
+    fit over-fits the noise (``z`` well below 0); ``z > 0`` means no image
     explains the data to within Poisson noise: the model (normalisation, attenuation, randoms, scatter) is off.
     """
     return _model_fits(model, y, iterations, subsets)[0]
@@ -85,7 +86,8 @@ def _model_fits(model, y: torch.Tensor, iterations: int, subsets: int) -> tuple[
     if tuple(y.shape[-3:]) != tuple(model.data_shape):
         raise ValueError(f"prompts of shape {tuple(y.shape)} do not match the model's data {tuple(model.data_shape)}")
     flat = y.reshape(-1, *y.shape[-3:])
-    fits = [model.forward(osem(model, v, iterations, subsets).image) for v in flat]
+    models = [model.item(i) for i in range(len(flat))] if hasattr(model, "item") else [model] * len(flat)
+    fits = [m.forward(osem(m, v, iterations, subsets).image) for m, v in zip(models, flat)]
     zs = torch.stack([discrepancy_z(v, f) for v, f in zip(flat, fits)]).reshape(y.shape[:-3])
     return zs, torch.stack(fits).reshape(y.shape)
 
@@ -194,7 +196,7 @@ def refine_posterior_mean(
 
     The mean is refined by :func:`refine_to_discrepancy`; every sample is shifted by the same amount (the
     refinement is a bias correction, the spread is the network's) and clipped at 0; the std fields are kept.
-    ``check_model_fit`` (one model, not a batch of models): stop at ``threshold + max(excess, 0)`` with the model
+    ``check_model_fit``: stop at ``threshold + max(excess, 0)`` with the model
     error's ``excess`` of :func:`model_error_z`, and leave unrefined the items whose data even the unregularised
     fit cannot explain (its ``z`` above 0). Returns ``(summary, refinement)``.
     """

@@ -36,6 +36,10 @@ class BatchedAcquisition(AcquisitionModelBase):
         self.dtype = getattr(geometric, "dtype", torch.float32)
         self._set_terms(multiplicative, additive, batched=True)
 
+    def item(self, index: int) -> AcquisitionModel:
+        """The acquisition model of batch item ``index`` (the shared projector with that item's terms)."""
+        return self.geometric_model.with_terms(self._m[index], self._b[index])
+
     def geometric(self, x: torch.Tensor) -> torch.Tensor:
         return self.geometric_model.geometric(x)
 

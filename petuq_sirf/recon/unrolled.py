@@ -461,6 +461,6 @@ def predict_for_calibration(
     dev = geometric.device
     model, y = data.model(geometric), data.prompts.to(dev)
     pred = predict_unrolled(net, model, y, data.init.to(dev), posterior, num_samples, seed=seed)
-    if refine_threshold is not None:
-        pred = refine_posterior_mean(model, y, pred, refine_threshold)[0]
+    if refine_threshold is not None:  # as petuq reconstruct makes it, model-error guard included
+        pred = refine_posterior_mean(model, y, pred, refine_threshold, check_model_fit=True)[0]
     return pred

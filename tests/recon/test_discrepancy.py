@@ -87,7 +87,8 @@ def test_refinement_rejects_bad_input(high_counts):
 
 def test_calibration_describes_the_refined_mean_when_asked(layout_2d, image_2d):
     """At full dose the refinement moves the mean, so a calibration of the refined estimator is another one; the
-    mean it calibrates is the plain prediction refined by refine_to_discrepancy."""
+    mean it calibrates is the plain prediction refined by refine_to_discrepancy with the model-error guard's
+    per-phantom thresholds (as petuq reconstruct refines)."""
     from petuq_sirf.recon.family_data import family_low_dose_set
     from petuq_sirf.recon.lowdose import geometric_model
     from petuq_sirf.recon.unrolled import calibrate_unrolled, predict_for_calibration
@@ -98,7 +99,13 @@ def test_calibration_describes_the_refined_mean_when_asked(layout_2d, image_2d):
     data = family_low_dose_set(layout_2d, image_2d, ["texture"], "calibration", 2, 1e6, geometric, start=900)
     plain = predict_for_calibration(net, data, geometric, post, 2)
     refined = predict_for_calibration(net, data, geometric, post, 2, refine_threshold=0.0)
-    expected = refine_to_discrepancy(data.model(geometric), data.prompts, plain.mean).image
+    from petuq_sirf.recon.discrepancy import model_error_z
+
+    fit_z, excess = model_error_z(data.model(geometric), data.prompts)  # per phantom, each with its own terms
+    assert excess.shape == (2,) and bool((fit_z < 0).all())
+    batched = data.model(geometric)
+    assert torch.allclose(batched.forward(data.truth)[1], batched.item(1).forward(data.truth[1]))
+    expected = refine_to_discrepancy(data.model(geometric), data.prompts, plain.mean, excess.clamp_min(0)).image
     assert torch.allclose(refined.mean, expected) and not torch.allclose(refined.mean, plain.mean)
     assert torch.equal(refined.std, plain.std)
     scales_plain = calibrate_unrolled(net, data, geometric, post, 2, levels=(0.9,))
