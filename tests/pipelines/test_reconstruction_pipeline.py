@@ -92,9 +92,10 @@ def test_result_writes_images_figure_and_metrics(acq, tmp_path):
 
 def test_discrepancy_refinement_of_the_unrolled_mean(layout_2d, image_2d, tmp_path):
     """At high counts the shipped network's mean under-fits the data; the refinement (on by default) moves it (and
-    the samples with it) by MLEM until z <= the guard's stop threshold, exactly as refine_to_discrepancy does, and the image gets closer to
-    the truth. At low counts the data cannot tell: nothing changes. The shipped calibration was fitted on the
-    refined mean, so turning the refinement off warns that the calibrated intervals describe another estimator."""
+    the samples with it) by MLEM until z <= the guard's stop threshold, exactly as refine_to_discrepancy does, and
+    the image gets closer to the truth. At low counts the data cannot tell: nothing changes. The shipped
+    calibration was fitted on the refined mean, so turning the refinement off warns that the calibrated intervals
+    describe another estimator."""
     from petuq_sirf.cli.main import main
     from petuq_sirf.recon.discrepancy import refine_to_discrepancy
 
