@@ -66,6 +66,17 @@ def family_low_dose_set(
     return data
 
 
+def noise_realisations(
+    data: LowDoseSet, geometric: AcquisitionModel, index: int, num: int, seed: int
+) -> tuple[AcquisitionModel, torch.Tensor]:
+    """``(model, prompts)`` of phantom ``index`` of ``data``: its acquisition model and ``num`` Poisson realisations
+    ``(num, *data_shape)`` of its expected prompts (generator seeded with ``seed``), for repeated-noise studies."""
+    model = geometric.with_terms(data.multiplicative[index], data.additive[index])
+    expected = model.forward(data.truth[index])
+    gen = torch.Generator().manual_seed(seed)
+    return model, torch.poisson(expected.expand(num, *expected.shape).contiguous(), generator=gen)
+
+
 def calibrate_unrolled_classes(
     net,
     data: LowDoseSet,

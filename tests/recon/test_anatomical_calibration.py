@@ -54,3 +54,19 @@ def test_unknown_calibration_family_is_a_clear_error(tmp_path, capsys):
     args = ["calibrate-unrolled", "--calibration-families", "liver", "--out", str(tmp_path / "w.safetensors")]
     assert main(args) == 2
     assert "unknown phantom families" in capsys.readouterr().err
+
+
+def test_noise_realisations_are_poisson_draws_of_the_phantoms_expected_prompts(layout_2d, image_2d):
+    import torch
+
+    from petuq_sirf.recon.family_data import noise_realisations
+
+    geometric = geometric_model(layout_2d, image_2d)
+    data = family_low_dose_set(layout_2d, image_2d, ["thorax"], "calibration", 2, 1e5, geometric)
+    model, ys = noise_realisations(data, geometric, 1, 40, seed=3)
+    expected = geometric.with_terms(data.multiplicative[1], data.additive[1]).forward(data.truth[1])
+    assert ys.shape == (40, *expected.shape) and torch.equal(ys, ys.round()) and bool((ys >= 0).all())
+    assert torch.allclose(model.forward(data.truth[1]), expected)
+    assert abs(float(ys.sum(dim=(1, 2, 3)).mean() / expected.sum()) - 1) < 0.01
+    assert torch.equal(ys, noise_realisations(data, geometric, 1, 40, seed=3)[1])
+    assert not torch.equal(ys, noise_realisations(data, geometric, 1, 40, seed=4)[1])

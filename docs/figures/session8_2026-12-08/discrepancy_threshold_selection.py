@@ -14,7 +14,7 @@ import torch
 
 from petuq_sirf.recon.discrepancy import discrepancy_z
 from petuq_sirf.recon.em import em_update
-from petuq_sirf.recon.family_data import family_low_dose_set
+from petuq_sirf.recon.family_data import family_low_dose_set, noise_realisations
 from petuq_sirf.recon.reference_tuning import osem_realisations
 from petuq_sirf.recon.unrolled import predict_unrolled
 from petuq_sirf.recon.weights import load_network
@@ -34,12 +34,8 @@ print(f"{name}: per phantom, mean over {R} realisations")
 for counts in (5e4, 1e5, 1e6):
     cal = family_low_dose_set(layout, image, families, "calibration", 3, counts, geo, start=700)
     for i in range(len(cal)):
-        model = geo.with_terms(cal.multiplicative[i], cal.additive[i])
+        model, ys = noise_realisations(cal, geo, i, R, 1000 + i)
         truth, obj = cal.truth[i], cal.regions[i]["object"]
-        expected = model.forward(truth)
-        ys = torch.poisson(
-            expected.expand(R, *expected.shape).contiguous(), generator=torch.Generator().manual_seed(1000 + i)
-        )
         x0 = osem_realisations(model, ys, 10, 1)
         sens = model.sensitivity()
         rows = []

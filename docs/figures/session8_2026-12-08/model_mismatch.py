@@ -12,7 +12,7 @@ that fit. Run: ``PYTHONPATH=$PWD python docs/figures/session8_2026-12-08/model_m
 import torch
 
 from petuq_sirf.recon.discrepancy import refine_posterior_mean
-from petuq_sirf.recon.family_data import family_low_dose_set
+from petuq_sirf.recon.family_data import family_low_dose_set, noise_realisations
 from petuq_sirf.recon.reference_tuning import osem_realisations
 from petuq_sirf.recon.unrolled import predict_unrolled
 from petuq_sirf.recon.weights import load_network
@@ -40,12 +40,8 @@ for counts in (5e4, 1e5, 1e6):
     )
     acc: dict = {k: [] for k in CASES}
     for i in range(len(data)):
-        true_model = geo.with_terms(data.multiplicative[i], data.additive[i])
+        _, ys = noise_realisations(data, geo, i, R, 5 + i)  # simulated with the true model
         truth, obj = data.truth[i], data.regions[i]["object"]
-        expected = true_model.forward(truth)
-        ys = torch.poisson(
-            expected.expand(R, *expected.shape).contiguous(), generator=torch.Generator().manual_seed(5 + i)
-        )
 
         def err(x, truth=truth, obj=obj):
             return float(torch.linalg.norm((x - truth)[obj]) / torch.linalg.norm(truth[obj]))
