@@ -150,7 +150,7 @@ def main() -> None:  # noqa: C901 - one linear protocol
 
     from petuq_sirf.bayes.denoisers import DenoiserConfig, make_denoiser
     from petuq_sirf.bayes.training_data import DenoisingDataset
-    from petuq_sirf.recon.discrepancy import refine_posterior_mean
+    from petuq_sirf.recon.discrepancy import model_error_z, refine_posterior_mean
     from petuq_sirf.recon.family_data import family_low_dose_set
     from petuq_sirf.recon.lowdose import geometric_model
     from petuq_sirf.recon.reference_tuning import (
@@ -317,14 +317,14 @@ def main() -> None:  # noqa: C901 - one linear protocol
     # ---------------------------------------------------------------- 3. per-dose calibration on anatomical phantoms
     refinement_log: dict[str, dict] = {}
 
-    def run_unrolled(name, model, y, x0, seed):
+    def run_unrolled(name, model, y, x0, seed, guard=None):
         net, post, _, threshold = unrolled[name]
         pred = predict_unrolled(net, model, y, x0, post, n_samples, seed=seed)
         if threshold is None:
             return pred.samples.cpu(), pred.mean.cpu(), pred.std.cpu()
         # the refined mean; samples shifted with it, the network's std kept (then calibrated like the rest);
-        # as petuq reconstruct: model-error guard included
-        pred, ref = refine_posterior_mean(model, y, pred, threshold, check_model_fit=True)
+        # as petuq reconstruct: model-error guard included (computed once per data set: ``guard``)
+        pred, ref = refine_posterior_mean(model, y, pred, threshold, check_model_fit=True, model_error=guard)
         refinement_log[name] = {
             "iterations_mean": float(ref.iterations.double().mean()),
             "iterations_max": int(ref.iterations.max()),
@@ -359,7 +359,8 @@ def main() -> None:  # noqa: C901 - one linear protocol
     for dose in doses:
         cal = family_low_dose_set(layout, image, cal_families, "calibration", n_cal, dose * standard_counts, geometric)
         bm = cal.model(geometric)
-        outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1) for name in unrolled}
+        guard = model_error_z(bm, cal.prompts) if args.refine_discrepancy else None
+        outs = {name: run_unrolled(name, bm, cal.prompts, cal.init, 1, guard) for name in unrolled}
         x_den = torch.stack(
             [
                 osem_realisations(
@@ -494,7 +495,8 @@ def main() -> None:  # noqa: C901 - one linear protocol
                     "MAP-RDP (tuned)": nrmse_of(ref_map),
                 }
                 x0 = osem_realisations(model, y, 10, 1)
-                outs = {name: run_unrolled(name, model, y, x0, seed) for name in unrolled}
+                guard = model_error_z(model, y) if args.refine_discrepancy else None
+                outs = {name: run_unrolled(name, model, y, x0, seed, guard) for name in unrolled}
                 x_den = osem_realisations(model, y, 4, 8)
                 outs["denoiser"] = run_denoiser(x_den, seed, dose)
                 for name, o in outs.items():

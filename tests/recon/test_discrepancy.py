@@ -134,6 +134,8 @@ def test_model_fit_check_flags_a_wrong_model_and_the_refinement_then_leaves_the_
     plain = refine_to_discrepancy(model, sim.prompts, smooth, max(float(excess), 0.0))
     assert not bool(ref.skipped) and float(ref.model_error_z) == float(excess)
     assert torch.equal(out.mean, plain.image) and int(ref.iterations) > 0
+    again, _ = refine_posterior_mean(model, sim.prompts, summary, model_error=(fit_z, excess))  # precomputed guard
+    assert torch.equal(again.mean, out.mean)
     with pytest.raises(ValueError, match="skip has shape"):
         refine_to_discrepancy(model, sim.prompts, smooth, skip=torch.tensor([True, False]))
 
