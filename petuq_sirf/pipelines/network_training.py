@@ -44,8 +44,8 @@ class CalibrationSettings:
     also calibrate at these expected true counts (each stored in ``calibration_by_counts``; reconstruction
     picks the level nearest the data's counts), because a network's std does not fall with the counts as
     its error does, so scales calibrated at one dose under- or over-cover at another. ``refine_threshold``: calibrate
-    the discrepancy-refined mean (``petuq reconstruct --refine-discrepancy``, the default) at this threshold;
-    ``None``: the network's own mean. Recorded as ``info["calibration"]["discrepancy_threshold"]``.
+    the discrepancy-refined mean (``petuq reconstruct --refine-discrepancy``, the default) at this threshold (default
+    0, as :class:`~petuq_sirf.pipelines.reconstruction.ReconstructionSettings`); ``None``: the network's own mean. Recorded as ``info["calibration"]["discrepancy_threshold"]``.
     """
 
     phantoms: int = 16
@@ -54,7 +54,7 @@ class CalibrationSettings:
     families: tuple[str, ...] = ()
     seed: int = 0
     counts_levels: tuple[float, ...] = ()
-    refine_threshold: float | None = None
+    refine_threshold: float | None = 0.0
 
     def __post_init__(self) -> None:
         if self.refine_threshold is not None and not math.isfinite(self.refine_threshold):
